@@ -1,0 +1,132 @@
+"""Every tunable limit in one place: frozen dataclasses with documented defaults.
+
+The CLI builds these from its options; library code never hard-codes a number that a
+user might want to change. Units are in the names (``_s``, ``_ms``, ``_bytes``, ``_mb``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_BACKEND",
+    "DEFAULT_FRONTEND",
+    "DEFAULT_TIMEOUT_MS",
+    "BrokerConfig",
+    "ClientConfig",
+    "WorkerConfig",
+]
+
+DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
+"""Where clients connect (the broker binds it)."""
+DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
+"""Where workers connect (the broker binds it)."""
+
+DEFAULT_TIMEOUT_MS = 60_000
+"""Deadline of a request that names none in ``madrpc.timeout_ms``."""
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+"""Longest deadline a request may ask for (one day)."""
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Largest frame a broker accepts (``ZMQ_MAXMSGSIZE``); bigger peers are disconnected."""
+DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
+DEFAULT_HEARTBEAT_LIVENESS = 3
+"""A peer silent for ``liveness`` heartbeat intervals is dead."""
+DEFAULT_HWM = 100_000
+"""ZeroMQ high-water mark (messages) on every socket: bounded, never unlimited."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """How a broker binds, balances and protects itself."""
+
+    frontend: str = DEFAULT_FRONTEND
+    """Endpoint clients connect to."""
+    backend: str = DEFAULT_BACKEND
+    """Endpoint workers connect to."""
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    heartbeat_liveness: int = DEFAULT_HEARTBEAT_LIVENESS
+    max_queue: int = 10_000
+    """Requests waiting for a worker; past this, new requests get 'Overloaded' at once."""
+    default_timeout_ms: int = DEFAULT_TIMEOUT_MS
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_batch: int = 10_000
+    """Members allowed in one JSON-RPC batch."""
+    max_attempts: int = 3
+    """Dispatches of one request before a lost worker turns into an error."""
+    max_call_depth: int = 32
+    """Longest chain of nested ``madrpc.call`` a request may cause."""
+    idempotency_window_s: float = 300.0
+    """How long a finished keyed request's reply is kept for retries of the same key."""
+    max_idempotency_entries: int = 100_000
+    drain_timeout_s: float = 10.0
+    """On SIGTERM: how long to keep answering in-flight requests before exiting."""
+    hwm: int = DEFAULT_HWM
+    collect_metrics: bool = True
+    """Keep latency histograms and rates (off only to measure their cost)."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker connects, how many V8 contexts it runs and how it limits them."""
+
+    script: str
+    """Path of the JavaScript file every context loads."""
+    broker: str = DEFAULT_BACKEND
+    """The broker's backend endpoint."""
+    contexts: int = os.cpu_count() or 1
+    """V8 contexts (each in its own engine process). Default: one per CPU."""
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    heartbeat_liveness: int = DEFAULT_HEARTBEAT_LIVENESS
+    reconnect_initial_s: float = 0.25
+    """First back-off before reconnecting to a silent broker; doubles each time."""
+    reconnect_max_s: float = 8.0
+    """Cap of the reconnect back-off."""
+    prefetch: int = 32
+    """Requests per context the worker accepts beyond the running one while requests are
+    quick (mean run time under ``batch_threshold_ms``); 1 per context while they are slow,
+    so a worker never hoards long jobs that an idle worker could take."""
+    max_batch: int = 64
+    """Requests handed to one context in one engine crossing."""
+    batch_threshold_ms: float = 2.0
+    """Only methods whose mean run time is below this are batched together."""
+    cpu_limit_s: float = 60.0
+    """Longest a request may run JavaScript without yielding before it is terminated."""
+    max_memory_mb: int = 256
+    """Hard V8 heap limit per context; a request that exceeds it gets 'Out of memory'."""
+    fresh_context: bool = False
+    """Give every request a new context (isolation) instead of reusing them."""
+    watch: bool = False
+    """Reload the script when its file changes."""
+    drain_timeout_s: float = 30.0
+    """On SIGTERM: how long to finish held requests before exiting."""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    hwm: int = DEFAULT_HWM
+    v8_flags: tuple[str, ...] = ()
+    """Extra V8 flags for the engine processes (see docs/performance.md)."""
+
+    @property
+    def initial_credit(self) -> int:
+        """Credit announced in READY, before the worker has seen how long requests take."""
+        return self.contexts * 2
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How a client reaches the broker and how long it waits."""
+
+    endpoint: str = DEFAULT_FRONTEND
+    timeout_s: float = DEFAULT_TIMEOUT_MS / 1000
+    """Default overall deadline of one call (retries included)."""
+    max_in_flight: int = 1_000
+    """Calls ``map`` keeps outstanding at once."""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Requests bigger than this are refused locally (the broker would drop them)."""
+    retry_interval_s: float = 5.0
+    """No reply within this long counts as a transient failure and triggers a retry."""
+    retry_backoff_initial_s: float = 0.1
+    retry_backoff_max_s: float = 5.0
+    max_retries: int = 5
+    idempotency: bool = True
+    """Add an idempotency key to each call so retries run it at most once."""
+    hwm: int = DEFAULT_HWM

@@ -1,0 +1,138 @@
+"""Every failure MaDRPC can report, and the JSON-RPC code it maps to.
+
+One table (:data:`ERROR_MESSAGES`) maps each :class:`ErrorCode` to its default
+message; docs/protocol.md reproduces it. Exceptions raised to Python callers::
+
+    MadrpcError
+    ├── RpcError                  the grid answered with a JSON-RPC error
+    │   ├── RpcTimeoutError       -32003, also a builtin TimeoutError
+    │   └── JSError               -32000, a JavaScript exception (name, stack)
+    ├── TransportError            the broker could not be reached / socket trouble
+    │   └── MessageTooLargeError  a request larger than the broker accepts
+    └── ProtocolError             a peer sent frames we cannot decode
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+__all__ = [
+    "ERROR_MESSAGES",
+    "ErrorCode",
+    "JSError",
+    "MadrpcError",
+    "MessageTooLargeError",
+    "ProtocolError",
+    "RpcError",
+    "RpcTimeoutError",
+    "TransportError",
+    "rpc_error_from_object",
+]
+
+
+class ErrorCode(IntEnum):
+    """JSON-RPC 2.0 error codes: the standard five, then MaDRPC's own (-32000..-32099)."""
+
+    PARSE_ERROR = -32700
+    INVALID_REQUEST = -32600
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL_ERROR = -32603
+    JS_EXCEPTION = -32000
+    NO_WORKER = -32001
+    OVERLOADED = -32002
+    TIMEOUT = -32003
+    OUT_OF_MEMORY = -32004
+    WORKER_LOST = -32005
+    DEPTH_EXCEEDED = -32006
+    SHUTTING_DOWN = -32007
+    MESSAGE_TOO_LARGE = -32008
+    RESULT_NOT_SERIALIZABLE = -32009
+
+
+ERROR_MESSAGES: dict[ErrorCode, str] = {
+    ErrorCode.PARSE_ERROR: "Parse error",
+    ErrorCode.INVALID_REQUEST: "Invalid Request",
+    ErrorCode.METHOD_NOT_FOUND: "Method not found",
+    ErrorCode.INVALID_PARAMS: "Invalid params",
+    ErrorCode.INTERNAL_ERROR: "Internal error",
+    ErrorCode.JS_EXCEPTION: "JavaScript exception",
+    ErrorCode.NO_WORKER: "No worker available",
+    ErrorCode.OVERLOADED: "Overloaded",
+    ErrorCode.TIMEOUT: "Timeout",
+    ErrorCode.OUT_OF_MEMORY: "Out of memory",
+    ErrorCode.WORKER_LOST: "Worker lost",
+    ErrorCode.DEPTH_EXCEEDED: "Call depth exceeded",
+    ErrorCode.SHUTTING_DOWN: "Shutting down",
+    ErrorCode.MESSAGE_TOO_LARGE: "Message too large",
+    ErrorCode.RESULT_NOT_SERIALIZABLE: "Result not serializable",
+}
+
+
+class MadrpcError(Exception):
+    """Base of every exception MaDRPC raises."""
+
+
+class RpcError(MadrpcError):
+    """The grid answered a call with a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.message, self.data))
+
+
+class RpcTimeoutError(RpcError, TimeoutError):
+    """The call did not finish within its timeout (code -32003)."""
+
+    def __init__(
+        self, code: int = ErrorCode.TIMEOUT, message: str = "Timeout", data: Any = None
+    ) -> None:
+        super().__init__(code, message, data)
+
+
+class JSError(RpcError):
+    """The JavaScript function threw; ``name`` and ``stack`` come from the JS error."""
+
+    @property
+    def name(self) -> str | None:
+        return self.data.get("name") if isinstance(self.data, dict) else None
+
+    @property
+    def stack(self) -> str | None:
+        return self.data.get("stack") if isinstance(self.data, dict) else None
+
+
+class TransportError(MadrpcError):
+    """The broker could not be reached, or the socket failed."""
+
+
+class MessageTooLargeError(TransportError):
+    """A request is larger than the broker's maximum message size."""
+
+
+class ProtocolError(MadrpcError):
+    """A peer sent frames that do not follow the protocol."""
+
+
+def rpc_error_from_object(error: Any) -> RpcError:
+    """Build the right :class:`RpcError` subclass from a JSON-RPC ``error`` member."""
+    if not isinstance(error, dict):
+        return RpcError(ErrorCode.INTERNAL_ERROR, f"malformed error object: {error!r}")
+    code = error.get("code")
+    message = error.get("message")
+    data = error.get("data")
+    if not isinstance(code, int):
+        code = int(ErrorCode.INTERNAL_ERROR)
+    if not isinstance(message, str):
+        message = str(message)
+    if code == ErrorCode.TIMEOUT:
+        return RpcTimeoutError(code, message, data)
+    if code == ErrorCode.JS_EXCEPTION:
+        return JSError(code, message, data)
+    return RpcError(code, message, data)
