@@ -1,0 +1,261 @@
+"""JSON-RPC 2.0 over one ZeroMQ frame: parsing, validation and response building.
+
+Pure code (no sockets). The broker parses each client frame once with :func:`parse_frame`,
+which never raises: every defect becomes an :class:`Invalid` carrying the JSON-RPC error
+to send back. Responses are assembled from bytes so that a worker's result travels to
+the client exactly as the worker encoded it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .config import MAX_TIMEOUT_MS
+from .errors import ERROR_MESSAGES, ErrorCode
+
+__all__ = [
+    "Call",
+    "CallOptions",
+    "Invalid",
+    "Parsed",
+    "batch_response",
+    "decode_response",
+    "encode_request",
+    "error_fragment",
+    "error_response",
+    "fragment_error_code",
+    "json_dumps",
+    "parse_frame",
+    "response",
+]
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 256
+"""Longest ``madrpc.idempotency_key`` accepted (characters)."""
+NULL = b"null"
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """MaDRPC's own request options, from the ``madrpc`` member of a request."""
+
+    timeout_ms: float | None = None
+    idempotency_key: str | None = None
+    cpu_limit_ms: float | None = None
+
+
+NO_OPTIONS = CallOptions()
+
+
+@dataclass(slots=True)
+class Call:
+    """One valid JSON-RPC request (or notification)."""
+
+    method: str
+    params: list[Any] | dict[str, Any] | None
+    id_json: bytes | None
+    """The request id, encoded; ``None`` for a notification."""
+    options: CallOptions
+    body: bytes | None = None
+    """The request as received, when it came alone in its frame (forwarded untouched)."""
+
+    @property
+    def is_notification(self) -> bool:
+        return self.id_json is None
+
+    def encoded_body(self) -> bytes:
+        """The request as the worker receives it: the original bytes when available."""
+        if self.body is not None:
+            return self.body
+        member: dict[str, Any] = {"method": self.method}
+        if self.params is not None:
+            member["params"] = self.params
+        self.body = json_dumps(member)
+        return self.body
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A request that must be answered with an error (or a whole frame that failed)."""
+
+    id_json: bytes
+    code: int
+    message: str
+    data: Any = None
+
+    def response(self) -> bytes:
+        return error_response(self.id_json, self.code, self.message, self.data)
+
+
+Parsed = Call | Invalid | list[Call | Invalid]
+
+
+def json_dumps(value: Any) -> bytes:
+    """Encode with orjson; this is the only JSON encoder the package uses."""
+    return orjson.dumps(value)
+
+
+def parse_frame(frame: bytes, *, max_batch: int = 10_000) -> Parsed:
+    """Parse one client frame into a call, an error, or a batch of those. Never raises."""
+    try:
+        document = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        return Invalid(NULL, ErrorCode.PARSE_ERROR, f"Parse error: {exc}")
+    if isinstance(document, dict):
+        return _parse_member(document, frame)
+    if isinstance(document, list):
+        if not document:
+            return Invalid(NULL, ErrorCode.INVALID_REQUEST, "Invalid Request: empty batch")
+        if len(document) > max_batch:
+            return Invalid(
+                NULL,
+                ErrorCode.INVALID_REQUEST,
+                f"Invalid Request: batch of {len(document)} exceeds the limit of {max_batch}",
+            )
+        return [_parse_member(member, None) for member in document]
+    return Invalid(NULL, ErrorCode.INVALID_REQUEST, "Invalid Request: not an object or array")
+
+
+def _parse_member(member: Any, body: bytes | None) -> Call | Invalid:
+    if not isinstance(member, dict):
+        return Invalid(NULL, ErrorCode.INVALID_REQUEST, "Invalid Request: not an object")
+    if "id" in member:
+        request_id = member["id"]
+        if request_id is not None and (
+            isinstance(request_id, bool) or not isinstance(request_id, (str, int, float))
+        ):
+            return _invalid(NULL, "id must be a string, a number or null")
+        id_json: bytes | None = json_dumps(request_id)
+    else:
+        id_json = None
+    error_id = id_json if id_json is not None else NULL
+    if member.get("jsonrpc") != "2.0":
+        return _invalid(error_id, 'jsonrpc must be exactly "2.0"')
+    method = member.get("method")
+    if not isinstance(method, str) or not method:
+        return _invalid(error_id, "method must be a non-empty string")
+    params = member.get("params")
+    if params is not None and not isinstance(params, (list, dict)):
+        return _invalid(error_id, "params must be an array or an object")
+    if "params" in member and params is None:
+        return _invalid(error_id, "params must be an array or an object")
+    options = NO_OPTIONS
+    if "madrpc" in member:
+        parsed_options = _parse_options(member["madrpc"])
+        if isinstance(parsed_options, str):
+            return _invalid(error_id, parsed_options)
+        options = parsed_options
+    return Call(method, params, id_json, options, body)
+
+
+def _invalid(id_json: bytes, detail: str) -> Invalid:
+    return Invalid(id_json, ErrorCode.INVALID_REQUEST, f"Invalid Request: {detail}")
+
+
+def _parse_options(raw: Any) -> CallOptions | str:
+    """Validate the ``madrpc`` member; return the options or a description of the defect."""
+    if not isinstance(raw, dict):
+        return "madrpc must be an object"
+    timeout_ms = raw.get("timeout_ms")
+    if timeout_ms is not None and not _positive_number(timeout_ms, MAX_TIMEOUT_MS):
+        return f"madrpc.timeout_ms must be a number in (0, {MAX_TIMEOUT_MS}]"
+    cpu_limit_ms = raw.get("cpu_limit_ms")
+    if cpu_limit_ms is not None and not _positive_number(cpu_limit_ms, MAX_TIMEOUT_MS):
+        return f"madrpc.cpu_limit_ms must be a number in (0, {MAX_TIMEOUT_MS}]"
+    key = raw.get("idempotency_key")
+    if key is not None and (
+        not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH
+    ):
+        return (
+            "madrpc.idempotency_key must be a non-empty string of at most "
+            f"{MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+        )
+    return CallOptions(timeout_ms, key, cpu_limit_ms)
+
+
+def _positive_number(value: Any, upper: float) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 < value <= upper
+    )
+
+
+# ---------------------------------------------------------------- responses
+
+
+def error_fragment(code: int, message: str | None = None, data: Any = None) -> bytes:
+    """The ``"error": {...}`` member of a response, without braces."""
+    error: dict[str, Any] = {
+        "code": int(code),
+        "message": message if message is not None else _default_message(code),
+    }
+    if data is not None:
+        error["data"] = data
+    return b'"error":' + json_dumps(error)
+
+
+def _default_message(code: int) -> str:
+    try:
+        return ERROR_MESSAGES[ErrorCode(code)]
+    except ValueError:
+        return "Server error"
+
+
+def fragment_error_code(fragment: bytes) -> int | None:
+    """The code of an ``"error":{"code":N,...`` fragment; None for a result."""
+    if not fragment.startswith(b'"error"'):
+        return None
+    start = fragment.find(b'"code":')
+    if start < 0:
+        return int(ErrorCode.INTERNAL_ERROR)
+    start += 7
+    end = start
+    while end < len(fragment) and fragment[end : end + 1] in b"-0123456789":
+        end += 1
+    try:
+        return int(fragment[start:end])
+    except ValueError:
+        return int(ErrorCode.INTERNAL_ERROR)
+
+
+def response(id_json: bytes, fragment: bytes) -> bytes:
+    """A whole response from a ``"result": ...`` or ``"error": ...`` fragment."""
+    return b'{"jsonrpc":"2.0","id":' + id_json + b"," + fragment + b"}"
+
+
+def error_response(
+    id_json: bytes, code: int, message: str | None = None, data: Any = None
+) -> bytes:
+    return response(id_json, error_fragment(code, message, data))
+
+
+def batch_response(parts: list[bytes]) -> bytes:
+    return b"[" + b",".join(parts) + b"]"
+
+
+# ---------------------------------------------------------------- client side
+
+
+def encode_request(
+    method: str,
+    params: list[Any] | tuple[Any, ...] | dict[str, Any] | None,
+    request_id: int | str | None,
+    options: dict[str, Any] | None = None,
+) -> bytes:
+    """Encode a request; ``request_id=None`` makes a notification."""
+    request: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        request["params"] = list(params) if isinstance(params, tuple) else params
+    if request_id is not None:
+        request["id"] = request_id
+    if options:
+        request["madrpc"] = options
+    return json_dumps(request)
+
+
+def decode_response(frame: bytes) -> Any:
+    """Decode a response frame (object or batch array); raises ``ValueError`` if not JSON."""
+    return orjson.loads(frame)

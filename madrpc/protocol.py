@@ -1,0 +1,215 @@
+"""The worker protocol between broker and workers (Majordomo / Paranoid Pirate style).
+
+Pure code: frame layouts, encoders and a decoder. Every message a worker's DEALER sends
+(the broker's ROUTER adds the worker identity in front) and every message the broker
+sends starts with the protocol tag :data:`TAG` (which carries the version) and a
+command frame. The command's frames follow; see docs/protocol.md for the full table.
+
+Request keys are opaque 8-byte values chosen by the broker; both sides use them as
+dictionary keys without decoding.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .errors import ProtocolError
+
+__all__ = [
+    "CALL",
+    "CANCEL",
+    "CREDIT",
+    "DISCONNECT",
+    "DRAIN",
+    "HEARTBEAT",
+    "READY",
+    "REPLY",
+    "REQUEST",
+    "RESULT",
+    "TAG",
+    "Message",
+    "RequestMeta",
+    "decode",
+    "encode_call_meta",
+    "encode_credit",
+    "encode_key",
+    "encode_request_meta",
+]
+
+PROTOCOL_NAME = b"MADRPC-W"
+PROTOCOL_VERSION = 1
+TAG = PROTOCOL_NAME + str(PROTOCOL_VERSION).encode()
+"""First frame of every worker-protocol message: name and version."""
+
+READY = b"READY"          # W->B  [info json]
+HEARTBEAT = b"HEARTBEAT"  # both  [stats json]?
+DISCONNECT = b"DISCONNECT"  # both [reason]?
+REQUEST = b"REQUEST"      # B->W  ([meta][method][body])+
+REPLY = b"REPLY"          # W->B  [credit] ([key][fragment])*
+CREDIT = b"CREDIT"        # W->B  [credit]
+CALL = b"CALL"            # W->B  ([call meta][body])+
+RESULT = b"RESULT"        # B->W  ([call key][fragment])+
+CANCEL = b"CANCEL"        # B->W  [key]+
+DRAIN = b"DRAIN"          # W->B  (no body): send me nothing more
+
+COMMANDS = frozenset(
+    {READY, HEARTBEAT, DISCONNECT, REQUEST, REPLY, CREDIT, CALL, RESULT, CANCEL, DRAIN}
+)
+
+_KEY = struct.Struct(">Q")
+_CREDIT = struct.Struct(">I")
+_REQUEST_META = struct.Struct(">QIIH")  # key, timeout_ms, cpu_limit_ms, depth
+_CALL_META = struct.Struct(">QQ")  # call key (worker's), parent request key (broker's)
+KEY_SIZE = _KEY.size
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """What a worker needs to know about a request besides its body."""
+
+    key: bytes
+    timeout_ms: int
+    """Time left until the request's deadline when the broker sent it."""
+    cpu_limit_ms: int
+    """Per-request CPU limit asked by the client; 0 means the worker's default."""
+    depth: int
+    """0 for a client's request, n for the n-th level of nested calls."""
+
+
+@dataclass(slots=True)
+class Message:
+    """A decoded worker-protocol message."""
+
+    command: bytes
+    frames: list[bytes] = field(default_factory=list)
+    """The frames after the command."""
+
+    def json(self) -> Any:
+        """The first body frame as JSON (READY, HEARTBEAT); ``{}`` if absent."""
+        if not self.frames or not self.frames[0]:
+            return {}
+        try:
+            return orjson.loads(self.frames[0])
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"{self.command.decode()}: body is not JSON: {exc}") from exc
+
+    def credit(self) -> int:
+        """The credit frame of REPLY and CREDIT."""
+        return decode_credit(self.frames[0])
+
+    def pairs(self, start: int = 0) -> list[tuple[bytes, bytes]]:
+        """Frames from ``start`` as (key, value) pairs (REPLY, CALL, RESULT)."""
+        rest = self.frames[start:]
+        return list(zip(rest[0::2], rest[1::2], strict=True))
+
+
+def decode(frames: Sequence[bytes]) -> Message:
+    """Check tag, version, command and frame counts; raise ProtocolError on any defect."""
+    if len(frames) < 2:
+        raise ProtocolError(f"message of {len(frames)} frame(s) is too short")
+    tag, command = frames[0], frames[1]
+    if tag != TAG:
+        if tag.startswith(PROTOCOL_NAME):
+            raise ProtocolError(
+                f"protocol version mismatch: peer speaks {tag.decode(errors='replace')}, "
+                f"we speak {TAG.decode()}"
+            )
+        raise ProtocolError(f"not a MaDRPC worker-protocol message (tag {tag[:16]!r})")
+    if command not in COMMANDS:
+        raise ProtocolError(f"unknown command {command[:16]!r}")
+    message = Message(command, list(frames[2:]))
+    _check_shape(message)
+    return message
+
+
+def _check_shape(message: Message) -> None:
+    command, frames = message.command, message.frames
+    count = len(frames)
+    if command == REQUEST:
+        ok = count > 0 and count % 3 == 0 and all(
+            len(frames[i]) == _REQUEST_META.size for i in range(0, count, 3)
+        )
+    elif command == REPLY:
+        ok = count % 2 == 1 and len(frames[0]) == _CREDIT.size and all(
+            len(frames[i]) == KEY_SIZE for i in range(1, count, 2)
+        )
+    elif command == CREDIT:
+        ok = count == 1 and len(frames[0]) == _CREDIT.size
+    elif command == CALL:
+        ok = count > 0 and count % 2 == 0 and all(
+            len(frames[i]) == _CALL_META.size for i in range(0, count, 2)
+        )
+    elif command == RESULT:
+        ok = count > 0 and count % 2 == 0 and all(
+            len(frames[i]) == KEY_SIZE for i in range(0, count, 2)
+        )
+    elif command == CANCEL:
+        ok = count > 0 and all(len(f) == KEY_SIZE for f in frames)
+    elif command == DRAIN:
+        ok = count == 0
+    else:  # READY, HEARTBEAT, DISCONNECT
+        ok = count <= 1
+    if not ok:
+        raise ProtocolError(f"malformed {command.decode()} ({count} frames)")
+
+
+# ---------------------------------------------------------------- encoders
+
+
+def encode_key(key: int) -> bytes:
+    return _KEY.pack(key)
+
+
+def decode_key(key: bytes) -> int:
+    return int(_KEY.unpack(key)[0])
+
+
+def encode_credit(credit: int) -> bytes:
+    return _CREDIT.pack(credit)
+
+
+def decode_credit(frame: bytes) -> int:
+    return int(_CREDIT.unpack(frame)[0])
+
+
+def encode_request_meta(
+    key: bytes, timeout_ms: float, cpu_limit_ms: float, depth: int
+) -> bytes:
+    return _REQUEST_META.pack(
+        _KEY.unpack(key)[0],
+        max(0, min(int(timeout_ms), 0xFFFFFFFF)),
+        max(0, min(int(cpu_limit_ms), 0xFFFFFFFF)),
+        min(depth, 0xFFFF),
+    )
+
+
+def decode_request_meta(frame: bytes) -> RequestMeta:
+    key, timeout_ms, cpu_limit_ms, depth = _REQUEST_META.unpack(frame)
+    return RequestMeta(_KEY.pack(key), timeout_ms, cpu_limit_ms, depth)
+
+
+def encode_call_meta(call_key: int, parent_key: bytes) -> bytes:
+    return _CALL_META.pack(call_key, _KEY.unpack(parent_key)[0])
+
+
+def decode_call_meta(frame: bytes) -> tuple[bytes, bytes]:
+    """(call key, parent request key), both as 8-byte keys."""
+    return frame[:KEY_SIZE], frame[KEY_SIZE:]
+
+
+def message(command: bytes, *frames: bytes) -> list[bytes]:
+    """Frames of one message: tag, command, body frames."""
+    return [TAG, command, *frames]
+
+
+def json_message(command: bytes, body: Any) -> list[bytes]:
+    return [TAG, command, orjson.dumps(body)]
+
+
+def flatten(pairs: Iterable[tuple[bytes, ...]]) -> list[bytes]:
+    return [frame for pair in pairs for frame in pair]
