@@ -1,0 +1,170 @@
+"""Reliability policies as small pure pieces: circuit breaker and idempotency table.
+
+Neither reads a clock or touches a socket; the broker passes ``now`` in.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .errors import ErrorCode
+
+__all__ = ["CircuitBreaker", "CircuitState", "IdempotencyTable", "TRANSIENT_CODES"]
+
+TRANSIENT_CODES = frozenset({
+    ErrorCode.NO_WORKER, ErrorCode.OVERLOADED, ErrorCode.TIMEOUT,
+    ErrorCode.WORKER_LOST, ErrorCode.SHUTTING_DOWN,
+})
+"""Errors that say nothing about the request itself: a retry may succeed."""
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+@dataclass
+class CircuitBreaker:
+    """Takes a worker out of rotation after repeated transport failures.
+
+    ``failure_threshold`` consecutive failures open the circuit for ``open_s``; after
+    that one trial request is let through (half-open): success closes the circuit, a
+    failure opens it again for twice as long (capped at ``max_open_s``).
+    """
+
+    failure_threshold: int = 5
+    initial_open_s: float = 1.0
+    max_open_s: float = 60.0
+    state: CircuitState = CircuitState.CLOSED
+    failures: int = 0
+    open_s: float = 0.0
+    reopen_at: float = 0.0
+    trial_in_flight: bool = False
+    opened: int = field(default=0)
+    """How many times the circuit opened (for _metrics)."""
+
+    def allows(self, now: float) -> bool:
+        if self.state is CircuitState.CLOSED:
+            return True
+        if self.state is CircuitState.OPEN and now >= self.reopen_at:
+            self.state = CircuitState.HALF_OPEN
+            self.trial_in_flight = False
+        return self.state is CircuitState.HALF_OPEN and not self.trial_in_flight
+
+    def on_dispatch(self, now: float) -> None:
+        if self.state is CircuitState.HALF_OPEN:
+            self.trial_in_flight = True
+
+    def on_success(self, now: float) -> None:
+        self.failures = 0
+        if self.state is not CircuitState.CLOSED:
+            self.state = CircuitState.CLOSED
+            self.open_s = 0.0
+            self.trial_in_flight = False
+
+    def on_failure(self, now: float) -> None:
+        self.failures += 1
+        if self.state is CircuitState.HALF_OPEN or self.failures >= self.failure_threshold:
+            self.open_s = (
+                self.initial_open_s if self.open_s == 0 else min(self.max_open_s, self.open_s * 2)
+            )
+            self.state = CircuitState.OPEN
+            self.reopen_at = now + self.open_s
+            self.trial_in_flight = False
+            self.opened += 1
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        self.allows(now)
+        return {
+            "state": self.state.value,
+            "consecutive_failures": self.failures,
+            "opened": self.opened,
+            "retry_in_s": round(max(0.0, self.reopen_at - now), 3)
+            if self.state is CircuitState.OPEN else None,
+        }
+
+
+Outcome = tuple[int | None, bytes]
+"""(error code or None, response fragment) of a finished request."""
+
+
+@dataclass
+class _Entry:
+    running: bytes | None
+    """Key of the request executing for this idempotency key, while it runs."""
+    joined: list[bytes] = field(default_factory=list)
+    outcome: Outcome | None = None
+    expires_at: float = 0.0
+
+
+class IdempotencyTable:
+    """At-most-once execution per idempotency key within a window.
+
+    A key is *running* (a request executes for it; later requests with the key join it)
+    or *done* (its outcome is replayed until ``window_s`` after it finished). Transient
+    failures (:data:`TRANSIENT_CODES`) are not stored, so a retry runs again.
+    """
+
+    def __init__(self, window_s: float, max_entries: int) -> None:
+        self.window_s = window_s
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, key: str, now: float) -> bytes | Outcome | None:
+        """None if unknown, the running request's key, or the stored outcome."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.running is not None:
+            return entry.running
+        if entry.outcome is not None and now < entry.expires_at:
+            return entry.outcome
+        del self._entries[key]
+        return None
+
+    def start(self, key: str, request_key: bytes) -> None:
+        self._entries[key] = _Entry(request_key)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def join(self, key: str, request_key: bytes) -> None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.joined.append(request_key)
+
+    def finish(self, key: str, request_key: bytes, outcome: Outcome, now: float) -> list[bytes]:
+        """Record the outcome of the running request; return the keys that joined it."""
+        entry = self._entries.get(key)
+        if entry is None or entry.running != request_key:
+            return []
+        joined = entry.joined
+        code = outcome[0]
+        if code is not None and code in TRANSIENT_CODES:
+            del self._entries[key]
+        else:
+            entry.running = None
+            entry.joined = []
+            entry.outcome = outcome
+            entry.expires_at = now + self.window_s
+            self._entries.move_to_end(key)
+        return joined
+
+    def expire(self, now: float) -> None:
+        """Drop finished entries older than the window (oldest first)."""
+        expired = []
+        for key, entry in self._entries.items():
+            if entry.running is not None:
+                continue
+            if now < entry.expires_at:
+                break
+            expired.append(key)
+        for key in expired:
+            del self._entries[key]
