@@ -1,0 +1,321 @@
+"""One V8 isolate with the MaDRPC runtime and a user script loaded. Knows nothing of ZeroMQ.
+
+Built directly on the native library that the ``mini-racer`` package ships (its
+``py_mini_racer._dll`` binding, pinned to mini-racer 0.14.x in setup.cfg). Going below
+the ``MiniRacer`` class saves two of the three engine crossings its ``call()`` makes and
+lets a step run asynchronously: :meth:`Runtime.step` returns at once and the outcome
+arrives through the ``on_event`` callback, which runs on the isolate's own thread.
+
+Each step passes one JSON string in (as the ``this`` of the runtime's ``step`` function,
+so no argument array has to be built per call) and gets one string out: see
+``js/bootstrap.js`` for both formats.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+from py_mini_racer._dll import init_mini_racer, mr_callback_func
+
+__all__ = ["Event", "EventKind", "Runtime", "ScriptError", "init_engine", "v8_version"]
+
+log = logging.getLogger(__name__)
+
+ENGINE_FLAGS: tuple[str, ...] = ("--allow-natives-syntax",)
+"""V8 flags every engine process uses. ``--allow-natives-syntax`` lets the runtime drain
+microtasks inside a step (one crossing per step even for async functions). mini-racer's
+default ``--single-threaded`` is dropped on purpose: it disables concurrent optimisation
+and made the Monte Carlo loop ~6x slower (docs/performance.md)."""
+
+_STRING = 5
+_ARRAY = 6
+_FUNCTION = 100
+_SHARED_ARRAY_BUFFER = 101
+_UNDEFINED = 11
+_EXECUTE_EXCEPTION = 200
+_PARSE_EXCEPTION = 201
+_OOM_EXCEPTION = 202
+_TIMEOUT_EXCEPTION = 203
+_TERMINATED_EXCEPTION = 204
+_SETUP_ID = 1
+_STEP_ID = 2
+_NOTIFY_ID = 3
+_MARKER_SLOTS = 4
+
+
+class EventKind(IntEnum):
+    """What the isolate reports through ``on_event``."""
+
+    DONE = 0          # a step or flush finished; data is its outbox
+    ERROR = 1         # the step threw (a runtime bug or a broken payload)
+    TERMINATED = 2    # the step was terminated (watchdog)
+    OUT_OF_MEMORY = 3  # the step hit the hard memory limit
+    NOTIFY = 4        # code outside a step produced output: call flush()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: EventKind
+    data: bytes = b""
+
+
+class ScriptError(Exception):
+    """The user's script failed to load (message names file, line and column)."""
+
+
+_dll: Any = None
+_dll_lock = threading.Lock()
+
+
+def init_engine(extra_flags: Iterable[str] = ()) -> None:
+    """Start V8 in this process with :data:`ENGINE_FLAGS` plus ``extra_flags`` (once)."""
+    global _dll
+    with _dll_lock:
+        if _dll is None:
+            _dll = init_mini_racer(flags=(*ENGINE_FLAGS, *extra_flags))
+
+
+def v8_version() -> str:
+    init_engine()
+    return str(_dll.mr_v8_version().decode())
+
+
+def _bootstrap_source() -> str:
+    source = (resources.files("madrpc") / "js" / "bootstrap.js").read_text(encoding="utf-8")
+    return source + "\n//# sourceURL=madrpc-runtime.js\n"
+
+
+class Runtime:
+    """A V8 isolate running the MaDRPC runtime and one user script.
+
+    Only one step or flush may be in progress at a time; its outcome is delivered to
+    ``on_event`` on the isolate's thread (keep that callback short).
+    """
+
+    def __init__(
+        self,
+        script_source: str,
+        script_path: str,
+        on_event: Callable[[Event], None],
+        *,
+        max_memory_bytes: int = 0,
+    ) -> None:
+        init_engine()
+        self._on_event = on_event
+        self._setup_done = threading.Event()
+        self._setup_result: Any = None
+        self._task_inputs: list[Any] = []
+        self._task_id: int | None = None
+        self._running = False
+        self._task_lock = threading.Lock()
+        self._closed = False
+        self._callback = mr_callback_func(self._on_callback)  # type: ignore[arg-type]
+        self._ctx = _dll.mr_init_context(self._callback)
+        self._held: list[Any] = []
+        try:
+            if max_memory_bytes:
+                _dll.mr_set_hard_memory_limit(self._ctx, max_memory_bytes)
+            self._install_runtime()
+            self._load_script(script_source, script_path)
+            self.methods: list[str] = self._read_methods()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------ setup (blocking)
+
+    def _on_callback(self, callback_id: int, raw: Any) -> None:
+        if callback_id == _SETUP_ID:
+            self._setup_result = raw
+            self._setup_done.set()
+            return
+        if callback_id == _NOTIFY_ID:
+            _dll.mr_free_value(self._ctx, raw)
+            self._on_event(Event(EventKind.NOTIFY))
+            return
+        event = self._decode_outcome(raw)
+        _dll.mr_free_value(self._ctx, raw)
+        with self._task_lock:
+            inputs, self._task_inputs = self._task_inputs, []
+            self._task_id = None
+            self._running = False
+        for handle in inputs:
+            _dll.mr_free_value(self._ctx, handle)
+        self._on_event(event)
+
+    @staticmethod
+    def _decode_outcome(raw: Any) -> Event:
+        value = raw.contents
+        kind = value.type
+        if kind == _STRING:
+            return Event(EventKind.DONE, ctypes.string_at(value.value.value_ptr, value.len))
+        if kind in (_TERMINATED_EXCEPTION, _TIMEOUT_EXCEPTION):
+            return Event(EventKind.TERMINATED)
+        if kind == _OOM_EXCEPTION:
+            return Event(EventKind.OUT_OF_MEMORY)
+        if kind >= _EXECUTE_EXCEPTION:
+            return Event(EventKind.ERROR, ctypes.string_at(value.value.value_ptr, value.len))
+        return Event(EventKind.ERROR, f"unexpected step result of type {kind}".encode())
+
+    def _run_blocking(self, start: Callable[[], Any]) -> Any:
+        self._setup_done.clear()
+        start()
+        self._setup_done.wait()
+        return self._setup_result
+
+    def _string(self, text: bytes) -> Any:
+        return _dll.mr_alloc_string_val(self._ctx, text, len(text), _STRING)
+
+    def _eval_blocking(self, source: str) -> Any:
+        code = self._string(source.encode())
+        try:
+            return self._run_blocking(lambda: _dll.mr_eval(self._ctx, code, _SETUP_ID))
+        finally:
+            _dll.mr_free_value(self._ctx, code)
+
+    def _install_runtime(self) -> None:
+        factory = self._expect(self._eval_blocking(_bootstrap_source()), _FUNCTION, "bootstrap")
+        marker = self._expect(
+            self._eval_blocking(f"new SharedArrayBuffer({8 * _MARKER_SLOTS})"),
+            _SHARED_ARRAY_BUFFER, "marker",
+        )
+        self._marker = (ctypes.c_double * _MARKER_SLOTS).from_address(
+            marker.contents.value.value_ptr
+        )
+        notify = _dll.mr_make_js_callback(self._ctx, _NOTIFY_ID)
+        argv = self._expect(self._eval_blocking("[]"), _ARRAY, "argv")
+        for item in (notify, marker):
+            _dll.mr_free_value(self._ctx, _dll.mr_array_push(self._ctx, argv, item))
+        self._undefined = _dll.mr_alloc_int_val(self._ctx, 0, _UNDEFINED)
+        host = self._run_blocking(
+            lambda: _dll.mr_call_function(self._ctx, factory, self._undefined, argv, _SETUP_ID)
+        )
+        self._held += [factory, marker, notify, self._undefined, host, argv]
+        self._empty_args = self._expect(self._eval_blocking("[]"), _ARRAY, "args")
+        self._step_fn = self._member(host, "step")
+        self._flush_fn = self._member(host, "flush")
+        self._methods_fn = self._member(host, "methods")
+        self._held += [self._empty_args, self._step_fn, self._flush_fn, self._methods_fn]
+
+    def _member(self, obj: Any, name: str) -> Any:
+        key = self._string(name.encode())
+        try:
+            value = _dll.mr_get_object_item(self._ctx, obj, key)
+        finally:
+            _dll.mr_free_value(self._ctx, key)
+        return self._expect(value, _FUNCTION, name)
+
+    def _expect(self, raw: Any, kind: int, what: str) -> Any:
+        if raw.contents.type != kind:
+            event = self._decode_outcome(raw)
+            raise RuntimeError(f"MaDRPC runtime setup failed at {what}: {event.data!r}")
+        return raw
+
+    def _load_script(self, source: str, path: str) -> None:
+        name = path.replace("\n", " ")
+        raw = self._eval_blocking(f"{source}\n//# sourceURL={name}\n")
+        try:
+            value = raw.contents
+            if value.type >= _EXECUTE_EXCEPTION:
+                if value.type == _OOM_EXCEPTION:
+                    raise ScriptError(f"{path}: out of memory while loading the script")
+                if value.type in (_TERMINATED_EXCEPTION, _TIMEOUT_EXCEPTION):
+                    raise ScriptError(f"{path}: terminated while loading the script")
+                message = ctypes.string_at(value.value.value_ptr, value.len).decode(
+                    errors="replace"
+                )
+                raise ScriptError(describe_script_error(message, path))
+        finally:
+            _dll.mr_free_value(self._ctx, raw)
+
+    def _read_methods(self) -> list[str]:
+        raw = self._run_blocking(
+            lambda: _dll.mr_call_function(
+                self._ctx, self._methods_fn, self._undefined, self._empty_args, _SETUP_ID
+            )
+        )
+        try:
+            event = self._decode_outcome(raw)
+        finally:
+            _dll.mr_free_value(self._ctx, raw)
+        if event.kind != EventKind.DONE:
+            raise ScriptError(f"could not list registered functions: {event.data!r}")
+        names = orjson.loads(event.data)
+        return [str(name) for name in names]
+
+    # ------------------------------------------------------------ steps (asynchronous)
+
+    @property
+    def busy(self) -> bool:
+        return self._running
+
+    def step(self, payload: bytes) -> None:
+        """Start one step with ``payload`` (see js/bootstrap.js); returns at once."""
+        self._start(self._step_fn, self._string(payload))
+
+    def flush(self) -> None:
+        """Collect output produced outside a step (after a NOTIFY event)."""
+        self._start(self._flush_fn, self._undefined, owned=False)
+
+    def _start(self, function: Any, this: Any, owned: bool = True) -> None:
+        with self._task_lock:
+            if self._running:
+                raise RuntimeError("a step is already running in this context")
+            self._running = True
+            self._task_inputs = [this] if owned else []
+        # The outcome may arrive (on the isolate's thread) before this call returns.
+        task = _dll.mr_call_function(self._ctx, function, this, self._empty_args, _STEP_ID)
+        with self._task_lock:
+            if self._running:
+                self._task_id = task
+
+    def terminate(self) -> None:
+        """Stop the running step; its outcome arrives as a TERMINATED event."""
+        with self._task_lock:
+            task = self._task_id
+        if task is not None:
+            _dll.mr_cancel_task(self._ctx, task)
+
+    def marker(self) -> tuple[int, int, float]:
+        """(sequence, request key, budget in ms) of the JavaScript segment running now."""
+        marker = self._marker
+        return int(marker[0]), int(marker[1]), float(marker[2])
+
+    def memory_limit_reached(self) -> bool:
+        return bool(_dll.mr_hard_memory_limit_reached(self._ctx))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        _dll.mr_free_context(self._ctx)
+
+
+_LOCATION = re.compile(r"^(?P<file>.*?):(?P<line>\d+): (?P<message>.*)$")
+
+
+def describe_script_error(message: str, path: str) -> str:
+    """Turn V8's ``file:line: Error\\nsource\\n   ^^^`` into ``file:line:column: Error``."""
+    lines = message.splitlines()
+    if not lines:
+        return f"{path}: script failed to load"
+    match = _LOCATION.match(lines[0])
+    if match is None:
+        return f"{path}: {lines[0]}"
+    column = ""
+    if len(lines) >= 3 and "^" in lines[2]:
+        column = f":{lines[2].index('^') + 1}"
+    where = f"{Path(path)}:{match['line']}{column}"
+    detail = "\n".join(lines[1:3]) if len(lines) >= 3 else ""
+    text = f"{where}: {match['message']}"
+    return f"{text}\n{detail}" if detail else text
