@@ -1,0 +1,382 @@
+"""Python clients: :class:`Client` (blocking, thread-safe) and :class:`AsyncClient` (asyncio).
+
+Both keep many calls in flight on one DEALER socket, match replies by JSON-RPC id, and
+retry transient failures within each call's timeout (see :mod:`madrpc.client_core`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import click
+import zmq
+import zmq.asyncio
+
+from .client_core import _UNSET, CallBook, PendingCall
+from .config import DEFAULT_FRONTEND, ClientConfig
+from .errors import MadrpcError, TransportError
+from .jsonrpc import encode_request
+from .sockets import make_socket
+
+__all__ = ["AsyncClient", "Client"]
+
+Params = Sequence[Any] | dict[str, Any] | None
+POLL_SLICE_S = 0.05
+"""Longest a thread pumps the socket before letting another thread look."""
+
+
+def _check_params(params: Any) -> Any:
+    if params is None or isinstance(params, (list, dict)):
+        return params
+    if isinstance(params, tuple):
+        return list(params)
+    raise TypeError(
+        f"params must be a list, a tuple, a dict or None, not {type(params).__name__}"
+    )
+
+
+def _config(endpoint: str, timeout: float | None, config: ClientConfig | None) -> ClientConfig:
+    if config is not None:
+        return config
+    if timeout is None:
+        return ClientConfig(endpoint=endpoint)
+    return ClientConfig(endpoint=endpoint, timeout_s=timeout)
+
+
+
+
+@contextmanager
+def _progress_bar(total: int, enabled: bool, label: str) -> Iterator[Callable[[int], None]]:
+    """click's progress bar on stderr, only when asked and stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    bar: Any
+    with click.progressbar(
+        length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True,
+    ) as bar:
+        yield bar.update
+
+
+class Client:
+    """Blocking client; safe to share between threads.
+
+    ``Client("tcp://127.0.0.1:5555").call("add", [1, 2])`` returns 3 or raises
+    :class:`~madrpc.errors.RpcError` (``RpcTimeoutError`` when out of time).
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_FRONTEND,
+        *,
+        timeout: float | None = None,
+        config: ClientConfig | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.config = _config(endpoint, timeout, config)
+        self._context = context or zmq.Context.instance()
+        self._lock = threading.Lock()
+        self._book = CallBook(self.config)
+        self._socket = self._new_socket()
+        self._connected_at = time.monotonic()
+        self._closed = False
+
+    def _new_socket(self) -> zmq.Socket[Any]:
+        socket = make_socket(self._context, zmq.DEALER, hwm=self.config.hwm)
+        socket.connect(self.config.endpoint)
+        return socket
+
+    # ------------------------------------------------------------ public API
+
+    def call(
+        self, method: str, params: Params = None, *, timeout: float | None = None,
+        idempotency_key: str | None | Any = _UNSET,
+    ) -> Any:
+        """Call ``method`` and return its result; ``timeout`` (s) bounds retries too."""
+        call = self._start(method, _check_params(params), timeout, idempotency_key)
+        self._wait(lambda: call.done)
+        return call.outcome()
+
+    def notify(self, method: str, params: Params = None) -> None:
+        """Send a notification: the function runs, no reply comes back."""
+        frame = encode_request(method, _check_params(params), None)
+        with self._lock:
+            self._send(frame)
+
+    def map(
+        self, method: str, params: Iterable[Params], *, timeout: float | None = None,
+        return_exceptions: bool = False, max_in_flight: int | None = None,
+        progress: bool = False,
+    ) -> list[Any]:
+        """Call ``method`` once per item of ``params``, many in flight; results in order.
+
+        ``timeout`` applies to each call. The first error is raised unless
+        ``return_exceptions`` is true (then errors take their call's place in the list).
+        ``progress`` shows a bar on stderr when it is a terminal.
+        """
+        items = [_check_params(item) for item in params]
+        window = max_in_flight or self.config.max_in_flight
+        results: list[Any] = [None] * len(items)
+        in_flight: dict[PendingCall, int] = {}
+        next_item = 0
+        completed = 0
+        with _progress_bar(len(items), progress, method) as advance:
+            while completed < len(items):
+                while next_item < len(items) and len(in_flight) < window:
+                    call = self._start(method, items[next_item], timeout, _UNSET)
+                    in_flight[call] = next_item
+                    next_item += 1
+                self._wait(lambda: any(c.done for c in in_flight))
+                for call in [c for c in in_flight if c.done]:
+                    index = in_flight.pop(call)
+                    completed += 1
+                    advance(1)
+                    if call.error is not None and not return_exceptions:
+                        for other in in_flight:
+                            self._book.abandon(other, call.error)
+                        raise call.error
+                    results[index] = call.error if call.error is not None else call.result
+        return results
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._book.fail_all(TransportError("client closed"))
+                self._socket.close(linger=0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _start(
+        self, method: str, params: Any, timeout: float | None, key: Any
+    ) -> PendingCall:
+        with self._lock:
+            if self._closed:
+                raise TransportError("client is closed")
+            now = time.monotonic()
+            call = self._book.new_call(method, params, timeout, now, key)
+            self._send(self._book.encode(call, now))
+            return call
+
+    def _send(self, frame: bytes) -> None:
+        try:
+            self._socket.send(frame, zmq.NOBLOCK, copy=False)
+        except zmq.Again as exc:
+            raise TransportError(
+                f"cannot send to {self.config.endpoint}: send queue full"
+            ) from exc
+        except zmq.ZMQError as exc:
+            raise TransportError(f"cannot send to {self.config.endpoint}: {exc}") from exc
+
+    def _wait(self, finished: Callable[[], bool]) -> None:
+        while not finished():
+            with self._lock:
+                if finished():
+                    return
+                if self._closed:
+                    raise TransportError("client closed while waiting")
+                self._pump()
+
+    def _pump(self) -> None:
+        """Read replies for up to one poll slice, then resend/expire/reconnect as due."""
+        book = self._book
+        now = time.monotonic()
+        wake = book.next_wakeup(now)
+        timeout_s = POLL_SLICE_S if wake is None else min(POLL_SLICE_S, max(0.0, wake - now))
+        if self._socket.poll(int(timeout_s * 1000)):
+            now = time.monotonic()
+            while True:
+                try:
+                    frame = self._socket.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                book.on_frame(frame, now)
+        self._housekeeping(time.monotonic())
+
+    def _housekeeping(self, now: float) -> None:
+        book = self._book
+        book.expire(now)
+        if book.broker_silent(now, self._connected_at):
+            self._socket.close(linger=0)
+            self._socket = self._new_socket()
+            self._connected_at = now
+            book.reconnects += 1
+            due: list[PendingCall] = list(book.calls.values())
+        else:
+            due = book.due_for_resend(now)
+        for call in due:
+            try:
+                self._send(book.encode(call, now))
+            except MadrpcError as exc:
+                book.abandon(call, exc)
+
+
+class AsyncClient:
+    """asyncio client: ``await client.call("add", [1, 2])``; use ``async with``."""
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_FRONTEND,
+        *,
+        timeout: float | None = None,
+        config: ClientConfig | None = None,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.config = _config(endpoint, timeout, config)
+        self._context = context or zmq.asyncio.Context.instance()
+        self._book = CallBook(self.config)
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._socket: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._connected_at = 0.0
+        self._closed = False
+
+    def _ensure_started(self) -> zmq.asyncio.Socket:
+        if self._closed:
+            raise TransportError("client is closed")
+        if self._socket is None:
+            self._socket = self._new_socket()
+            self._wakeup = asyncio.Event()
+            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        return self._socket
+
+    def _new_socket(self) -> zmq.asyncio.Socket:
+        socket: Any = make_socket(self._context, zmq.DEALER, hwm=self.config.hwm)
+        socket.connect(self.config.endpoint)
+        self._connected_at = time.monotonic()
+        return socket  # type: ignore[no-any-return]
+
+    async def call(
+        self, method: str, params: Params = None, *, timeout: float | None = None,
+        idempotency_key: str | None | Any = _UNSET,
+    ) -> Any:
+        """Call ``method`` and return its result (see :meth:`Client.call`)."""
+        socket = self._ensure_started()
+        now = time.monotonic()
+        call = self._book.new_call(method, _check_params(params), timeout, now, idempotency_key)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._futures[call.id] = future
+        try:
+            await socket.send(self._book.encode(call, now), copy=False)
+        except zmq.ZMQError as exc:
+            self._futures.pop(call.id, None)
+            self._book.abandon(call, TransportError(str(exc)))
+            raise TransportError(f"cannot send to {self.config.endpoint}: {exc}") from exc
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await future
+        finally:
+            self._futures.pop(call.id, None)
+
+    async def notify(self, method: str, params: Params = None) -> None:
+        socket = self._ensure_started()
+        await socket.send(encode_request(method, _check_params(params), None))
+
+    async def map(
+        self, method: str, params: Iterable[Params], *, timeout: float | None = None,
+        return_exceptions: bool = False, max_in_flight: int | None = None,
+    ) -> list[Any]:
+        """Call ``method`` once per item, up to ``max_in_flight`` at once; results in order."""
+        limit = asyncio.Semaphore(max_in_flight or self.config.max_in_flight)
+
+        async def one(item: Params) -> Any:
+            async with limit:
+                return await self.call(method, item, timeout=timeout)
+
+        tasks = [asyncio.ensure_future(one(item)) for item in params]
+        try:
+            return list(await asyncio.gather(*tasks, return_exceptions=return_exceptions))
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _read_loop(self) -> None:
+        book = self._book
+        while not self._closed:
+            socket = self._socket
+            assert socket is not None and self._wakeup is not None
+            now = time.monotonic()
+            wake = book.next_wakeup(now)
+            timeout_s = 1.0 if wake is None else min(1.0, max(0.0, wake - now))
+            self._wakeup.clear()
+            poll = asyncio.ensure_future(socket.poll(int(timeout_s * 1000)))
+            woken = asyncio.ensure_future(self._wakeup.wait())
+            done, _ = await asyncio.wait({poll, woken}, return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            if poll not in done:
+                poll.cancel()
+            now = time.monotonic()
+            while True:
+                try:
+                    frame = socket.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                assert isinstance(frame, bytes)
+                for call in book.on_frame(frame, now):
+                    self._settle(call)
+            await self._housekeeping(time.monotonic())
+
+    async def _housekeeping(self, now: float) -> None:
+        book = self._book
+        for call in book.expire(now):
+            self._settle(call)
+        if book.broker_silent(now, self._connected_at):
+            assert self._socket is not None
+            self._socket.close(linger=0)
+            self._socket = self._new_socket()
+            book.reconnects += 1
+            due = list(book.calls.values())
+        else:
+            due = book.due_for_resend(now)
+        for call in due:
+            try:
+                assert self._socket is not None
+                self._socket.send(book.encode(call, now), zmq.NOBLOCK)
+            except (MadrpcError, zmq.ZMQError) as exc:
+                error = exc if isinstance(exc, MadrpcError) else TransportError(str(exc))
+                book.abandon(call, error)
+                self._settle(call)
+
+    def _settle(self, call: PendingCall) -> None:
+        future = self._futures.get(call.id)
+        if future is None or future.done():
+            return
+        if call.error is not None:
+            future.set_exception(call.error)
+        else:
+            future.set_result(call.result)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        self._book.fail_all(TransportError("client closed"))
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(TransportError("client closed"))
+        if self._socket is not None:
+            self._socket.close(linger=0)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
