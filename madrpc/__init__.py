@@ -1,0 +1,38 @@
+"""MaDRPC: run JavaScript functions across many cores and machines from Python.
+
+A broker routes JSON-RPC 2.0 requests over ZeroMQ to workers that run the functions in
+V8. See README.md for the quick start and docs/ for the protocol.
+"""
+
+from .__about__ import __version__
+from .client import AsyncClient, Client
+from .config import BrokerConfig, ClientConfig, WorkerConfig
+from .errors import (
+    ErrorCode,
+    JSError,
+    MadrpcError,
+    MessageTooLargeError,
+    ProtocolError,
+    RpcError,
+    RpcTimeoutError,
+    TransportError,
+)
+from .local import LocalGrid
+
+__all__ = [
+    "AsyncClient",
+    "BrokerConfig",
+    "Client",
+    "ClientConfig",
+    "ErrorCode",
+    "JSError",
+    "LocalGrid",
+    "MadrpcError",
+    "MessageTooLargeError",
+    "ProtocolError",
+    "RpcError",
+    "RpcTimeoutError",
+    "TransportError",
+    "WorkerConfig",
+    "__version__",
+]

@@ -1,0 +1,262 @@
+"""The ``madrpc``, ``madrpc-broker`` and ``madrpc-worker`` commands (click)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import click
+import orjson
+
+from . import config as cfg
+from .errors import MadrpcError, RpcError
+from .logs import LOG_FORMATS, setup_logging
+
+log = logging.getLogger("madrpc.cli")
+
+_LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+def _log_options(default_level: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text",
+                            show_default=True, help="Log lines as text or as JSON objects.")(func)
+        return click.option("--log-level", type=_LOG_LEVELS, default=default_level,
+                            show_default=True, help="Least severe log level shown.")(func)
+    return decorate
+
+
+def _on_signals(stop: Callable[[bool], None]) -> None:
+    """First SIGINT/SIGTERM: stop gracefully (drain). Second: stop now."""
+    count = {"n": 0}
+
+    def handler(signum: int, frame: Any) -> None:
+        count["n"] += 1
+        name = signal.Signals(signum).name
+        if count["n"] == 1:
+            log.info("%s: stopping (again to stop at once)", name)
+            stop(True)
+        else:
+            stop(False)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _parse_params(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        params = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="PARAMS_JSON") from exc
+    if not isinstance(params, (list, dict)):
+        raise click.BadParameter("must be a JSON array or object", param_hint="PARAMS_JSON")
+    return params
+
+
+def _print_result(result: Any) -> None:
+    click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+def _print_error(error: MadrpcError) -> None:
+    if isinstance(error, RpcError):
+        body: dict[str, Any] = {"code": error.code, "message": error.message}
+        if error.data is not None:
+            body["data"] = error.data
+        click.echo(orjson.dumps({"error": body}, option=orjson.OPT_INDENT_2).decode(), err=True)
+    else:
+        click.echo(f"error: {error}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="madrpc")
+def main() -> None:
+    """MaDRPC: run JavaScript functions across cores and machines over ZeroMQ."""
+
+
+# ------------------------------------------------------------------ broker
+
+@click.command("broker")
+@click.option("--frontend", default=cfg.DEFAULT_FRONTEND, show_default=True,
+              help="Endpoint clients connect to.")
+@click.option("--backend", default=cfg.DEFAULT_BACKEND, show_default=True,
+              help="Endpoint workers connect to.")
+@click.option("--heartbeat-interval", type=float, default=cfg.DEFAULT_HEARTBEAT_INTERVAL_S,
+              show_default=True, help="Seconds between heartbeats.")
+@click.option("--heartbeat-liveness", type=int, default=cfg.DEFAULT_HEARTBEAT_LIVENESS,
+              show_default=True, help="Missed heartbeats before a worker counts as dead.")
+@click.option("--max-queue", type=int, default=cfg.BrokerConfig.max_queue, show_default=True,
+              help="Requests that may wait for a worker; beyond, new ones get 'Overloaded'.")
+@click.option("--default-timeout", type=float, default=cfg.DEFAULT_TIMEOUT_MS / 1000,
+              show_default=True, help="Seconds a request may take when it names no timeout.")
+@click.option("--max-message-bytes", type=int, default=cfg.DEFAULT_MAX_MESSAGE_BYTES,
+              show_default=True, help="Largest accepted message; bigger peers are cut off.")
+@click.option("--max-attempts", type=int, default=cfg.BrokerConfig.max_attempts,
+              show_default=True, help="Dispatches of a request whose workers keep dying.")
+@click.option("--max-call-depth", type=int, default=cfg.BrokerConfig.max_call_depth,
+              show_default=True, help="Deepest chain of nested madrpc.call allowed.")
+@click.option("--drain-timeout", type=float, default=cfg.BrokerConfig.drain_timeout_s,
+              show_default=True, help="Seconds to finish in-flight requests on SIGTERM.")
+@click.option("--no-metrics", is_flag=True, help="Do not collect latency histograms and rates.")
+@_log_options("info")
+def broker_command(
+    frontend: str, backend: str, heartbeat_interval: float, heartbeat_liveness: int,
+    max_queue: int, default_timeout: float, max_message_bytes: int, max_attempts: int,
+    max_call_depth: int, drain_timeout: float, no_metrics: bool, log_level: str,
+    log_format: str,
+) -> None:
+    """Run a broker: clients on FRONTEND, workers on BACKEND."""
+    from .broker import Broker
+
+    setup_logging(log_level, log_format)
+    config = cfg.BrokerConfig(
+        frontend=frontend, backend=backend, heartbeat_interval_s=heartbeat_interval,
+        heartbeat_liveness=heartbeat_liveness, max_queue=max_queue,
+        default_timeout_ms=int(default_timeout * 1000), max_message_bytes=max_message_bytes,
+        max_attempts=max_attempts, max_call_depth=max_call_depth, drain_timeout_s=drain_timeout,
+        collect_metrics=not no_metrics,
+    )
+    try:
+        broker = Broker(config)
+    except Exception as exc:  # noqa: BLE001 - zmq bind errors deserve one clear line
+        raise click.ClickException(f"cannot start the broker: {exc}") from exc
+    _on_signals(lambda drain: broker.stop(drain))
+    broker.run()
+
+
+# ------------------------------------------------------------------ worker
+
+@click.command("worker")
+@click.option("--script", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JavaScript file that registers functions with madrpc.register.")
+@click.option("--broker", default=cfg.DEFAULT_BACKEND, show_default=True,
+              help="The broker's backend endpoint.")
+@click.option("--contexts", type=click.IntRange(1, 1024), default=None,
+              help="V8 contexts (engine processes).  [default: CPU count]")
+@click.option("--prefetch", type=click.IntRange(0, 1000), default=cfg.WorkerConfig.prefetch,
+              show_default=True, help="Requests per context accepted beyond the running one.")
+@click.option("--cpu-limit", type=float, default=cfg.WorkerConfig.cpu_limit_s,
+              show_default=True, help="Seconds a request may run JavaScript without yielding.")
+@click.option("--max-memory", type=click.IntRange(16, 1 << 20),
+              default=cfg.WorkerConfig.max_memory_mb, show_default=True,
+              help="Heap limit per context, MiB.")
+@click.option("--fresh-context", is_flag=True,
+              help="A new context for every request (isolation, at a cost).")
+@click.option("--watch", is_flag=True, help="Reload the script when the file changes.")
+@click.option("--heartbeat-interval", type=float, default=cfg.DEFAULT_HEARTBEAT_INTERVAL_S,
+              show_default=True, help="Seconds between heartbeats.")
+@click.option("--heartbeat-liveness", type=int, default=cfg.DEFAULT_HEARTBEAT_LIVENESS,
+              show_default=True, help="Missed heartbeats before the broker counts as dead.")
+@click.option("--drain-timeout", type=float, default=cfg.WorkerConfig.drain_timeout_s,
+              show_default=True, help="Seconds to finish held requests on SIGTERM.")
+@click.option("--v8-flag", multiple=True, help="Extra V8 flag for the engines (repeatable).")
+@_log_options("info")
+def worker_command(
+    script: str, broker: str, contexts: int | None, prefetch: int, cpu_limit: float,
+    max_memory: int, fresh_context: bool, watch: bool, heartbeat_interval: float,
+    heartbeat_liveness: int, drain_timeout: float, v8_flag: tuple[str, ...], log_level: str,
+    log_format: str,
+) -> None:
+    """Run a worker: V8 contexts running SCRIPT's functions for the broker."""
+    from .worker import Worker
+
+    setup_logging(log_level, log_format)
+    config = cfg.WorkerConfig(
+        script=script, broker=broker, contexts=contexts or (os.cpu_count() or 1),
+        prefetch=prefetch, cpu_limit_s=cpu_limit, max_memory_mb=max_memory,
+        fresh_context=fresh_context, watch=watch, heartbeat_interval_s=heartbeat_interval,
+        heartbeat_liveness=heartbeat_liveness, drain_timeout_s=drain_timeout, v8_flags=v8_flag,
+    )
+    worker = Worker(config, engine_log_level=log_level.upper())
+    _on_signals(lambda drain: worker.stop(drain))
+    sys.exit(worker.run())
+
+
+# ------------------------------------------------------------------ call / run
+
+@click.command("call")
+@click.argument("method")
+@click.argument("params_json", required=False)
+@click.option("--broker", default=cfg.DEFAULT_FRONTEND, show_default=True,
+              help="The broker's frontend endpoint.")
+@click.option("--timeout", type=float, default=cfg.DEFAULT_TIMEOUT_MS / 1000, show_default=True,
+              help="Seconds to wait for the result (retries included).")
+def call_command(method: str, params_json: str | None, broker: str, timeout: float) -> None:
+    """Call METHOD on a running grid and print the JSON result.
+
+    PARAMS_JSON is a JSON array (positional) or object (named). Exit status 1 and the
+    JSON-RPC error on stderr when the call fails.
+    """
+    from .client import Client
+
+    params = _parse_params(params_json)
+    with Client(broker, timeout=timeout) as client:
+        try:
+            result = client.call(method, params)
+        except MadrpcError as exc:
+            _print_error(exc)
+            sys.exit(1)
+    _print_result(result)
+
+
+@click.command("run")
+@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.argument("method")
+@click.argument("params_json", required=False)
+@click.option("--contexts", type=click.IntRange(1, 1024), default=None,
+              help="V8 contexts of the embedded worker.  [default: CPU count]")
+@click.option("--timeout", type=float, default=cfg.DEFAULT_TIMEOUT_MS / 1000, show_default=True,
+              help="Seconds to wait for the result.")
+@_log_options("warning")
+def run_command(
+    script: str, method: str, params_json: str | None, contexts: int | None, timeout: float,
+    log_level: str, log_format: str,
+) -> None:
+    """Start a local grid for SCRIPT, call METHOD once, print the result, shut down.
+
+    The broker and one worker run in this process on private endpoints; nothing is left
+    running afterwards.
+    """
+    from .local import LocalGrid
+
+    setup_logging(log_level, log_format)
+    params = _parse_params(params_json)
+    interrupted = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
+    try:
+        with LocalGrid(script, contexts=contexts) as grid:
+            try:
+                result = grid.client(timeout_s=timeout).call(method, params)
+            except MadrpcError as exc:
+                _print_error(exc)
+                sys.exit(1)
+    except MadrpcError as exc:
+        _print_error(exc)
+        sys.exit(1)
+    _print_result(result)
+
+
+main.add_command(broker_command)
+main.add_command(worker_command)
+main.add_command(call_command)
+main.add_command(run_command)
+
+
+def broker_main() -> None:
+    """Entry point of ``madrpc-broker``."""
+    broker_command(prog_name="madrpc-broker")
+
+
+def worker_main() -> None:
+    """Entry point of ``madrpc-worker``."""
+    worker_command(prog_name="madrpc-worker")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""An embedded local grid: a broker and a worker in threads of this process.
+
+Used by ``madrpc run`` and handy in notebooks and tests::
+
+    with LocalGrid("examples/monte-carlo-pi/scripts/pi.js") as grid:
+        print(grid.client().call("aggregate", {"numNodes": 8}))
+
+The endpoints are private ``ipc://`` paths in a temporary directory. JavaScript still
+runs in the worker's engine processes, one per context.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from typing import Any
+
+from .broker import Broker
+from .client import Client
+from .config import BrokerConfig, ClientConfig, WorkerConfig
+from .errors import MadrpcError
+from .worker import Worker
+
+__all__ = ["LocalGrid"]
+
+START_TIMEOUT_S = 60.0
+"""How long the embedded worker may take to load the script and register."""
+
+
+class LocalGrid:
+    """Broker + worker in background threads; stop with :meth:`close` (or ``with``)."""
+
+    def __init__(
+        self,
+        script: str,
+        *,
+        contexts: int | None = None,
+        worker_options: dict[str, Any] | None = None,
+        broker_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._tmpdir = tempfile.mkdtemp(prefix="madrpc-grid-")
+        self.frontend = f"ipc://{self._tmpdir}/frontend"
+        self.backend = f"ipc://{self._tmpdir}/backend"
+        self.broker = Broker(
+            BrokerConfig(frontend=self.frontend, backend=self.backend, **(broker_options or {}))
+        )
+        worker_kwargs: dict[str, Any] = dict(worker_options or {})
+        if contexts is not None:
+            worker_kwargs["contexts"] = contexts
+        self.worker = Worker(WorkerConfig(script=script, broker=self.backend, **worker_kwargs))
+        self._worker_status: int | None = None
+        self._broker_thread = threading.Thread(target=self.broker.run, name="madrpc-broker",
+                                               daemon=True)
+        self._worker_thread = threading.Thread(target=self._run_worker, name="madrpc-worker",
+                                               daemon=True)
+        self._clients: list[Client] = []
+        self._broker_thread.start()
+        self._worker_thread.start()
+        self._wait_ready()
+
+    def _run_worker(self) -> None:
+        self._worker_status = self.worker.run()
+
+    def _wait_ready(self) -> None:
+        if self.worker.connected.wait(START_TIMEOUT_S) and self._worker_status is None:
+            return
+        self._worker_thread.join(1.0)
+        status = self._worker_status
+        self.close()
+        raise MadrpcError(
+            "the embedded worker failed to start (see the log above)"
+            if status else f"the embedded worker did not register within {START_TIMEOUT_S:.0f} s"
+        )
+
+    def client(self, **options: Any) -> Client:
+        """A client connected to this grid (closed with the grid)."""
+        client = Client(config=ClientConfig(endpoint=self.frontend, **options))
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.worker.stop(drain=False)
+        self._worker_thread.join()
+        self.broker.stop(drain=False)
+        self._broker_thread.join()
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalGrid:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
