@@ -1,0 +1,12 @@
+// Functions used by tools/bench.py.
+'use strict';
+madrpc.register('noop', (x) => x);
+madrpc.register('nested_noop', async ({calls = 1000, parallel = false} = {}) => {
+  // `calls` nested no-op calls through the broker, one after another (or all at once).
+  if (parallel) {
+    await Promise.all(Array.from({length: calls}, (_, i) => madrpc.call('noop', [i])));
+  } else {
+    for (let i = 0; i < calls; i++) await madrpc.call('noop', [i]);
+  }
+  return calls;
+});

@@ -1,0 +1,311 @@
+"""MaDRPC benchmarks, each reported as a ratio to a baseline measured in the same run.
+
+    python tools/bench.py              # everything (about two minutes)
+    python tools/bench.py --only rpc   # just one section: rpc, pi, fanout, nested, metrics
+
+Sections:
+  rpc      trivial JS call through the grid vs tools/echo_broker.py (bare pyzmq broker
+           with echo workers), 1 and 64 requests in flight: req/s, p50/p99, grid/baseline
+  pi       Monte Carlo pi job (50 x 1,000,000 samples via Client.map) with 1 vs 2 contexts,
+           and its cost per sample against the same JS in one bare MiniRacer
+  fanout   aggregate(50 x 1,000,000) fanned out in JS on 1 worker: 1 vs 2 contexts
+  nested   1,000 sequential nested no-op calls from JS vs 1,000 direct client calls
+  metrics  throughput with metrics collection on vs off (64 in flight)
+The machine is shared and noisy: read ratios, not absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import orjson
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+PI_SCRIPT = ROOT / "examples" / "monte-carlo-pi" / "scripts" / "pi.js"
+BENCH_SCRIPT = ROOT / "tools" / "bench.js"
+SECTIONS = ("rpc", "pi", "fanout", "nested", "metrics")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def process(*command: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def grid(
+    script: Path, workers: int, contexts: int, broker_args: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """Broker and workers as separate processes; yields the frontend endpoint."""
+    front = f"tcp://127.0.0.1:{free_port()}"
+    back = f"tcp://127.0.0.1:{free_port()}"
+    with ExitStack() as stack:
+        stack.enter_context(process(
+            sys.executable, "-m", "madrpc.cli", "broker", "--frontend", front, "--backend", back,
+            "--log-level", "warning", *broker_args,
+        ))
+        for _ in range(workers):
+            stack.enter_context(process(
+                sys.executable, "-m", "madrpc.cli", "worker", "--script", str(script),
+                "--broker", back, "--contexts", str(contexts), "--log-level", "warning",
+            ))
+        wait_for_workers(front, workers)
+        yield front
+
+
+def wait_for_workers(front: str, count: int, timeout_s: float = 60) -> None:
+    from madrpc import Client
+
+    deadline = time.monotonic() + timeout_s
+    with Client(front, timeout=5) as client:
+        while time.monotonic() < deadline:
+            ready = [w for w in client.call("_metrics")["workers"]
+                     if w["contexts"] and w["credit"] > 0]
+            if len(ready) >= count:
+                return
+            time.sleep(0.1)
+    raise RuntimeError(f"{count} workers did not register within {timeout_s} s")
+
+
+@contextmanager
+def echo_baseline(workers: int) -> Iterator[str]:
+    front = f"tcp://127.0.0.1:{free_port()}"
+    back = f"tcp://127.0.0.1:{free_port()}"
+    with process(sys.executable, str(ROOT / "tools" / "echo_broker.py"), "--frontend", front,
+                 "--backend", back, "--workers", str(workers)):
+        time.sleep(1.0)   # echo workers register with a READY frame
+        yield front
+
+
+def load(endpoint: str, in_flight: int, duration_s: float, method: str = "noop",
+         warmup_s: float = 0.5) -> dict[str, float]:
+    """Keep ``in_flight`` requests outstanding on one DEALER; req/s and latency percentiles."""
+    context = zmq.Context.instance()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(endpoint)
+    sent: dict[int, float] = {}
+    latencies: list[float] = []
+    next_id = 0
+
+    def send() -> None:
+        nonlocal next_id
+        next_id += 1
+        frame = b'{"jsonrpc":"2.0","method":"%s","params":[%d],"id":%d}' % (
+            method.encode(), next_id, next_id)
+        sent[next_id] = time.perf_counter()
+        dealer.send(frame)
+
+    for _ in range(in_flight):
+        send()
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    end = measure_from + duration_s
+    done = 0
+    while True:
+        frame = dealer.recv()
+        now = time.perf_counter()
+        reply_id = orjson.loads(frame)["id"]
+        began = sent.pop(reply_id)
+        if now >= measure_from:
+            if now >= end:
+                break
+            latencies.append(now - began)
+            done += 1
+        send()
+    dealer.close()
+    latencies.sort()
+    return {
+        "req_s": done / duration_s,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+    }
+
+
+def best_of(runs: int, measure: Callable[[], float]) -> float:
+    return min(measure() for _ in range(runs))
+
+
+# ------------------------------------------------------------------ sections
+
+
+def bench_rpc(duration_s: float) -> list[str]:
+    rows = []
+    with echo_baseline(2) as front:
+        baseline = {n: load(front, n, duration_s) for n in (1, 64)}
+    with grid(BENCH_SCRIPT, workers=2, contexts=1) as front:
+        measured = {n: load(front, n, duration_s) for n in (1, 64)}
+    for n in (1, 64):
+        g, b = measured[n], baseline[n]
+        rows.append(
+            f"| trivial call, {n:>2} in flight | grid {g['req_s']:8.0f} req/s, "
+            f"p50 {g['p50_ms']:.2f} ms, p99 {g['p99_ms']:.2f} ms | baseline {b['req_s']:8.0f} "
+            f"req/s, p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms | "
+            f"**{g['req_s'] / b['req_s']:.0%}** of baseline |"
+        )
+    return rows
+
+
+def pi_job(front: str) -> float:
+    from madrpc import Client
+
+    with Client(front, timeout=300) as client:
+        params = [{"samples": 1_000_000, "seed": seed} for seed in range(50)]
+        start = time.perf_counter()
+        results = client.map("monte_carlo_sample", params)
+        elapsed = time.perf_counter() - start
+    assert sum(r["total"] for r in results) == 50_000_000
+    return elapsed
+
+
+BARE_V8 = textwrap.dedent("""
+    import sys, time
+    from py_mini_racer import MiniRacer, init_mini_racer
+    init_mini_racer(flags=())
+    source = open(sys.argv[1]).read()
+    start = source.index("function countInside")
+    end = source.index("function integerParam")
+    mr = MiniRacer()
+    mr.eval(source[start:end])
+    mr.eval("countInside(1000000, 99)")
+    best = min(
+        (lambda t0: (mr.eval("countInside(1000000, %d)" % seed), time.perf_counter() - t0)[1])(
+            time.perf_counter())
+        for seed in range(10))
+    print(best / 1_000_000 * 1e9)
+""")
+
+
+def bench_pi(runs: int) -> list[str]:
+    times = {}
+    for contexts in (1, 2):
+        with grid(PI_SCRIPT, workers=1, contexts=contexts) as front:
+            pi_job(front)   # warm up the JIT in every context
+            times[contexts] = best_of(runs, lambda: pi_job(front))
+    bare_ns = float(subprocess.check_output([sys.executable, "-c", BARE_V8, str(PI_SCRIPT)]))
+    grid_ns = times[1] / 50_000_000 * 1e9
+    return [
+        f"| pi job, 50 x 1M samples, 1 worker | 1 context {times[1]:.3f} s | 2 contexts "
+        f"{times[2]:.3f} s | speed-up **{times[1] / times[2]:.2f}x** |",
+        f"| cost per sample (1 context) | grid {grid_ns:.2f} ns | bare MiniRacer "
+        f"{bare_ns:.2f} ns | grid/bare **{grid_ns / bare_ns:.2f}x** |",
+    ]
+
+
+def aggregate_job(front: str) -> float:
+    from madrpc import Client
+
+    with Client(front, timeout=300) as client:
+        start = time.perf_counter()
+        result = client.call("aggregate", {"numNodes": 50, "samplesPerNode": 1_000_000})
+        elapsed = time.perf_counter() - start
+    assert abs(result["piEstimate"] - 3.14159) < 0.01
+    return elapsed
+
+
+def bench_fanout(runs: int) -> list[str]:
+    times = {}
+    for contexts in (1, 2):
+        with grid(PI_SCRIPT, workers=1, contexts=contexts) as front:
+            aggregate_job(front)
+            times[contexts] = best_of(runs, lambda: aggregate_job(front))
+    return [
+        f"| aggregate 50 x 1M (JS fan-out), 1 worker | 1 context {times[1]:.3f} s | "
+        f"2 contexts {times[2]:.3f} s | speed-up **{times[1] / times[2]:.2f}x** |"
+    ]
+
+
+def bench_nested(runs: int) -> list[str]:
+    from madrpc import Client
+
+    calls = 1000
+    with grid(BENCH_SCRIPT, workers=1, contexts=2) as front, Client(front, timeout=120) as client:
+        client.call("nested_noop", {"calls": 100})
+
+        def nested() -> float:
+            start = time.perf_counter()
+            client.call("nested_noop", {"calls": calls})
+            return (time.perf_counter() - start) / calls
+
+        def direct() -> float:
+            start = time.perf_counter()
+            for i in range(calls):
+                client.call("noop", [i])
+            return (time.perf_counter() - start) / calls
+
+        nested_s = best_of(runs, nested)
+        direct_s = best_of(runs, direct)
+    return [
+        f"| nested no-op call from JS (sequential) | {nested_s * 1e6:.0f} us per call | "
+        f"direct client call {direct_s * 1e6:.0f} us | "
+        f"nested/direct **{nested_s / direct_s:.2f}x** |"
+    ]
+
+
+def bench_metrics(duration_s: float) -> list[str]:
+    results = {}
+    for label, args in (("on", ()), ("off", ("--no-metrics",))):
+        with grid(BENCH_SCRIPT, workers=2, contexts=1, broker_args=args) as front:
+            results[label] = statistics.median(
+                load(front, 64, duration_s)["req_s"] for _ in range(3)
+            )
+    on, off = results["on"], results["off"]
+    return [
+        f"| metrics collection, 64 in flight | on {on:.0f} req/s | off {off:.0f} req/s | "
+        f"cost **{(off - on) / off:+.1%}** |"
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=SECTIONS, action="append",
+                        help="run only these sections (repeatable)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per load run")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions (best is kept)")
+    args = parser.parse_args(argv)
+    sections = args.only or list(SECTIONS)
+    print(f"# MaDRPC bench  ({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')})")
+    print("| case | measured | baseline | ratio |\n|---|---|---|---|")
+    for name in sections:
+        if name == "rpc":
+            rows = bench_rpc(args.duration)
+        elif name == "pi":
+            rows = bench_pi(args.runs)
+        elif name == "fanout":
+            rows = bench_fanout(args.runs)
+        elif name == "nested":
+            rows = bench_nested(args.runs)
+        else:
+            rows = bench_metrics(args.duration)
+        for row in rows:
+            print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
