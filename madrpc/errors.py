@@ -127,9 +127,14 @@ def rpc_error_from_object(error: Any) -> RpcError:
     code = error.get("code")
     message = error.get("message")
     data = error.get("data")
-    if not isinstance(code, int):
+    if not isinstance(code, int) or isinstance(code, bool):
         code = int(ErrorCode.INTERNAL_ERROR)
-    if not isinstance(message, str):
+    if message is None:
+        try:
+            message = ERROR_MESSAGES[ErrorCode(code)]
+        except ValueError:
+            message = "Server error"
+    elif not isinstance(message, str):
         message = str(message)
     if code == ErrorCode.TIMEOUT:
         return RpcTimeoutError(code, message, data)

@@ -8,6 +8,7 @@ the client exactly as the worker encoded it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "response",
 ]
 
+_ERROR_CODE = re.compile(rb'"code"\s*:\s*(-?\d+)')
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
 """Longest ``madrpc.idempotency_key`` accepted (characters)."""
 NULL = b"null"
@@ -72,6 +74,8 @@ class Call:
         member: dict[str, Any] = {"method": self.method}
         if self.params is not None:
             member["params"] = self.params
+        if self.id_json is not None:
+            member["id"] = orjson.loads(self.id_json)
         self.body = json_dumps(member)
         return self.body
 
@@ -114,7 +118,7 @@ def parse_frame(frame: bytes, *, max_batch: int = 10_000) -> Parsed:
                 ErrorCode.INVALID_REQUEST,
                 f"Invalid Request: batch of {len(document)} exceeds the limit of {max_batch}",
             )
-        return [_parse_member(member, None) for member in document]
+        return [_encodable(_parse_member(member, None)) for member in document]
     return Invalid(NULL, ErrorCode.INVALID_REQUEST, "Invalid Request: not an object or array")
 
 
@@ -127,6 +131,9 @@ def _parse_member(member: Any, body: bytes | None) -> Call | Invalid:
             isinstance(request_id, bool) or not isinstance(request_id, (str, int, float))
         ):
             return _invalid(NULL, "id must be a string, a number or null")
+        if isinstance(request_id, float) and request_id.is_integer() and abs(request_id) >= 2**63:
+            # orjson reads integers beyond 64 bits as floats: echoing one would change it.
+            return _invalid(NULL, "id is an integer too large to echo exactly; use a string")
         id_json: bytes | None = json_dumps(request_id)
     else:
         id_json = None
@@ -148,6 +155,17 @@ def _parse_member(member: Any, body: bytes | None) -> Call | Invalid:
             return _invalid(error_id, parsed_options)
         options = parsed_options
     return Call(method, params, id_json, options, body)
+
+
+def _encodable(member: Call | Invalid) -> Call | Invalid:
+    """A batch member is re-encoded for its worker now, so a member that cannot be
+    (orjson writes less nesting than it reads) is refused here, not in the broker loop."""
+    if isinstance(member, Call):
+        try:
+            member.encoded_body()
+        except orjson.JSONEncodeError as exc:
+            return _invalid(member.id_json or NULL, f"params cannot be forwarded: {exc}")
+    return member
 
 
 def _invalid(id_json: bytes, detail: str) -> Invalid:
@@ -205,20 +223,11 @@ def _default_message(code: int) -> str:
 
 
 def fragment_error_code(fragment: bytes) -> int | None:
-    """The code of an ``"error":{"code":N,...`` fragment; None for a result."""
+    """The code of an ``"error": {"code": N, ...`` fragment; None for a result."""
     if not fragment.startswith(b'"error"'):
         return None
-    start = fragment.find(b'"code":')
-    if start < 0:
-        return int(ErrorCode.INTERNAL_ERROR)
-    start += 7
-    end = start
-    while end < len(fragment) and fragment[end : end + 1] in b"-0123456789":
-        end += 1
-    try:
-        return int(fragment[start:end])
-    except ValueError:
-        return int(ErrorCode.INTERNAL_ERROR)
+    match = _ERROR_CODE.search(fragment)
+    return int(match.group(1)) if match else int(ErrorCode.INTERNAL_ERROR)
 
 
 def response(id_json: bytes, fragment: bytes) -> bytes:

@@ -18,7 +18,8 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (0-based), without jitter."""
-        return min(self.max_s, self.initial_s * self.multiplier ** max(0, attempt))
+        exponent = min(max(0, attempt), 64)   # beyond this the cap applies anyway
+        return min(self.max_s, self.initial_s * self.multiplier**exponent)
 
     def jittered(self, attempt: int, rng: random.Random | None = None) -> float:
         """Full jitter: uniform in [0, delay(attempt)]."""

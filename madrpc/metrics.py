@@ -93,9 +93,14 @@ class Histogram:
             for key, count in buckets.items():
                 try:
                     index = int(key)
-                except ValueError:
+                except (TypeError, ValueError):
                     continue
-                if 0 <= index < BUCKET_COUNT and isinstance(count, int) and count > 0:
+                if (
+                    0 <= index < BUCKET_COUNT
+                    and isinstance(count, int)
+                    and not isinstance(count, bool)
+                    and count > 0
+                ):
                     histogram.counts[index] += count
                     histogram.total += count
         total_s = data.get("s")

@@ -67,6 +67,8 @@ class CircuitBreaker:
             self.trial_in_flight = False
 
     def on_failure(self, now: float) -> None:
+        if self.state is CircuitState.OPEN:
+            return   # late news from before it opened: the clock is already running
         self.failures += 1
         if self.state is CircuitState.HALF_OPEN or self.failures >= self.failure_threshold:
             self.open_s = (
@@ -133,7 +135,15 @@ class IdempotencyTable:
         self._entries[key] = _Entry(request_key)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            self._evict_one()
+
+    def _evict_one(self) -> None:
+        """Forget the oldest finished entry (the oldest running one if none finished)."""
+        for key, entry in self._entries.items():
+            if entry.running is None:
+                del self._entries[key]
+                return
+        self._entries.popitem(last=False)
 
     def join(self, key: str, request_key: bytes) -> None:
         entry = self._entries.get(key)
