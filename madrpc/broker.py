@@ -120,10 +120,14 @@ class Broker:
                 frames = socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if handle is not None:
-                handle(frames[0], frames[1:], now)
-            else:
-                state.on_client_frame(frames, now)
+            try:
+                if handle is not None:
+                    handle(frames[0], frames[1:], now)
+                else:
+                    state.on_client_frame(frames, now)
+            except Exception:  # noqa: BLE001 - a bug must cost one message, not the broker
+                state.dropped["internal error"] += 1
+                log.exception("internal error handling a message; message dropped")
 
     def _flush(self, now: float) -> None:
         for side, frames in self.state.take_sends():

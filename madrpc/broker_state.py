@@ -7,14 +7,16 @@ the socket loop by :meth:`take_sends`, so requests bound for one worker in one p
 round leave as one message.
 
 Invariants (tested): a live request is either queued or held by exactly one live
-worker; a worker never holds more requests than the credit it advertised; each client
-request gets at most one reply.
+worker; requests in flight to a worker plus its remaining credit never exceed the credit
+it issued (a worker returns credit for requests that park awaiting nested calls, so it
+may hold more requests than that); each client request gets at most one reply.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import math
 import random
 from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
@@ -129,7 +131,7 @@ class BrokerState:
         self.methods: dict[str, CallStats] = defaultdict(CallStats)
         self.rate = RateMeter()
         self.clients: OrderedDict[bytes, float] = OrderedDict()
-        self.refused_versions: set[bytes] = set()
+        self.refused_peers: OrderedDict[bytes, bool] = OrderedDict()
         self.draining = False
         self.process_stats: dict[str, Any] = {}
         """CPU% and RSS of the broker process, refreshed by the socket loop."""
@@ -167,10 +169,11 @@ class BrokerState:
                 batch.parts[index] = member.response()
             elif not member.is_notification:
                 batch.waiting += 1
+        nothing_to_wait_for = batch.waiting == 0
         for index, member in enumerate(members):
             if isinstance(member, Call):
                 self._admit(member, now, route=route, batch=batch, index=index)
-        if batch.waiting == 0:
+        if nothing_to_wait_for:   # otherwise the last member to finish sends the batch
             self._send_batch(batch)
 
     def _send_batch(self, batch: Batch) -> None:
@@ -190,9 +193,11 @@ class BrokerState:
         call_key: bytes = b"",
         parent: Request | None = None,
     ) -> None:
-        self.counters["requests"] += 1
-        if self.config.collect_metrics:
-            self.rate.add(now)
+        builtin = call.method in BUILTIN_METHODS
+        if not builtin:
+            self.counters["requests"] += 1
+            if self.config.collect_metrics:
+                self.rate.add(now)
         timeout_s = (call.options.timeout_ms or self.config.default_timeout_ms) / 1000
         deadline = now + timeout_s
         depth = 0
@@ -205,9 +210,9 @@ class BrokerState:
             key, call, deadline, depth, now, route, batch, index, caller, call_key,
             parent.key if parent is not None else NO_PARENT,
         )
-        if call.method in BUILTIN_METHODS:
+        if builtin:
             code, fragment = answer_builtin(self, call, now)
-            self._finish(request, fragment, code, now)
+            self._finish(request, fragment, code, now, record=False)
             return
         if self.draining:
             self._fail(request, ErrorCode.SHUTTING_DOWN, "broker is shutting down", now)
@@ -224,7 +229,7 @@ class BrokerState:
 
     def _check_idempotency(self, request: Request, now: float) -> bool:
         """True if the request must run; else it joined a running twin or got its reply."""
-        key = request.call.options.idempotency_key
+        key = idempotency_scope(request.call)
         assert key is not None
         stored = self.idempotency.lookup(key, now)
         if stored is None:
@@ -283,16 +288,14 @@ class BrokerState:
         meta = p.encode_request_meta(
             request.key,
             (request.deadline - now) * 1000,
-            int(call.options.cpu_limit_ms or 0),
+            math.ceil(call.options.cpu_limit_ms or 0),
             request.depth,
         )
         self._requests_out[worker.identity] += [meta, call.method.encode(), call.encoded_body()]
 
     def _serve_queue(self, worker: WorkerRecord, now: float) -> None:
         """Give a worker with credit the oldest queued requests it can run."""
-        if not self.queued or not worker.breaker.allows(now):
-            return
-        while worker.credit > 0 and self.queued:
+        while worker.credit > 0 and self.queued and worker.breaker.allows(now):
             oldest: deque[Request] | None = None
             for method in worker.methods:
                 queue = self.queues.get(method)
@@ -319,7 +322,7 @@ class BrokerState:
             self.errors[code] += 1
         if record and self.config.collect_metrics:
             self.methods[request.call.method].record(now - request.received_at, code)
-        key = request.call.options.idempotency_key
+        key = idempotency_scope(request.call)
         if key is not None and record:
             for twin_key in self.idempotency.finish(key, request.key, (code, fragment), now):
                 twin = self.joined.pop(twin_key, None)
@@ -358,10 +361,15 @@ class BrokerState:
             return
         command = message.command
         if command == p.READY:
-            self._on_ready(identity, message, now)
+            try:
+                self._on_ready(identity, message, now)
+            except ProtocolError as exc:
+                self._refuse(identity, frames, exc)
             return
         worker = self.workers.get(identity)
         if worker is None:
+            if command in (p.REQUEST, p.RESULT, p.CANCEL):
+                self.dropped["broker-to-worker command from a worker"] += 1
             if command != p.DISCONNECT:
                 # Unknown (we restarted, or declared it dead): ask it to register again.
                 self._control_out.append([identity, *p.message(p.DISCONNECT, b"unknown worker")])
@@ -394,13 +402,15 @@ class BrokerState:
             self._refuse(identity, frames, exc)
 
     def _refuse(self, identity: bytes, frames: list[bytes], exc: ProtocolError) -> None:
+        """Count a bad message; say why once per peer (a flood must not flood the log)."""
         self.dropped["bad worker frames"] += 1
-        if "version mismatch" in str(exc) or (frames and frames[0] != p.TAG):
-            if identity not in self.refused_versions and len(self.refused_versions) < 1000:
-                self.refused_versions.add(identity)
-                log.warning("refused peer %s on the backend: %s", identity.hex(), exc)
-        else:
-            log.debug("dropped malformed message from worker %s: %s", identity.hex(), exc)
+        if identity in self.refused_peers:
+            self.refused_peers.move_to_end(identity)
+            return
+        self.refused_peers[identity] = True
+        if len(self.refused_peers) > CLIENT_MEMORY:
+            self.refused_peers.popitem(last=False)
+        log.warning("refused a message from peer %s on the backend: %s", identity.hex(), exc)
 
     def _on_ready(self, identity: bytes, message: p.Message, now: float) -> None:
         info = message.json()
@@ -410,10 +420,10 @@ class BrokerState:
             not isinstance(methods, list)
             or not all(isinstance(m, str) for m in methods)
             or not isinstance(credit, int)
+            or isinstance(credit, bool)
             or credit < 1
         ):
-            self._refuse(identity, [], ProtocolError("READY without methods and credit"))
-            return
+            raise ProtocolError("READY needs a list of method names and a positive credit")
         old = self.workers.get(identity)
         if old is not None and info.get("update"):
             self._update_worker(old, info, frozenset(methods), now)
@@ -585,6 +595,10 @@ class BrokerState:
             request = self.requests.get(key) or self.joined.pop(key, None)
             if request is not None:
                 self._expire(request, now)
+        if self.queued:   # e.g. a circuit that may close again, with nothing else happening
+            for worker in list(self.workers.values()):
+                if worker.credit > 0:
+                    self._serve_queue(worker, now)
         self.idempotency.expire(now)
 
     def _expire(self, request: Request, now: float) -> None:
@@ -634,3 +648,8 @@ class BrokerState:
             worker.breaker.on_failure(now)
             self._remove_worker(worker, "unreachable", now)
 
+
+def idempotency_scope(call: Call) -> str | None:
+    """The idempotency table's key: the client's key, within the method it names."""
+    key = call.options.idempotency_key
+    return None if key is None else f"{call.method}\x00{key}"
