@@ -45,9 +45,9 @@ IDLE_TICK_S = 0.5
 RESET_FLUSH_TIMEOUT_S = 1.0
 """After a termination, how long collecting the finished replies may take."""
 DATA_LIMIT_HEADROOM_MB = 512
+"""RLIMIT_DATA = 2 x the heap limit + this: a huge ArrayBuffer fails inside JavaScript."""
 ENGINE_HWM = 10_000
 """Queue bound of the engine's socket (the worker sends one step at a time anyway)."""
-"""RLIMIT_DATA = 2 x the heap limit + this: a huge ArrayBuffer fails inside JavaScript."""
 
 
 class Engine:
@@ -58,11 +58,6 @@ class Engine:
     ) -> None:
         self.script_path = script_path
         self.max_memory_bytes = max_memory_mb * 1024 * 1024
-        self.context: zmq.Context[Any] = zmq.Context()
-        self.socket = make_socket(
-            self.context, zmq.DEALER, hwm=ENGINE_HWM, identity=identity, linger_ms=1000
-        )
-        self.socket.connect(endpoint)
         self._events: deque[Event] = deque()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
@@ -75,7 +70,12 @@ class Engine:
         self._parent = os.getppid()
         with open(script_path, encoding="utf-8") as handle:
             self.source = handle.read()
-        self.runtime = self._build()
+        self.runtime = self._build()   # raises ScriptError before any socket exists
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.socket = make_socket(
+            self.context, zmq.DEALER, hwm=ENGINE_HWM, identity=identity, linger_ms=1000
+        )
+        self.socket.connect(endpoint)
 
     def _build(self) -> Runtime:
         return Runtime(

@@ -234,7 +234,7 @@ class Runtime:
                 message = ctypes.string_at(value.value.value_ptr, value.len).decode(
                     errors="replace"
                 )
-                raise ScriptError(describe_script_error(message, path))
+                raise ScriptError(describe_script_error(message, path, source))
         finally:
             _dll.mr_free_value(self._ctx, raw)
 
@@ -304,18 +304,26 @@ class Runtime:
 _LOCATION = re.compile(r"^(?P<file>.*?):(?P<line>\d+): (?P<message>.*)$")
 
 
-def describe_script_error(message: str, path: str) -> str:
-    """Turn V8's ``file:line: Error\\nsource\\n   ^^^`` into ``file:line:column: Error``."""
+def describe_script_error(message: str, path: str, source: str = "") -> str:
+    """Turn V8's ``file:line: Error\nsource\n   ^^^`` into ``file:line:column: Error``.
+
+    An error at the end of input is reported at the end of the script's last line (not
+    on the ``sourceURL`` comment the runtime appends).
+    """
     lines = message.splitlines()
     if not lines:
         return f"{path}: script failed to load"
     match = _LOCATION.match(lines[0])
     if match is None:
         return f"{path}: {lines[0]}"
-    column = ""
-    if len(lines) >= 3 and "^" in lines[2]:
-        column = f":{lines[2].index('^') + 1}"
-    where = f"{Path(path)}:{match['line']}{column}"
-    detail = "\n".join(lines[1:3]) if len(lines) >= 3 else ""
-    text = f"{where}: {match['message']}"
-    return f"{text}\n{detail}" if detail else text
+    line = int(match["line"])
+    code = lines[1] if len(lines) >= 2 else ""
+    caret = lines[2] if len(lines) >= 3 else ""
+    source_lines = source.rstrip("\n").split("\n") if source else []
+    if source_lines and line > len(source_lines):
+        line = len(source_lines)
+        code = source_lines[-1]
+        caret = " " * len(code) + "^"
+    column = f":{caret.index('^') + 1}" if "^" in caret else ""
+    text = f"{Path(path)}:{line}{column}: {match['message']}"
+    return f"{text}\n{code}\n{caret}" if caret else text

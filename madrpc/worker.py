@@ -39,13 +39,17 @@ log = logging.getLogger(__name__)
 js_log = logging.getLogger("madrpc.js")
 
 TICK_S = 0.05
+"""How often heartbeats, broker liveness and engine processes are checked."""
 ENGINE_START_TIMEOUT_S = 60.0
 """How long engines may take to build their context and load the script."""
 ENGINE_STOP_TIMEOUT_S = 2.0
+"""How long engines get to exit after STOP before they are killed."""
+LOADERR_GRACE_MS = 1000
+"""After an engine exits at start-up, how long its load error report may take to arrive."""
 WATCH_INTERVAL_S = 0.5
+"""How often --watch looks at the script's modification time."""
 CLOSE_LINGER_MS = 200
 """On shutdown, how long the DISCONNECT to the broker may take to leave."""
-"""How often --watch looks at the script's modification time."""
 _JS_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
               "error": logging.ERROR}
 _OOM_SIGNALS = {-signal.SIGTRAP, -signal.SIGABRT, -signal.SIGKILL, -signal.SIGSEGV}
@@ -139,6 +143,9 @@ class Worker:
                 self._drain_engines(time.monotonic(), starting=True)
             for proc in list(self.processes.values()):
                 if proc.popen.poll() is not None:
+                    # Its LOADERR may still be on the way: read it before giving up.
+                    if self.engines.poll(LOADERR_GRACE_MS):
+                        self._drain_engines(time.monotonic(), starting=True)
                     raise WorkerStartError(
                         f"engine process exited with status {proc.popen.returncode} while "
                         f"loading {self.script}"
@@ -281,10 +288,15 @@ class Worker:
                 return
             events = dict(poller.poll(max(0, int((next_tick - now) * 1000))))
             now = time.monotonic()
-            if self.broker is not None and self.broker in events:
-                self._drain_broker(now)
-            if self.engines in events:
-                self._drain_engines(now)
+            try:
+                if self.broker is not None and self.broker in events:
+                    self._drain_broker(now)
+                if self.engines in events:
+                    self._drain_engines(now)
+            except WorkerStartError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug must cost one message, not the worker
+                log.exception("internal error handling a message; message dropped")
             if now >= next_tick:
                 self._tick(now)
                 next_tick = now + TICK_S

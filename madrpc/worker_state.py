@@ -37,6 +37,8 @@ MAX_ENGINE_RESETS = 3
 NO_PARENT = bytes(8)
 EWMA_WEIGHT = 0.2
 """Weight of the newest sample in a method's mean run time."""
+ENVELOPE_BYTES = 1024
+"""Room kept for what the broker wraps around a frame (id, jsonrpc) within the size limit."""
 
 
 class Stage(Enum):
@@ -140,7 +142,7 @@ class WorkerState:
         engine = self.engines.get(index)
         if engine is None:
             return
-        self._recover(engine, now, solo=False)
+        self._recover(engine, now, solo=False, restart=False)
         del self.engines[index]
 
     # ================================================================ from the broker
@@ -305,7 +307,12 @@ class WorkerState:
             per_request = (now - engine.step_started) / len(ran)
             for local in ran:
                 request = self.requests.get(local)
-                if request is not None and request.stage is Stage.RUNNING:
+                if request is None or request.stage is not Stage.RUNNING:
+                    continue
+                if request.cancelled:   # cancelled while it ran: drop it from the context
+                    engine.cancels.append(local)
+                    self._forget(request)
+                else:
                     request.stage = Stage.PARKED   # awaiting nested calls or timers
                     self._release_credit(request)
             self._learn(engine.step_methods, per_request)
@@ -351,6 +358,7 @@ class WorkerState:
         self._release_credit(request)
         if request.cancelled:
             return
+        fragment = self._fit(fragment, "result")
         self._replies += [request.key, fragment]
         self._record(request, now, fragment_error_code(fragment))
 
@@ -366,7 +374,20 @@ class WorkerState:
     def _fail(self, request: LocalRequest, code: int, message: str, now: float) -> None:
         self._complete(request.local, error_fragment(code, message), now)
 
+    def _fit(self, frame: bytes, what: str) -> bytes:
+        """``frame``, or a -32008 error fragment when it is too big for the broker to accept."""
+        limit = self.config.max_message_bytes - ENVELOPE_BYTES
+        if len(frame) <= limit:
+            return frame
+        return error_fragment(
+            ErrorCode.MESSAGE_TOO_LARGE,
+            f"Message too large: the {what} is {len(frame)} bytes, the limit is {limit}",
+        )
+
     def _nested_call(self, engine: EngineSlot, js_call: int, owner: int, body: bytes) -> None:
+        if self._fit(body, "call") is not body:
+            engine.settles.append((js_call, self._fit(body, "call")))
+            return
         call_key = self._next_call
         self._next_call += 1
         self.calls[call_key] = (engine.index, engine.generation, js_call)
@@ -420,10 +441,11 @@ class WorkerState:
         self._recover(engine, now, solo=True)
         engine.ready = False
 
-    def _recover(self, engine: EngineSlot, now: float, solo: bool) -> None:
+    def _recover(self, engine: EngineSlot, now: float, solo: bool, restart: bool = True) -> None:
         """Requeue what the engine held (its context is gone) and start a new generation."""
-        self.engine_restarts += 1
-        engine.restarts += 1
+        if restart:
+            self.engine_restarts += 1
+            engine.restarts += 1
         engine.generation += 1
         engine.busy = False
         engine.step_requests = []
@@ -478,6 +500,8 @@ class WorkerState:
         self.requests.clear()
         self.by_key.clear()
         self.queue.clear()
+        for engine in self.engines.values():
+            engine.held.clear()
         self.calls.clear()
         self._replies = []
         self._calls_out = []
