@@ -7,11 +7,12 @@ retry transient failures within each call's timeout (see :mod:`madrpc.client_cor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -105,7 +106,7 @@ class Client:
 
     def notify(self, method: str, params: Params = None) -> None:
         """Send a notification: the function runs, no reply comes back."""
-        frame = encode_request(method, _check_params(params), None)
+        frame = self._book.check_size(encode_request(method, _check_params(params), None))
         with self._lock:
             self._send(frame)
 
@@ -224,7 +225,11 @@ class Client:
 
 
 class AsyncClient:
-    """asyncio client: ``await client.call("add", [1, 2])``; use ``async with``."""
+    """asyncio client: ``await client.call("add", [1, 2])``; use ``async with``.
+
+    Replies are read by one background task; sends and reads are non-blocking calls on a
+    synchronous shadow of the socket, and only ``poll`` is awaited.
+    """
 
     def __init__(
         self,
@@ -238,43 +243,55 @@ class AsyncClient:
         self._context = context or zmq.asyncio.Context.instance()
         self._book = CallBook(self.config)
         self._futures: dict[int, asyncio.Future[Any]] = {}
-        self._socket: zmq.asyncio.Socket | None = None
+        self._socket: Any = None
+        self._io: zmq.Socket[Any] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._connected_at = 0.0
         self._closed = False
 
-    def _ensure_started(self) -> zmq.asyncio.Socket:
+    def _ensure_started(self) -> zmq.Socket[Any]:
         if self._closed:
             raise TransportError("client is closed")
-        if self._socket is None:
-            self._socket = self._new_socket()
+        if self._io is None:
+            self._connect()
             self._wakeup = asyncio.Event()
             self._reader = asyncio.get_running_loop().create_task(self._read_loop())
-        return self._socket
+        assert self._io is not None
+        return self._io
 
-    def _new_socket(self) -> zmq.asyncio.Socket:
+    def _connect(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
         socket: Any = make_socket(self._context, zmq.DEALER, hwm=self.config.hwm)
         socket.connect(self.config.endpoint)
+        self._socket = socket
+        self._io = zmq.Socket.shadow(socket.underlying)
         self._connected_at = time.monotonic()
-        return socket  # type: ignore[no-any-return]
+
+    def _send(self, frame: bytes) -> None:
+        assert self._io is not None
+        try:
+            self._io.send(frame, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"cannot send to {self.config.endpoint}: {exc}") from exc
 
     async def call(
         self, method: str, params: Params = None, *, timeout: float | None = None,
         idempotency_key: str | None | Any = _UNSET,
     ) -> Any:
         """Call ``method`` and return its result (see :meth:`Client.call`)."""
-        socket = self._ensure_started()
+        self._ensure_started()
         now = time.monotonic()
         call = self._book.new_call(method, _check_params(params), timeout, now, idempotency_key)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futures[call.id] = future
         try:
-            await socket.send(self._book.encode(call, now), copy=False)
-        except zmq.ZMQError as exc:
+            self._send(self._book.encode(call, now))
+        except MadrpcError as exc:
             self._futures.pop(call.id, None)
-            self._book.abandon(call, TransportError(str(exc)))
-            raise TransportError(f"cannot send to {self.config.endpoint}: {exc}") from exc
+            self._book.abandon(call, exc)
+            raise
         assert self._wakeup is not None
         self._wakeup.set()
         try:
@@ -283,8 +300,9 @@ class AsyncClient:
             self._futures.pop(call.id, None)
 
     async def notify(self, method: str, params: Params = None) -> None:
-        socket = self._ensure_started()
-        await socket.send(encode_request(method, _check_params(params), None))
+        """Send a notification: the function runs, no reply comes back."""
+        self._ensure_started()
+        self._send(self._book.check_size(encode_request(method, _check_params(params), None)))
 
     async def map(
         self, method: str, params: Iterable[Params], *, timeout: float | None = None,
@@ -305,50 +323,58 @@ class AsyncClient:
                 task.cancel()
 
     async def _read_loop(self) -> None:
-        book = self._book
-        while not self._closed:
-            socket = self._socket
-            assert socket is not None and self._wakeup is not None
-            now = time.monotonic()
-            wake = book.next_wakeup(now)
-            timeout_s = 1.0 if wake is None else min(1.0, max(0.0, wake - now))
-            self._wakeup.clear()
-            poll = asyncio.ensure_future(socket.poll(int(timeout_s * 1000)))
-            woken = asyncio.ensure_future(self._wakeup.wait())
-            done, _ = await asyncio.wait({poll, woken}, return_when=asyncio.FIRST_COMPLETED)
-            woken.cancel()
-            if poll not in done:
-                poll.cancel()
-            now = time.monotonic()
-            while True:
-                try:
-                    frame = socket.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                assert isinstance(frame, bytes)
-                for call in book.on_frame(frame, now):
-                    self._settle(call)
-            await self._housekeeping(time.monotonic())
+        try:
+            while not self._closed:
+                await self._read_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every waiting call must learn of it
+            error = TransportError(f"client reader failed: {exc!r}")
+            self._book.fail_all(error)
+            for future in self._futures.values():
+                if not future.done():
+                    future.set_exception(error)
+            raise
 
-    async def _housekeeping(self, now: float) -> None:
+    async def _read_once(self) -> None:
+        book = self._book
+        assert self._wakeup is not None
+        now = time.monotonic()
+        wake = book.next_wakeup(now)
+        timeout_s = 1.0 if wake is None else min(1.0, max(0.0, wake - now))
+        self._wakeup.clear()
+        poll = asyncio.ensure_future(self._socket.poll(int(timeout_s * 1000)))
+        woken = asyncio.ensure_future(self._wakeup.wait())
+        done, _ = await asyncio.wait({poll, woken}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (poll, woken):
+            if task not in done:
+                task.cancel()
+        now = time.monotonic()
+        assert self._io is not None
+        while True:
+            try:
+                frame = self._io.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            for call in book.on_frame(frame, now):
+                self._settle(call)
+        self._housekeeping(time.monotonic())
+
+    def _housekeeping(self, now: float) -> None:
         book = self._book
         for call in book.expire(now):
             self._settle(call)
         if book.broker_silent(now, self._connected_at):
-            assert self._socket is not None
-            self._socket.close(linger=0)
-            self._socket = self._new_socket()
+            self._connect()
             book.reconnects += 1
             due = list(book.calls.values())
         else:
             due = book.due_for_resend(now)
         for call in due:
             try:
-                assert self._socket is not None
-                self._socket.send(book.encode(call, now), zmq.NOBLOCK)
-            except (MadrpcError, zmq.ZMQError) as exc:
-                error = exc if isinstance(exc, MadrpcError) else TransportError(str(exc))
-                book.abandon(call, error)
+                self._send(book.encode(call, now))
+            except MadrpcError as exc:
+                book.abandon(call, exc)
                 self._settle(call)
 
     def _settle(self, call: PendingCall) -> None:
@@ -366,7 +392,7 @@ class AsyncClient:
         self._closed = True
         if self._reader is not None:
             self._reader.cancel()
-            with suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
         self._book.fail_all(TransportError("client closed"))
         for future in self._futures.values():

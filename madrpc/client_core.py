@@ -90,16 +90,25 @@ class CallBook:
         if call.idempotency_key is not None:
             options["idempotency_key"] = call.idempotency_key
         frame = encode_request(call.method, call.params, call.id, options)
-        if len(frame) > self.config.max_message_bytes:
+        try:
+            self.check_size(frame)
+        except MessageTooLargeError:
             self.calls.pop(call.id, None)
-            raise MessageTooLargeError(
-                f"request of {len(frame)} bytes exceeds the limit of "
-                f"{self.config.max_message_bytes} bytes (max_message_bytes)"
-            )
+            raise
         call.attempts += 1
         call.sent_at = now
         retry_in = self.config.retry_interval_s * 2 ** (call.attempts - 1)
         call.resend_at = min(call.deadline, now + retry_in)
+        return frame
+
+    def check_size(self, frame: bytes) -> bytes:
+        """``frame`` if the broker will accept it; else MessageTooLargeError (the broker
+        would silently disconnect us)."""
+        if len(frame) > self.config.max_message_bytes:
+            raise MessageTooLargeError(
+                f"request of {len(frame)} bytes exceeds the limit of "
+                f"{self.config.max_message_bytes} bytes (max_message_bytes)"
+            )
         return frame
 
     def on_frame(self, frame: bytes, now: float) -> list[PendingCall]:

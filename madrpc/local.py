@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from typing import Any
 
 from .broker import Broker
@@ -63,8 +64,10 @@ class LocalGrid:
         self._worker_status = self.worker.run()
 
     def _wait_ready(self) -> None:
-        if self.worker.connected.wait(START_TIMEOUT_S) and self._worker_status is None:
-            return
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self._worker_thread.is_alive() and time.monotonic() < deadline:
+            if self.worker.connected.wait(0.05):
+                return
         self._worker_thread.join(1.0)
         status = self._worker_status
         self.close()
