@@ -103,13 +103,23 @@ def main() -> None:
               show_default=True, help="Deepest chain of nested madrpc.call allowed.")
 @click.option("--drain-timeout", type=float, default=cfg.BrokerConfig.drain_timeout_s,
               show_default=True, help="Seconds to finish in-flight requests on SIGTERM.")
+@click.option("--max-batch", type=int, default=cfg.BrokerConfig.max_batch, show_default=True,
+              help="Members allowed in one JSON-RPC batch.")
+@click.option("--idempotency-window", type=float,
+              default=cfg.BrokerConfig.idempotency_window_s, show_default=True,
+              help="Seconds a finished keyed request's reply is replayed to retries.")
+@click.option("--max-idempotency-entries", type=int,
+              default=cfg.BrokerConfig.max_idempotency_entries, show_default=True,
+              help="Idempotency keys remembered at most.")
+@click.option("--hwm", type=int, default=cfg.DEFAULT_HWM, show_default=True,
+              help="ZeroMQ high-water mark (messages) of each socket.")
 @click.option("--no-metrics", is_flag=True, help="Do not collect latency histograms and rates.")
 @_log_options("info")
 def broker_command(
     frontend: str, backend: str, heartbeat_interval: float, heartbeat_liveness: int,
     max_queue: int, default_timeout: float, max_message_bytes: int, max_attempts: int,
-    max_call_depth: int, drain_timeout: float, no_metrics: bool, log_level: str,
-    log_format: str,
+    max_call_depth: int, drain_timeout: float, max_batch: int, idempotency_window: float,
+    max_idempotency_entries: int, hwm: int, no_metrics: bool, log_level: str, log_format: str,
 ) -> None:
     """Run a broker: clients on FRONTEND, workers on BACKEND."""
     from .broker import Broker
@@ -120,6 +130,8 @@ def broker_command(
         heartbeat_liveness=heartbeat_liveness, max_queue=max_queue,
         default_timeout_ms=int(default_timeout * 1000), max_message_bytes=max_message_bytes,
         max_attempts=max_attempts, max_call_depth=max_call_depth, drain_timeout_s=drain_timeout,
+        max_batch=max_batch, idempotency_window_s=idempotency_window,
+        max_idempotency_entries=max_idempotency_entries, hwm=hwm,
         collect_metrics=not no_metrics,
     )
     try:
@@ -155,13 +167,27 @@ def broker_command(
               show_default=True, help="Missed heartbeats before the broker counts as dead.")
 @click.option("--drain-timeout", type=float, default=cfg.WorkerConfig.drain_timeout_s,
               show_default=True, help="Seconds to finish held requests on SIGTERM.")
+@click.option("--max-batch", type=click.IntRange(1, 100_000),
+              default=cfg.WorkerConfig.max_batch, show_default=True,
+              help="Requests handed to one context in one engine step.")
+@click.option("--batch-threshold", type=float, default=cfg.WorkerConfig.batch_threshold_ms,
+              show_default=True, help="Only methods quicker than this (ms) are batched.")
+@click.option("--reconnect-initial", type=float, default=cfg.WorkerConfig.reconnect_initial_s,
+              show_default=True, help="First back-off (s) before reconnecting to the broker.")
+@click.option("--reconnect-max", type=float, default=cfg.WorkerConfig.reconnect_max_s,
+              show_default=True, help="Longest back-off (s) between reconnections.")
+@click.option("--max-message-bytes", type=int, default=cfg.DEFAULT_MAX_MESSAGE_BYTES,
+              show_default=True, help="Largest result sent; bigger ones become -32008 errors.")
+@click.option("--hwm", type=int, default=cfg.DEFAULT_HWM, show_default=True,
+              help="ZeroMQ high-water mark (messages) of each socket.")
 @click.option("--v8-flag", multiple=True, help="Extra V8 flag for the engines (repeatable).")
 @_log_options("info")
 def worker_command(
     script: str, broker: str, contexts: int | None, prefetch: int, cpu_limit: float,
     max_memory: int, fresh_context: bool, watch: bool, heartbeat_interval: float,
-    heartbeat_liveness: int, drain_timeout: float, v8_flag: tuple[str, ...], log_level: str,
-    log_format: str,
+    heartbeat_liveness: int, drain_timeout: float, max_batch: int, batch_threshold: float,
+    reconnect_initial: float, reconnect_max: float, max_message_bytes: int, hwm: int,
+    v8_flag: tuple[str, ...], log_level: str, log_format: str,
 ) -> None:
     """Run a worker: V8 contexts running SCRIPT's functions for the broker."""
     from .worker import Worker
@@ -171,7 +197,10 @@ def worker_command(
         script=script, broker=broker, contexts=contexts or (os.cpu_count() or 1),
         prefetch=prefetch, cpu_limit_s=cpu_limit, max_memory_mb=max_memory,
         fresh_context=fresh_context, watch=watch, heartbeat_interval_s=heartbeat_interval,
-        heartbeat_liveness=heartbeat_liveness, drain_timeout_s=drain_timeout, v8_flags=v8_flag,
+        heartbeat_liveness=heartbeat_liveness, drain_timeout_s=drain_timeout,
+        max_batch=max_batch, batch_threshold_ms=batch_threshold,
+        reconnect_initial_s=reconnect_initial, reconnect_max_s=reconnect_max,
+        max_message_bytes=max_message_bytes, hwm=hwm, v8_flags=v8_flag,
     )
     worker = Worker(config, engine_log_level=log_level.upper())
     _on_signals(lambda drain: worker.stop(drain))
