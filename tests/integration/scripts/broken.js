@@ -1,0 +1,3 @@
+'use strict';
+madrpc.register('ok', () => 1);
+function broken( {

@@ -1,0 +1,3 @@
+// Loads fine but registers nothing.
+'use strict';
+const unused = 1;

@@ -1,0 +1,274 @@
+"""The core grid end to end: balancing, liveness, start order, CLI, Python clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from grid_support import (
+    HEARTBEAT_S,
+    LIVENESS,
+    PI_JS,
+    SCRIPTS,
+    SIMPLE_JS,
+    Grid,
+    Spawner,
+    metrics,
+    wait_for_workers,
+    wait_until,
+)
+
+from madrpc import AsyncClient, Client, JSError, RpcError, RpcTimeoutError
+
+
+def served(frontend: str) -> dict[str, int]:
+    return {w["id"]: w["requests"] for w in metrics(frontend)["workers"]}
+
+
+def test_calls_are_spread_round_robin_over_two_workers(start_grid) -> None:
+    grid: Grid = start_grid(workers=2)
+    with grid.client() as client:
+        for i in range(100):
+            assert client.call("add", [i, 1]) == i + 1
+    counts = sorted(served(grid.frontend).values())
+    assert sum(counts) == 100
+    assert all(40 <= n <= 60 for n in counts), counts
+
+
+def test_a_killed_worker_leaves_the_rotation_and_calls_go_to_the_other(start_grid) -> None:
+    grid: Grid = start_grid(workers=2)
+    victim, survivor = grid.workers
+    with grid.client() as client:
+        assert client.map("add", [[i, 0] for i in range(20)]) == list(range(20))
+        victim.kill_group()
+        killed_at = time.monotonic()
+        wait_until(lambda: len(metrics(grid.frontend)["workers"]) == 1, 5, 0.02,
+                   "the dead worker to leave")
+        noticed_s = time.monotonic() - killed_at
+        assert noticed_s < HEARTBEAT_S * (LIVENESS + 2), noticed_s
+        assert client.map("add", [[i, 1] for i in range(50)]) == [i + 1 for i in range(50)]
+    (only,) = metrics(grid.frontend)["workers"]
+    assert only["pid"] == survivor.pid
+
+
+def test_calls_in_flight_when_a_worker_dies_still_get_answers(start_grid) -> None:
+    grid: Grid = start_grid(workers=2)
+    with grid.client(timeout=20) as client:
+        params = [[i, 30] for i in range(40)]   # slow_square(i, 30 ms)
+        import threading
+
+        killer = threading.Timer(0.2, grid.workers[0].kill_group)
+        killer.start()
+        try:
+            assert client.map("slow_square", params) == [i * i for i in range(40)]
+        finally:
+            killer.cancel()
+
+
+def test_a_worker_started_before_its_broker_serves_once_the_broker_is_up(spawn: Spawner) -> None:
+    grid = spawn.endpoints()
+    spawn.worker(grid, SIMPLE_JS, 1)
+    time.sleep(1.5)   # the worker retries with back-off meanwhile
+    spawn.broker(grid)
+    wait_for_workers(grid.frontend, 1)
+    with Client(grid.frontend, timeout=10) as client:
+        assert client.call("add", [20, 22]) == 42
+
+
+def test_workers_register_again_after_the_broker_restarts(spawn: Spawner) -> None:
+    grid = spawn.endpoints()
+    broker = spawn.broker(grid)
+    spawn.worker(grid, SIMPLE_JS, 1)
+    wait_for_workers(grid.frontend, 1)
+    broker.kill_group()
+    spawn.broker(grid)
+    wait_for_workers(grid.frontend, 1)
+    with Client(grid.frontend, timeout=10) as client:
+        assert client.call("echo", ["back"]) == "back"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_the_broker_shuts_down_cleanly_on_a_signal(spawn: Spawner, signum: int) -> None:
+    grid = spawn.endpoints()
+    broker = spawn.broker(grid)
+    spawn.worker(grid, SIMPLE_JS, 1)
+    wait_for_workers(grid.frontend, 1)
+    broker.signal(signum)
+    assert broker.wait(10) == 0
+    assert "broker stopped" in broker.stderr()
+
+
+def test_the_worker_stops_cleanly_with_its_engines_on_sigterm(spawn: Spawner) -> None:
+    import psutil
+
+    grid = spawn.endpoints()
+    spawn.broker(grid)
+    worker = spawn.worker(grid, SIMPLE_JS, 2)
+    wait_for_workers(grid.frontend, 1)
+    engines = psutil.Process(worker.pid).children()
+    assert len(engines) == 2
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    gone, alive = psutil.wait_procs(engines, timeout=5)
+    assert not alive
+
+
+def test_a_script_with_a_syntax_error_stops_the_worker_with_file_line_and_column(
+    spawn: Spawner,
+) -> None:
+    grid = spawn.endpoints()
+    worker = spawn.worker(grid, SCRIPTS / "broken.js", 1)
+    assert worker.wait(30) == 1
+    assert "broken.js:3:" in worker.stderr()
+    assert "SyntaxError" in worker.stderr()
+
+
+def test_a_script_that_registers_nothing_stops_the_worker(spawn: Spawner) -> None:
+    grid = spawn.endpoints()
+    worker = spawn.worker(grid, SCRIPTS / "empty.js", 1)
+    assert worker.wait(30) == 1
+    assert "registers no functions" in worker.stderr()
+
+
+# ------------------------------------------------------------------ command line
+
+
+def madrpc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "madrpc.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_madrpc_call_prints_the_json_result(shared_grid: Grid) -> None:
+    done = madrpc("call", "greet", '{"name": "CLI"}', "--broker", shared_grid.frontend)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == "Hello, CLI!"
+
+
+def test_madrpc_call_exits_1_with_the_error_on_stderr(shared_grid: Grid) -> None:
+    done = madrpc("call", "fail", '["cli failure"]', "--broker", shared_grid.frontend)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert json.loads(done.stderr)["error"]["data"]["message"] == "cli failure"
+
+
+def test_madrpc_call_rejects_params_that_are_not_json(shared_grid: Grid) -> None:
+    done = madrpc("call", "add", "[1, 2", "--broker", shared_grid.frontend)
+    assert done.returncode == 2
+    assert "not valid JSON" in done.stderr
+
+
+def test_madrpc_call_times_out_when_no_broker_answers() -> None:
+    done = madrpc("call", "add", "[1, 2]", "--broker", "tcp://127.0.0.1:9", "--timeout", "1")
+    assert done.returncode == 1
+    assert json.loads(done.stderr)["error"]["code"] == -32003
+
+
+def test_madrpc_run_starts_a_local_grid_prints_the_result_and_stops() -> None:
+    done = madrpc("run", str(PI_JS), "monte_carlo_sample", '{"samples": 10000, "seed": 3}',
+                  "--contexts", "1")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"inside": json.loads(done.stdout)["inside"],
+                                       "total": 10000}
+
+
+def test_madrpc_run_exits_1_on_a_js_error() -> None:
+    done = madrpc("run", str(SIMPLE_JS), "fail", '["run failure"]', "--contexts", "1")
+    assert done.returncode == 1
+    assert "run failure" in done.stderr
+
+
+def test_madrpc_run_with_a_broken_script_exits_1() -> None:
+    done = madrpc("run", str(SCRIPTS / "broken.js"), "ok", "--contexts", "1")
+    assert done.returncode == 1
+    assert "broken.js:3:" in done.stderr
+
+
+def test_every_command_has_help_with_defaults() -> None:
+    for command in ("broker", "worker", "call", "run"):
+        done = madrpc(command, "--help")
+        assert done.returncode == 0
+        assert "Usage:" in done.stdout
+    assert "tcp://127.0.0.1:5556" in madrpc("worker", "--help").stdout
+    assert "default: 60.0" in madrpc("call", "--help").stdout
+
+
+# ------------------------------------------------------------------ Python clients
+
+
+def test_client_map_returns_results_in_input_order(shared_grid: Grid) -> None:
+    with shared_grid.client() as client:
+        params = [[i, 40 - i] for i in range(40)]   # later items finish first
+        assert client.map("slow_square", params) == [i * i for i in range(40)]
+
+
+def test_client_map_raises_the_first_error_or_returns_it_in_place(shared_grid: Grid) -> None:
+    with shared_grid.client() as client:
+        with pytest.raises(RpcError) as info:
+            client.map("add", [[1, 2], ["x", 2], [3, 4]])
+        assert info.value.code == -32602
+        results = client.map("add", [[1, 2], ["x", 2]], return_exceptions=True)
+        assert results[0] == 3
+        assert isinstance(results[1], RpcError)
+
+
+def test_client_raises_typed_errors(shared_grid: Grid) -> None:
+    with shared_grid.client() as client:
+        with pytest.raises(JSError) as info:
+            client.call("fail", ["typed"])
+        assert info.value.name == "TypeError"
+        assert "simple.js" in (info.value.stack or "")
+        with pytest.raises(RpcTimeoutError):
+            client.call("slow_square", [2, 2000], timeout=0.3)
+        with pytest.raises(TypeError):
+            client.call("echo", 5)  # type: ignore[arg-type]
+
+
+def test_a_sync_client_is_safe_to_share_between_threads(shared_grid: Grid) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with shared_grid.client() as client, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: client.call("add", [i, i]), range(200)))
+    assert results == [2 * i for i in range(200)]
+
+
+def test_the_async_client_runs_calls_concurrently(shared_grid: Grid) -> None:
+    async def main() -> tuple[list[int], float, list[int]]:
+        async with AsyncClient(shared_grid.frontend, timeout=10) as client:
+            start = time.perf_counter()
+            squares = await asyncio.gather(*(client.call("slow_square", [i, 200])
+                                             for i in range(8)))
+            elapsed = time.perf_counter() - start
+            mapped = await client.map("add", [[i, 1] for i in range(20)])
+            return list(squares), elapsed, mapped
+
+    squares, elapsed, mapped = asyncio.run(main())
+    assert squares == [i * i for i in range(8)]
+    assert elapsed < 1.2   # eight 200 ms timers overlap instead of queueing
+    assert mapped == [i + 1 for i in range(20)]
+
+
+def test_the_async_client_raises_typed_errors(shared_grid: Grid) -> None:
+    async def main() -> None:
+        async with AsyncClient(shared_grid.frontend, timeout=10) as client:
+            with pytest.raises(JSError):
+                await client.call("fail")
+            with pytest.raises(RpcTimeoutError):
+                await client.call("slow_square", [1, 2000], timeout=0.3)
+
+    asyncio.run(main())
+
+
+def test_an_oversized_request_is_refused_by_the_client_with_a_clear_error(
+    shared_grid: Grid,
+) -> None:
+    from madrpc import MessageTooLargeError
+
+    with shared_grid.client(max_message_bytes=1000) as client:
+        with pytest.raises(MessageTooLargeError, match="exceeds the limit"):
+            client.call("echo", ["x" * 2000])
+        assert client.call("echo", ["small"]) == "small"
