@@ -7,12 +7,16 @@ context, never the worker, and the Python side of each context has its own GIL.
 Engine <-> worker messages (DEALER here, ROUTER in the worker):
   engine -> worker  READY <json>          context built, script loaded
                     LOADERR <text>        the script failed to load (the engine exits 1)
-                    OUT <S|F> <outbox>    a step (S) or a flush (F) finished
-                    RESET <reason> <culprit> <outbox> <detail>
-                                          a step was stopped (timeout, oom, error); the
-                                          context has been rebuilt
-  worker -> engine  STEP <payload>        run one step (js/bootstrap.js describes payload)
+                    OUT <S|F> <outbox> <slot>
+                                          a step (S) or a flush (F) finished
+                    RESET <reason> <culprit> <outbox> <detail> <slot>
+                                          a step was stopped (timeout, oom, error); that
+                                          slot's context is gone (a pooled one is rebuilt)
+  worker -> engine  STEP <payload> <slot> run one step (js/bootstrap.js describes payload)
+                    DROP <slot>           fresh mode: the request was cancelled, drop its context
                     STOP                  exit
+The slot names the context: empty for the shared (pooled) one, the request's key in
+fresh-context mode.
 """
 
 from __future__ import annotations
@@ -50,19 +54,34 @@ ENGINE_HWM = 10_000
 """Queue bound of the engine's socket (the worker sends one step at a time anyway)."""
 
 
+POOLED = b""
+"""The slot of the one shared context (reused across requests)."""
+
+
 class Engine:
-    """The engine's socket loop around one :class:`Runtime`."""
+    """The engine's socket loop around its V8 context(s).
+
+    Pooled (the default): one context, reused by every request; its slot is ``b""``.
+    Fresh (``--fresh-context``): every request gets a context of its own, named by the
+    request's key (its slot), built ahead of time while the engine is idle and dropped
+    when the request has answered. Either way one step runs at a time.
+    """
 
     def __init__(
-        self, endpoint: str, identity: bytes, script_path: str, max_memory_mb: int
+        self, endpoint: str, identity: bytes, script_path: str, max_memory_mb: int,
+        fresh: bool = False,
     ) -> None:
         self.script_path = script_path
         self.max_memory_bytes = max_memory_mb * 1024 * 1024
-        self._events: deque[Event] = deque()
+        self.fresh = fresh
+        self._events: deque[tuple[bytes, Event]] = deque()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
-        self._steps: deque[bytes] = deque()
-        self._flush_wanted = False
+        self._steps: deque[tuple[bytes, bytes, int]] = deque()
+        self._flush_wanted: set[bytes] = set()
+        self._running: bytes | None = None
+        """Slot of the step or flush in progress."""
+        self._dropping: bytes | None = None
         self._mode = b""
         self._segment = (-1, 0.0)
         self._flush_started = 0.0
@@ -70,43 +89,62 @@ class Engine:
         self._parent = os.getppid()
         with open(script_path, encoding="utf-8") as handle:
             self.source = handle.read()
-        self.runtime = self._build()   # raises ScriptError before any socket exists
+        self.runtimes: dict[bytes, Runtime] = {}
+        self._spare: Runtime | None = self._build(POOLED)   # ScriptError before any socket
+        self.methods = self._spare.methods
+        if not fresh:
+            self.runtimes[POOLED], self._spare = self._spare, None
         self.context: zmq.Context[Any] = zmq.Context()
         self.socket = make_socket(
             self.context, zmq.DEALER, hwm=ENGINE_HWM, identity=identity, linger_ms=1000
         )
         self.socket.connect(endpoint)
 
-    def _build(self) -> Runtime:
+    def _build(self, slot: bytes) -> Runtime:
         return Runtime(
-            self.source, self.script_path, self._on_event, max_memory_bytes=self.max_memory_bytes
+            self.source, self.script_path, lambda event: self._on_event(slot, event),
+            max_memory_bytes=self.max_memory_bytes,
         )
 
-    def _on_event(self, event: Event) -> None:
-        """Runs on the isolate's thread: hand over and wake the loop."""
-        self._events.append(event)
+    def _on_event(self, slot: bytes, event: Event) -> None:
+        """Runs on an isolate's thread: hand over and wake the loop."""
+        self._events.append((slot, event))
         os.write(self._wake_write, b"!")
 
+    def _runtime_for(self, slot: bytes) -> Runtime:
+        runtime = self.runtimes.get(slot)
+        if runtime is None:
+            spare, self._spare = self._spare, None
+            if spare is None:
+                spare = self._build(slot)
+            else:   # re-label the spare's events with the slot it now serves
+                spare.relabel(lambda event: self._on_event(slot, event))
+            runtime = self.runtimes[slot] = spare
+        return runtime
+
     def run(self) -> None:
-        info = {"methods": self.runtime.methods, "v8": v8_version(), "pid": os.getpid()}
+        info = {"methods": self.methods, "v8": v8_version(), "pid": os.getpid()}
         send_frames(self.socket, [b"READY", orjson.dumps(info)], block=True)
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
         while True:
-            timeout_s = WATCHDOG_TICK_S if self.runtime.busy else IDLE_TICK_S
+            timeout_s = WATCHDOG_TICK_S if self._running is not None else IDLE_TICK_S
             ready = dict(poller.poll(int(timeout_s * 1000)))
             if self._wake_read in ready:
                 self._read_wakeups()
             while self._events:
-                self._on_outcome(self._events.popleft())
+                self._on_outcome(*self._events.popleft())
             if self.socket in ready and not self._read_socket():
                 return
             self._watchdog()
             self._start_next()
-            if not self.runtime.busy and os.getppid() != self._parent:
-                log.warning("engine %d: worker is gone, exiting", os.getpid())
-                return
+            if self._running is None:
+                if self.fresh and self._spare is None and not self._steps:
+                    self._spare = self._build(POOLED)   # ready for the next request
+                if os.getppid() != self._parent:
+                    log.warning("engine %d: worker is gone, exiting", os.getpid())
+                    return
 
     def _read_wakeups(self) -> None:
         try:
@@ -122,27 +160,46 @@ class Engine:
             except zmq.Again:
                 return True
             if frames[0] == b"STEP" and len(frames) >= 2:
-                self._steps.append(frames[1])
+                slot = frames[2] if len(frames) > 2 and self.fresh else POOLED
+                limit = int(frames[3]) if len(frames) > 3 and frames[3].isdigit() else 0
+                self._steps.append((slot, frames[1], limit))
+            elif frames[0] == b"DROP" and len(frames) >= 2:
+                self._drop(frames[1])
             elif frames[0] == b"STOP":
                 return False
 
+    def _drop(self, slot: bytes) -> None:
+        """Fresh mode: a request was cancelled; its context goes (now, or after its step)."""
+        self._steps = deque(step for step in self._steps if step[0] != slot)
+        self._flush_wanted.discard(slot)
+        if slot == self._running:
+            self._dropping = slot
+        elif slot in self.runtimes and slot != POOLED:
+            self.runtimes.pop(slot).close()
+
     def _start_next(self) -> None:
-        runtime = self.runtime
-        if runtime.busy:
+        if self._running is not None:
             return
         if self._steps:
-            self._mode = b"S"
-            runtime.step(self._steps.popleft())
-        elif self._flush_wanted:
-            self._flush_wanted = False
-            self._mode = b"F"
-            runtime.flush()
+            slot, payload, limit = self._steps.popleft()
+            self._running, self._mode = slot, b"S"
+            runtime = self._runtime_for(slot)
+            runtime.set_memory_limit(limit or self.max_memory_bytes)
+            runtime.step(payload)
+            return
+        while self._flush_wanted:
+            slot = self._flush_wanted.pop()
+            waiting = self.runtimes.get(slot)
+            if waiting is not None:
+                self._running, self._mode = slot, b"F"
+                waiting.flush()
+                return
 
     def _watchdog(self) -> None:
         """Terminate a JavaScript segment that outlived its budget."""
-        runtime = self.runtime
-        if not runtime.busy:
+        if self._running is None:
             return
+        runtime = self.runtimes[self._running]
         now = time.monotonic()
         if self._stopping is not None:
             if self._mode == b"R" and now - self._flush_started > RESET_FLUSH_TIMEOUT_S:
@@ -158,56 +215,72 @@ class Engine:
             self._stopping = ("timeout", int(key), detail)
             runtime.terminate()
 
-    def _on_outcome(self, event: Event) -> None:
+    def _on_outcome(self, slot: bytes, event: Event) -> None:
         kind = event.kind
         if kind == EventKind.NOTIFY:
-            self._flush_wanted = True
-        elif kind == EventKind.DONE:
+            self._flush_wanted.add(slot)
+            return
+        if slot != self._running:
+            return   # a context already dropped
+        runtime = self.runtimes[slot]
+        if kind == EventKind.DONE:
             if self._mode == b"R":
-                self._reset(event.data)
-            else:
-                send_frames(self.socket, [b"OUT", self._mode, event.data], block=True)
+                self._reset(slot, event.data)
+                return
+            self._running = None
+            send_frames(self.socket, [b"OUT", self._mode, event.data, slot], block=True)
+            if self.fresh and (_answered(event.data, slot) or self._dropping == slot):
+                self._dropping = None
+                self.runtimes.pop(slot).close()
+                self._flush_wanted.discard(slot)
         elif kind == EventKind.TERMINATED:
             if self._mode == b"R":
-                self._reset(b"")
+                self._reset(slot, b"")
                 return
             if self._stopping is None:
-                self._stopping = ("timeout", self._running_key(), "terminated")
+                self._stopping = ("timeout", int(runtime.marker()[1]), "terminated")
             self._mode = b"R"
             self._flush_started = time.monotonic()
-            self.runtime.flush()   # collect what finished before the stop
-        elif kind == EventKind.OUT_OF_MEMORY:
-            self._stopping = ("oom", self._running_key(), "memory limit")
-            self._reset(b"")
+            runtime.flush()   # collect what finished before the stop
+        elif kind == EventKind.OUT_OF_MEMORY or runtime.memory_limit_reached():
+            self._stopping = ("oom", int(runtime.marker()[1]), "memory limit")
+            self._reset(slot, b"")
         else:  # ERROR: the step itself failed
-            detail = event.data.decode(errors="replace")
-            if self._mode == b"R":
-                self._reset(b"")
-            else:
-                self._stopping = ("error", 0, detail)
-                self._reset(b"")
+            if self._mode != b"R":
+                self._stopping = ("error", 0, event.data.decode(errors="replace"))
+            self._reset(slot, b"")
 
-    def _running_key(self) -> int:
-        return int(self.runtime.marker()[1])
-
-    def _reset(self, outbox: bytes) -> None:
+    def _reset(self, slot: bytes, outbox: bytes) -> None:
+        """Drop the slot's context (a pooled one is rebuilt) and report what was lost."""
         reason, culprit, detail = self._stopping or ("error", 0, "")
         self._stopping = None
+        self._running = None
         self._mode = b""
-        self._flush_wanted = False
-        self.runtime.close()
-        self.runtime = self._build()
+        self._flush_wanted.discard(slot)
+        self.runtimes.pop(slot).close()
+        if not self.fresh:
+            self.runtimes[POOLED] = self._build(POOLED)
         self._segment = (-1, 0.0)
-        log.info("engine %d: context rebuilt after %s (%s)", os.getpid(), reason, detail)
+        log.info("engine %d: context dropped after %s (%s)", os.getpid(), reason, detail)
         send_frames(
-            self.socket, [b"RESET", reason.encode(), b"%d" % culprit, outbox, detail.encode()],
+            self.socket,
+            [b"RESET", reason.encode(), b"%d" % culprit, outbox, detail.encode(), slot],
             block=True,
         )
 
     def close(self) -> None:
-        self.runtime.close()
+        for runtime in self.runtimes.values():
+            runtime.close()
+        if self._spare is not None:
+            self._spare.close()
         self.socket.close(linger=1000)
         self.context.term()
+
+
+def _answered(outbox: bytes, slot: bytes) -> bool:
+    """Whether the outbox holds the reply of request ``slot`` (its ``R`` line)."""
+    line = b"R " + slot + b" "
+    return outbox.startswith(line) or b"\n" + line in outbox
 
 
 def _die_with_parent() -> None:
@@ -238,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--script", required=True)
     parser.add_argument("--max-memory-mb", type=int, default=256)
     parser.add_argument("--v8-flag", action="append", default=[])
+    parser.add_argument("--fresh-context", action="store_true")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s engine %(message)s")
@@ -251,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         flags = list(args.v8_flag)
     init_engine(flags)
     try:
-        engine = Engine(args.endpoint, args.identity.encode(), args.script, args.max_memory_mb)
+        engine = Engine(
+            args.endpoint, args.identity.encode(), args.script, args.max_memory_mb,
+            fresh=args.fresh_context,
+        )
     except (ScriptError, OSError) as exc:
         context: zmq.Context[Any] = zmq.Context()
         socket = make_socket(

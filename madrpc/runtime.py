@@ -122,6 +122,7 @@ class Runtime:
         self._callback = mr_callback_func(self._on_callback)  # type: ignore[arg-type]
         self._ctx = _dll.mr_init_context(self._callback)
         self._held: list[Any] = []
+        self._memory_limit = max_memory_bytes
         try:
             if max_memory_bytes:
                 _dll.mr_set_hard_memory_limit(self._ctx, max_memory_bytes)
@@ -286,10 +287,20 @@ class Runtime:
         if task is not None:
             _dll.mr_cancel_task(self._ctx, task)
 
+    def relabel(self, on_event: Callable[[Event], None]) -> None:
+        """Send later events to ``on_event`` (a spare context handed to a request)."""
+        self._on_event = on_event
+
     def marker(self) -> tuple[int, int, float]:
         """(sequence, request key, budget in ms) of the JavaScript segment running now."""
         marker = self._marker
         return int(marker[0]), int(marker[1]), float(marker[2])
+
+    def set_memory_limit(self, limit_bytes: int) -> None:
+        """Hard heap limit from now on (0: none)."""
+        if limit_bytes != self._memory_limit:
+            self._memory_limit = limit_bytes
+            _dll.mr_set_hard_memory_limit(self._ctx, limit_bytes)
 
     def memory_limit_reached(self) -> bool:
         return bool(_dll.mr_hard_memory_limit_reached(self._ctx))

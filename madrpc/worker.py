@@ -166,6 +166,7 @@ class Worker:
             "--max-memory-mb", str(self.config.max_memory_mb),
             "--log-level", self.engine_log_level,
             *[f"--v8-flag={flag}" for flag in self.config.v8_flags],
+            *(["--fresh-context"] if self.config.fresh_context else []),
         ]
         popen = subprocess.Popen(command, stdin=subprocess.DEVNULL)
         self.processes[identity] = _Process(slot, identity, popen, replaces)
@@ -340,12 +341,12 @@ class Worker:
         if proc is None or self._slot_process.get(proc.slot) != identity:
             return
         index = proc.slot
-        if command == b"OUT" and len(frames) == 4:
-            self.state.on_engine_output(index, frames[2] == b"S", frames[3], now)
-        elif command == b"RESET" and len(frames) == 6:
+        if command == b"OUT" and len(frames) == 5:
+            self.state.on_engine_output(index, frames[2] == b"S", frames[3], now, frames[4])
+        elif command == b"RESET" and len(frames) == 7:
             self.state.on_engine_reset(
                 index, frames[2].decode(), int(frames[3]), frames[4],
-                frames[5].decode(errors="replace"), now,
+                frames[5].decode(errors="replace"), now, frames[6],
             )
         elif command == b"READY":
             self._on_engine_ready(proc, orjson.loads(frames[2]), now)

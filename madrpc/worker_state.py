@@ -58,6 +58,8 @@ class LocalRequest:
     cpu_limit_ms: float
     depth: int
     received_at: float
+    memory_mb: int = 0
+    """A lower heap limit the request asked for (0: the worker's); it then runs alone."""
     stage: Stage = Stage.QUEUED
     engine: int | None = None
     holds_credit: bool = True
@@ -82,8 +84,9 @@ class EngineSlot:
     step_methods: set[str] = field(default_factory=set)
     step_started: float = 0.0
     held: set[int] = field(default_factory=set)
-    settles: list[tuple[int, bytes]] = field(default_factory=list)
-    cancels: list[int] = field(default_factory=list)
+    settles: dict[bytes, list[tuple[int, bytes]]] = field(default_factory=dict)
+    """Nested-call results waiting for the next step, by context slot."""
+    cancels: dict[bytes, list[int]] = field(default_factory=dict)
     served: int = 0
 
 
@@ -97,8 +100,9 @@ class WorkerState:
         self.requests: dict[int, LocalRequest] = {}
         self.by_key: dict[bytes, int] = {}
         self.queue: deque[int] = deque()
-        self.calls: dict[int, tuple[int, int, int]] = {}
-        """Nested call key -> (engine index, engine generation, JS call id)."""
+        self.fresh = config.fresh_context
+        self.calls: dict[int, tuple[int, int, int, bytes]] = {}
+        """Nested call key -> (engine index, engine generation, JS call id, context slot)."""
         self.method_time_s: dict[str, float] = {}
         self.recent_run_s: float | None = None
         """Mean run time of recent requests (EWMA), whatever their method."""
@@ -155,9 +159,13 @@ class WorkerState:
             cpu_limit_ms = self.config.cpu_limit_s * 1000
             if meta.cpu_limit_ms:
                 cpu_limit_ms = min(cpu_limit_ms, meta.cpu_limit_ms)
+            memory_mb = 0
+            if 0 < meta.memory_mb < self.config.max_memory_mb:
+                memory_mb = meta.memory_mb
             request = LocalRequest(
                 local, meta.key, frames[i + 1].decode(errors="replace"), frames[i + 2],
-                wall_ms + meta.timeout_ms, cpu_limit_ms, meta.depth, now,
+                wall_ms + meta.timeout_ms, cpu_limit_ms, meta.depth, now, memory_mb,
+                solo=memory_mb > 0,
             )
             self.requests[local] = request
             self.by_key[meta.key] = local
@@ -168,10 +176,13 @@ class WorkerState:
             entry = self.calls.pop(p.decode_key(call_key), None)
             if entry is None:
                 continue
-            index, generation, js_call = entry
+            index, generation, js_call, slot = entry
             engine = self.engines.get(index)
-            if engine is not None and engine.generation == generation:
-                engine.settles.append((js_call, fragment))
+            if engine is None or engine.generation != generation:
+                continue
+            if self.fresh and int(slot) not in self.requests:
+                continue   # that request (and its context) is gone
+            engine.settles.setdefault(slot, []).append((js_call, fragment))
 
     def on_cancels(self, keys: list[bytes]) -> None:
         for key in keys:
@@ -183,11 +194,24 @@ class WorkerState:
             if request.stage is Stage.QUEUED:
                 self._forget(request)
             elif request.stage is Stage.PARKED:
-                engine = self.engines.get(request.engine or 0)
-                if engine is not None:
-                    engine.cancels.append(request.local)
+                self._cancel_in_engine(request)
                 self._forget(request)
             # RUNNING: the engine's watchdog stops it at its deadline; its reply is dropped.
+
+    def slot_of(self, request: LocalRequest) -> bytes:
+        """The context a request runs in: its own in fresh-context mode, else the shared one."""
+        return b"%d" % request.local if self.fresh else b""
+
+    def _cancel_in_engine(self, request: LocalRequest) -> None:
+        engine = self.engines.get(request.engine) if request.engine is not None else None
+        if engine is None:
+            return
+        slot = self.slot_of(request)
+        if self.fresh:
+            engine.settles.pop(slot, None)
+            self._engine_out.append((engine.index, [b"DROP", slot]))
+        else:
+            engine.cancels.setdefault(slot, []).append(request.local)
 
     def _forget(self, request: LocalRequest) -> None:
         self.requests.pop(request.local, None)
@@ -228,6 +252,9 @@ class WorkerState:
         idle = [e for e in self.engines.values() if e.ready and not e.busy]
         idle.sort(key=lambda e: (e.retiring, len(e.held)))
         for engine in idle:
+            if self.fresh and (engine.settles or engine.cancels):
+                self._start_step(engine, [], now)   # resume one parked request
+                continue
             batch = self._take_batch() if self.queue and not engine.retiring else []
             if not batch and not engine.settles and not engine.cancels:
                 continue
@@ -248,7 +275,10 @@ class WorkerState:
                 queue.popleft()
                 continue
             estimate = self._estimate_s(request.method)
-            quick = estimate is not None and estimate < threshold_s and not request.solo
+            quick = (
+                estimate is not None and estimate < threshold_s and not request.solo
+                and not self.fresh
+            )
             if batch and (not quick or spent + (estimate or 0.0) > threshold_s):
                 break
             queue.popleft()
@@ -259,15 +289,18 @@ class WorkerState:
         return batch
 
     def _start_step(self, engine: EngineSlot, batch: list[LocalRequest], now: float) -> None:
+        """One step: the settles and cancels of one context slot, then new requests."""
+        if batch:
+            slot = self.slot_of(batch[0])
+        else:
+            slot = next(iter(engine.settles), None) or next(iter(engine.cancels), b"")
         parts: list[bytes] = []
-        if engine.settles:
-            parts.append(
-                b'"s":[' + b",".join(b"[%d,{%b}]" % (c, f) for c, f in engine.settles) + b"]"
-            )
-            engine.settles = []
-        if engine.cancels:
-            parts.append(b'"x":[' + b",".join(b"%d" % c for c in engine.cancels) + b"]")
-            engine.cancels = []
+        settles = engine.settles.pop(slot, None)
+        if settles:
+            parts.append(b'"s":[' + b",".join(b"[%d,{%b}]" % (c, f) for c, f in settles) + b"]")
+        cancels = engine.cancels.pop(slot, None)
+        if cancels:
+            parts.append(b'"x":[' + b",".join(b"%d" % c for c in cancels) + b"]")
         if batch:
             entries = []
             for request in batch:
@@ -285,7 +318,10 @@ class WorkerState:
         engine.step_requests = [r.local for r in batch]
         engine.step_methods = {r.method for r in batch}
         engine.step_started = now
-        self._engine_out.append((engine.index, [b"STEP", b"{" + b",".join(parts) + b"}"]))
+        frames = [b"STEP", b"{" + b",".join(parts) + b"}", slot]
+        if len(batch) == 1 and batch[0].memory_mb:
+            frames.append(b"%d" % (batch[0].memory_mb * 1024 * 1024))
+        self._engine_out.append((engine.index, frames))
 
     # ================================================================ from engines
 
@@ -295,9 +331,11 @@ class WorkerState:
         engine.ready = True
         engine.busy = False
 
-    def on_engine_output(self, index: int, step_done: bool, outbox: bytes, now: float) -> None:
+    def on_engine_output(
+        self, index: int, step_done: bool, outbox: bytes, now: float, slot: bytes = b""
+    ) -> None:
         engine = self.engines[index]
-        self._read_outbox(engine, outbox, now)
+        self._read_outbox(engine, outbox, now, slot)
         if step_done:
             self._end_step(engine, now)
 
@@ -310,7 +348,7 @@ class WorkerState:
                 if request is None or request.stage is not Stage.RUNNING:
                     continue
                 if request.cancelled:   # cancelled while it ran: drop it from the context
-                    engine.cancels.append(local)
+                    self._cancel_in_engine(request)
                     self._forget(request)
                 else:
                     request.stage = Stage.PARKED   # awaiting nested calls or timers
@@ -331,7 +369,9 @@ class WorkerState:
                 per_request_s if old is None else old + EWMA_WEIGHT * (per_request_s - old)
             )
 
-    def _read_outbox(self, engine: EngineSlot, outbox: bytes, now: float) -> None:
+    def _read_outbox(
+        self, engine: EngineSlot, outbox: bytes, now: float, slot: bytes = b""
+    ) -> None:
         if not outbox:
             return
         for line in outbox.split(b"\n"):
@@ -341,7 +381,7 @@ class WorkerState:
                 self._complete(int(local), fragment, now)
             elif kind == b"C":
                 _, js_call, owner, body = line.split(b" ", 3)
-                self._nested_call(engine, int(js_call), int(owner), body)
+                self._nested_call(engine, int(js_call), int(owner), body, slot)
             elif kind == b"L":
                 _, level, _owner, text = line.split(b" ", 3)
                 self._console(level.decode(), text)
@@ -384,13 +424,15 @@ class WorkerState:
             f"Message too large: the {what} is {len(frame)} bytes, the limit is {limit}",
         )
 
-    def _nested_call(self, engine: EngineSlot, js_call: int, owner: int, body: bytes) -> None:
+    def _nested_call(
+        self, engine: EngineSlot, js_call: int, owner: int, body: bytes, slot: bytes
+    ) -> None:
         if self._fit(body, "call") is not body:
-            engine.settles.append((js_call, self._fit(body, "call")))
+            engine.settles.setdefault(slot, []).append((js_call, self._fit(body, "call")))
             return
         call_key = self._next_call
         self._next_call += 1
-        self.calls[call_key] = (engine.index, engine.generation, js_call)
+        self.calls[call_key] = (engine.index, engine.generation, js_call, slot)
         parent = self.requests.get(owner)
         parent_key = parent.key if parent is not None else NO_PARENT
         self._calls_out += [p.encode_call_meta(call_key, parent_key), body]
@@ -405,20 +447,23 @@ class WorkerState:
     # ================================================================ engine trouble
 
     def on_engine_reset(
-        self, index: int, reason: str, culprit: int, outbox: bytes, detail: str, now: float
+        self, index: int, reason: str, culprit: int, outbox: bytes, detail: str, now: float,
+        slot: bytes = b"",
     ) -> None:
-        """The engine stopped a step (watchdog, memory limit, error) and rebuilt its context."""
+        """The engine stopped a step (watchdog, memory limit, error) and dropped the slot's
+        context; what ran in that context is failed (the culprit) or requeued."""
         engine = self.engines[index]
-        self._read_outbox(engine, outbox, now)
+        self._read_outbox(engine, outbox, now, slot)
         request = self.requests.get(culprit) if culprit else None
         if request is not None:
             if reason == "timeout":
                 message = f"Timeout: JavaScript terminated after running too long ({detail})"
                 self._fail(request, ErrorCode.TIMEOUT, message, now)
             elif reason == "oom":
+                limit_mb = request.memory_mb or self.config.max_memory_mb
                 message = (
                     f"Out of memory: the request exceeded the context memory limit "
-                    f"({self.config.max_memory_mb} MiB)"
+                    f"({limit_mb} MiB)"
                 )
                 self._fail(request, ErrorCode.OUT_OF_MEMORY, message, now)
         if reason == "error":
@@ -426,7 +471,15 @@ class WorkerState:
                 failed = self.requests.get(local)
                 if failed is not None:
                     self._fail(failed, ErrorCode.INTERNAL_ERROR, f"Internal error: {detail}", now)
-        self._recover(engine, now, solo=False)
+        if self.fresh:   # only that request's own context is gone
+            lost = self.requests.get(int(slot)) if slot else None
+            if lost is not None:
+                self._requeue(lost, now, solo=False)
+            engine.busy = False
+            engine.step_requests = []
+            self._count_restart(engine)
+        else:
+            self._recover(engine, now, solo=False)
         engine.ready = True
 
     def on_engine_died(self, index: int, detail: str, oom_likely: bool, now: float) -> None:
@@ -441,33 +494,41 @@ class WorkerState:
         self._recover(engine, now, solo=True)
         engine.ready = False
 
+    def _count_restart(self, engine: EngineSlot) -> None:
+        self.engine_restarts += 1
+        engine.restarts += 1
+
     def _recover(self, engine: EngineSlot, now: float, solo: bool, restart: bool = True) -> None:
-        """Requeue what the engine held (its context is gone) and start a new generation."""
+        """Requeue what the engine held (its contexts are gone) and start a new generation."""
         if restart:
-            self.engine_restarts += 1
-            engine.restarts += 1
+            self._count_restart(engine)
         engine.generation += 1
         engine.busy = False
         engine.step_requests = []
-        engine.settles = []
-        engine.cancels = []
+        engine.settles = {}
+        engine.cancels = {}
         for local in sorted(engine.held, reverse=True):
             request = self.requests.get(local)
-            if request is None:
-                continue
-            request.resets += 1
-            request.engine = None
-            if request.resets > MAX_ENGINE_RESETS:
-                self._fail(
-                    request, ErrorCode.WORKER_LOST,
-                    f"Worker lost: its context was reset {request.resets} times while it ran",
-                    now,
-                )
-                continue
-            request.stage = Stage.QUEUED
-            request.solo = request.solo or solo
-            self.queue.appendleft(local)
+            if request is not None:
+                self._requeue(request, now, solo)
         engine.held.clear()
+
+    def _requeue(self, request: LocalRequest, now: float, solo: bool) -> None:
+        """Run a request again from the start (its context was lost), a bounded number of times."""
+        engine = self.engines.get(request.engine) if request.engine is not None else None
+        if engine is not None:
+            engine.held.discard(request.local)
+        request.resets += 1
+        request.engine = None
+        if request.resets > MAX_ENGINE_RESETS:
+            self._fail(
+                request, ErrorCode.WORKER_LOST,
+                f"Worker lost: its context was reset {request.resets} times while it ran", now,
+            )
+            return
+        request.stage = Stage.QUEUED
+        request.solo = request.solo or solo
+        self.queue.appendleft(request.local)
 
     # ================================================================ output
 
@@ -494,9 +555,8 @@ class WorkerState:
         """Forget every request (the broker that sent them is gone)."""
         for request in list(self.requests.values()):
             request.cancelled = True
-            engine = self.engines.get(request.engine) if request.engine is not None else None
-            if engine is not None and request.stage is Stage.PARKED:
-                engine.cancels.append(request.local)
+            if request.stage is Stage.PARKED:
+                self._cancel_in_engine(request)
         self.requests.clear()
         self.by_key.clear()
         self.queue.clear()
