@@ -290,6 +290,7 @@ class BrokerState:
             (request.deadline - now) * 1000,
             math.ceil(call.options.cpu_limit_ms or 0),
             request.depth,
+            math.ceil(call.options.max_memory_mb or 0),
         )
         self._requests_out[worker.identity] += [meta, call.method.encode(), call.encoded_body()]
 

@@ -35,6 +35,8 @@ __all__ = [
 
 _ERROR_CODE = re.compile(rb'"code"\s*:\s*(-?\d+)')
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
+MAX_MEMORY_MB = 1 << 20
+"""Largest ``madrpc.max_memory_mb`` accepted (the worker's own limit applies anyway)."""
 """Longest ``madrpc.idempotency_key`` accepted (characters)."""
 NULL = b"null"
 
@@ -46,6 +48,7 @@ class CallOptions:
     timeout_ms: float | None = None
     idempotency_key: str | None = None
     cpu_limit_ms: float | None = None
+    max_memory_mb: float | None = None
 
 
 NO_OPTIONS = CallOptions()
@@ -182,6 +185,9 @@ def _parse_options(raw: Any) -> CallOptions | str:
     cpu_limit_ms = raw.get("cpu_limit_ms")
     if cpu_limit_ms is not None and not _positive_number(cpu_limit_ms, MAX_TIMEOUT_MS):
         return f"madrpc.cpu_limit_ms must be a number in (0, {MAX_TIMEOUT_MS}]"
+    max_memory_mb = raw.get("max_memory_mb")
+    if max_memory_mb is not None and not _positive_number(max_memory_mb, MAX_MEMORY_MB):
+        return f"madrpc.max_memory_mb must be a number in (0, {MAX_MEMORY_MB}]"
     key = raw.get("idempotency_key")
     if key is not None and (
         not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH
@@ -190,7 +196,7 @@ def _parse_options(raw: Any) -> CallOptions | str:
             "madrpc.idempotency_key must be a non-empty string of at most "
             f"{MAX_IDEMPOTENCY_KEY_LENGTH} characters"
         )
-    return CallOptions(timeout_ms, key, cpu_limit_ms)
+    return CallOptions(timeout_ms, key, cpu_limit_ms, max_memory_mb)
 
 
 def _positive_number(value: Any, upper: float) -> bool:

@@ -63,7 +63,7 @@ COMMANDS = frozenset(
 
 _KEY = struct.Struct(">Q")
 _CREDIT = struct.Struct(">I")
-_REQUEST_META = struct.Struct(">QIIH")  # key, timeout_ms, cpu_limit_ms, depth
+_REQUEST_META = struct.Struct(">QIIHI")  # key, timeout_ms, cpu_limit_ms, depth, memory_mb
 _CALL_META = struct.Struct(">QQ")  # call key (worker's), parent request key (broker's)
 KEY_SIZE = _KEY.size
 
@@ -79,6 +79,8 @@ class RequestMeta:
     """Per-request CPU limit asked by the client; 0 means the worker's default."""
     depth: int
     """0 for a client's request, n for the n-th level of nested calls."""
+    memory_mb: int = 0
+    """Per-request heap limit asked by the client; 0 means the worker's default."""
 
 
 @dataclass(slots=True)
@@ -178,19 +180,24 @@ def decode_credit(frame: bytes) -> int:
 
 
 def encode_request_meta(
-    key: bytes, timeout_ms: float, cpu_limit_ms: float, depth: int
+    key: bytes, timeout_ms: float, cpu_limit_ms: float, depth: int, memory_mb: float = 0
 ) -> bytes:
     return _REQUEST_META.pack(
         _KEY.unpack(key)[0],
-        max(0, min(int(timeout_ms), 0xFFFFFFFF)),
-        max(0, min(int(cpu_limit_ms), 0xFFFFFFFF)),
+        _u32(timeout_ms),
+        _u32(cpu_limit_ms),
         min(depth, 0xFFFF),
+        _u32(memory_mb),
     )
 
 
+def _u32(value: float) -> int:
+    return max(0, min(int(value), 0xFFFFFFFF))
+
+
 def decode_request_meta(frame: bytes) -> RequestMeta:
-    key, timeout_ms, cpu_limit_ms, depth = _REQUEST_META.unpack(frame)
-    return RequestMeta(_KEY.pack(key), timeout_ms, cpu_limit_ms, depth)
+    key, timeout_ms, cpu_limit_ms, depth, memory_mb = _REQUEST_META.unpack(frame)
+    return RequestMeta(_KEY.pack(key), timeout_ms, cpu_limit_ms, depth, memory_mb)
 
 
 def encode_call_meta(call_key: int, parent_key: bytes) -> bytes:
