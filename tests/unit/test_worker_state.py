@@ -60,7 +60,7 @@ def steps(state: WorkerState, now: float = 0.0) -> dict[int, dict[str, Any]]:
     state.schedule(now, WALL_MS)
     out: dict[int, dict[str, Any]] = {}
     for index, frames in state.take_engine_messages():
-        assert frames[0] == b"STEP" and len(frames) == 2
+        assert frames[0] == b"STEP" and len(frames) == 3 and frames[2] == b""
         assert index not in out
         out[index] = orjson.loads(frames[1])
     return out
@@ -236,7 +236,7 @@ def test_a_c_line_becomes_a_call_with_the_parents_broker_key() -> None:
     call_key, parent = p.decode_call_meta(meta)
     assert parent == key_of(7)
     assert body == CALL_BODY
-    assert state.calls[p.decode_key(call_key)] == (0, 0, 5)
+    assert state.calls[p.decode_key(call_key)] == (0, 0, 5, b"")
 
 
 def test_a_c_line_from_code_outside_any_request_has_no_parent() -> None:

@@ -1,0 +1,78 @@
+// Functions that exercise the runtime's limits, for tests/integration/test_runtime.py.
+'use strict';
+
+madrpc.register('noop', (x) => x);
+madrpc.register('nothing', () => undefined);
+
+madrpc.register('fan', async ({n}) => {
+  const results = await Promise.all(Array.from({length: n}, (_, i) => madrpc.call('noop', [i])));
+  return results.reduce((a, b) => a + b, 0);
+});
+
+madrpc.register('recurse', async ({depth, width}) => {
+  if (depth === 0) return 1;
+  const leaves = await Promise.all(
+    Array.from({length: width}, () => madrpc.call('recurse', {depth: depth - 1, width})));
+  return leaves.reduce((a, b) => a + b, 0);
+});
+
+madrpc.register('chain', async ({depth}) =>
+  depth === 0 ? 0 : 1 + await madrpc.call('chain', {depth: depth - 1}));
+
+function busyFor(ms) {
+  const end = Date.now() + ms;
+  let spins = 0;
+  while (Date.now() < end) spins++;
+  return spins;
+}
+
+madrpc.register('busy', ({ms}) => { busyFor(ms); return ms; });
+
+// Each level computes for `ms` and then calls the next level.
+madrpc.register('slow_chain', async ({depth, ms}) => {
+  busyFor(ms);
+  return depth === 0 ? 0 : 1 + await madrpc.call('slow_chain', {depth: depth - 1, ms});
+});
+
+madrpc.register('spin', () => { while (true) {} });
+
+madrpc.register('hog_objects', () => {
+  const keep = [];
+  for (let i = 0; ; i++) keep.push({i, text: 'x' + i});
+});
+
+madrpc.register('hog_doubles', () => {
+  const keep = [];
+  while (true) keep.push(new Array(1000).fill(1.5));
+});
+
+madrpc.register('buffer_bomb', () => {
+  const keep = [];
+  while (true) keep.push(new ArrayBuffer(64 * 1024 * 1024));
+});
+
+// About `mb` MiB of small-integer arrays (4 bytes an element), kept until it returns.
+madrpc.register('alloc', ({mb}) => {
+  const keep = [];
+  for (let i = 0; i < mb * 16; i++) keep.push(new Array(16384).fill(i & 0xff));
+  return keep.length;
+});
+
+madrpc.register('sleep', async ({ms}) => {
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  return ms;
+});
+
+madrpc.register('shout', ({text}) => {
+  console.log('shouting', text);
+  console.warn('careful with', {text});
+  return text.toUpperCase();
+});
+
+// Global state persists within a context (pooled) and starts afresh per request (fresh).
+madrpc.register('counter', () => {
+  globalThis.calls = (globalThis.calls || 0) + 1;
+  return globalThis.calls;
+});
+
+madrpc.register('version', () => 1);
