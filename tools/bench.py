@@ -9,7 +9,9 @@ Sections:
   pi       Monte Carlo pi job (50 x 1,000,000 samples via Client.map) with 1 vs 2 contexts,
            and its cost per sample against the same JS in one bare MiniRacer
   fanout   aggregate(50 x 1,000,000) fanned out in JS on 1 worker: 1 vs 2 contexts
-  nested   1,000 sequential nested no-op calls from JS vs 1,000 direct client calls
+  nested   1,000 nested no-op calls from JS (one after another, and all at once) vs
+           1,000 direct client calls (one after another, and via Client.map)
+  fresh    a trivial call with --fresh-context (a new V8 context per request) vs pooled
   metrics  throughput with metrics collection on vs off (64 in flight)
 The machine is shared and noisy: read ratios, not absolute figures.
 """
@@ -34,7 +36,7 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 PI_SCRIPT = ROOT / "examples" / "monte-carlo-pi" / "scripts" / "pi.js"
 BENCH_SCRIPT = ROOT / "tools" / "bench.js"
-SECTIONS = ("rpc", "pi", "fanout", "nested", "metrics")
+SECTIONS = ("rpc", "pi", "fanout", "nested", "fresh", "metrics")
 
 
 def free_port() -> int:
@@ -59,7 +61,8 @@ def process(*command: str) -> Iterator[subprocess.Popen[bytes]]:
 
 @contextmanager
 def grid(
-    script: Path, workers: int, contexts: int, broker_args: tuple[str, ...] = ()
+    script: Path, workers: int, contexts: int, broker_args: tuple[str, ...] = (),
+    worker_args: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """Broker and workers as separate processes; yields the frontend endpoint."""
     front = f"tcp://127.0.0.1:{free_port()}"
@@ -73,6 +76,7 @@ def grid(
             stack.enter_context(process(
                 sys.executable, "-m", "madrpc.cli", "worker", "--script", str(script),
                 "--broker", back, "--contexts", str(contexts), "--log-level", "warning",
+                *worker_args,
             ))
         wait_for_workers(front, workers)
         yield front
@@ -247,9 +251,9 @@ def bench_nested(runs: int) -> list[str]:
     with grid(BENCH_SCRIPT, workers=1, contexts=2) as front, Client(front, timeout=120) as client:
         client.call("nested_noop", {"calls": 100})
 
-        def nested() -> float:
+        def nested(parallel: bool) -> float:
             start = time.perf_counter()
-            client.call("nested_noop", {"calls": calls})
+            client.call("nested_noop", {"calls": calls, "parallel": parallel})
             return (time.perf_counter() - start) / calls
 
         def direct() -> float:
@@ -258,12 +262,46 @@ def bench_nested(runs: int) -> list[str]:
                 client.call("noop", [i])
             return (time.perf_counter() - start) / calls
 
-        nested_s = best_of(runs, nested)
-        direct_s = best_of(runs, direct)
+        def direct_map() -> float:
+            start = time.perf_counter()
+            client.map("noop", [[i] for i in range(calls)])
+            return (time.perf_counter() - start) / calls
+
+        sequential = best_of(runs, lambda: nested(False))
+        parallel = best_of(runs, lambda: nested(True))
+        one_by_one = best_of(runs, direct)
+        mapped = best_of(runs, direct_map)
     return [
-        f"| nested no-op call from JS (sequential) | {nested_s * 1e6:.0f} us per call | "
-        f"direct client call {direct_s * 1e6:.0f} us | "
-        f"nested/direct **{nested_s / direct_s:.2f}x** |"
+        f"| nested no-op call from JS, one after another | {sequential * 1e6:.0f} us per call "
+        f"| direct client call {one_by_one * 1e6:.0f} us | nested/direct "
+        f"**{sequential / one_by_one:.2f}x** |",
+        f"| nested no-op calls from JS, 1,000 at once (Promise.all) | {parallel * 1e6:.0f} us "
+        f"per call | Client.map {mapped * 1e6:.0f} us | nested/direct "
+        f"**{parallel / mapped:.2f}x** |",
+    ]
+
+
+def bench_fresh(runs: int) -> list[str]:
+    from madrpc import Client
+
+    calls = 200
+    per_call = {}
+    for label, args in (("pooled", ()), ("fresh", ("--fresh-context",))):
+        with grid(BENCH_SCRIPT, workers=1, contexts=1, worker_args=args) as front, \
+                Client(front, timeout=60) as client:
+            client.call("noop", [0])
+
+            def sequential() -> float:
+                start = time.perf_counter()
+                for i in range(calls):
+                    client.call("noop", [i])
+                return (time.perf_counter() - start) / calls
+
+            per_call[label] = best_of(runs, sequential)
+    return [
+        f"| trivial call, one at a time, --fresh-context | {per_call['fresh'] * 1e3:.2f} ms "
+        f"per call | pooled context {per_call['pooled'] * 1e3:.2f} ms | fresh/pooled "
+        f"**{per_call['fresh'] / per_call['pooled']:.1f}x** |"
     ]
 
 
@@ -300,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = bench_fanout(args.runs)
         elif name == "nested":
             rows = bench_nested(args.runs)
+        elif name == "fresh":
+            rows = bench_fresh(args.runs)
         else:
             rows = bench_metrics(args.duration)
         for row in rows:
