@@ -16,7 +16,6 @@ from typing import Any
 import psutil
 import zmq
 
-from . import protocol as p
 from .broker_state import BACKEND, FRONTEND, BrokerState
 from .config import BrokerConfig
 from .sockets import make_socket, send_frames
@@ -155,7 +154,7 @@ class Broker:
     def _close(self) -> None:
         for identity in list(self.state.workers):
             with contextlib.suppress(zmq.ZMQError):
-                send_frames(self.backend, [identity, *p.message(p.DISCONNECT, b"shutting down")])
+                send_frames(self.backend, [identity, *self.state._disconnect("shutting down")])
         self.frontend.close(linger=0)
         self.backend.close(linger=CLOSE_LINGER_MS)
         if self._own_context:

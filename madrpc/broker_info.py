@@ -37,6 +37,8 @@ def answer_builtin(state: BrokerState, call: Call, now: float) -> tuple[int | No
         worker_id = params[0]
     if worker_id is not None and not isinstance(worker_id, str):
         return _invalid_params("worker must be a worker id string")
+    if call.method == "_ping":
+        return None, b'"result":' + json_dumps({"broker": state.instance, "time": now})
     if call.method == "_metrics":
         if worker_id is not None:
             worker = find_worker(state, worker_id)
@@ -103,6 +105,9 @@ def broker_summary(state: BrokerState, now: float) -> dict[str, Any]:
         "errors": sum(state.errors.values()),
         "errors_by_code": {str(code): n for code, n in sorted(state.errors.items())},
         "draining": state.draining,
+        "instance": state.instance,
+        "adopted": state.counters["adopted"],
+        "adopted_results": state.counters["adopted_results"],
         **state.process_stats,
     }
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import os
 import random
 from collections import Counter, OrderedDict, defaultdict, deque
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .config import BrokerConfig
 from .errors import ErrorCode, ProtocolError
 from .jsonrpc import (
     Call,
+    CallOptions,
     Invalid,
     batch_response,
     error_fragment,
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 FRONTEND = 0
 BACKEND = 1
-BUILTIN_METHODS = frozenset({"_metrics", "_info"})
+BUILTIN_METHODS = frozenset({"_metrics", "_info", "_ping"})
 NO_PARENT = bytes(8)
 CLIENT_MEMORY = 10_000
 """Distinct client identities remembered for the 'clients seen' figure."""
@@ -81,6 +83,8 @@ class Request:
     worker: bytes | None = None
     dispatched_at: float = 0.0
     queued: bool = False
+    adopted: bool = False
+    """Handed over by a worker after a broker restart: no body, no one to answer."""
 
 
 @dataclass(slots=True)
@@ -106,6 +110,12 @@ class BrokerState:
     def __init__(self, config: BrokerConfig, now: float) -> None:
         self.config = config
         self.started_at = now
+        self.instance = os.urandom(8).hex()
+        """Identifies this broker run: clients and workers notice a restart by it."""
+        grace = config.adoption_grace_s
+        if grace is None:
+            grace = config.heartbeat_interval_s * config.heartbeat_liveness
+        self.keyed_hold_until = now + grace
         self.workers: OrderedDict[bytes, WorkerRecord] = OrderedDict()
         self.method_workers: Counter[str] = Counter()
         self.queues: dict[str, deque[Request]] = defaultdict(deque)
@@ -251,7 +261,7 @@ class BrokerState:
     def _route(self, request: Request, now: float, requeue: bool = False) -> None:
         """Dispatch now, or queue; a re-dispatched request goes to the queue's front."""
         method = request.call.method
-        worker = self._pick_worker(method, now)
+        worker = None if self._held_back(request, now) else self._pick_worker(method, now)
         if worker is not None:
             self._dispatch(request, worker, now)
         elif not requeue and self.workers and self.method_workers[method] == 0:
@@ -269,6 +279,10 @@ class BrokerState:
                 queue.append(request)
             request.queued = True
             self.queued += 1
+
+    def _held_back(self, request: Request, now: float) -> bool:
+        """Keyed requests wait while re-registering workers may still adopt their twins."""
+        return now < self.keyed_hold_until and request.call.options.idempotency_key is not None
 
     def _pick_worker(self, method: str, now: float) -> WorkerRecord | None:
         for worker in self.workers.values():
@@ -302,7 +316,9 @@ class BrokerState:
                 queue = self.queues.get(method)
                 while queue and not queue[0].queued:
                     queue.popleft()  # answered while it waited
-                if queue and (oldest is None or queue[0].received_at < oldest[0].received_at):
+                if not queue or self._held_back(queue[0], now):
+                    continue
+                if oldest is None or queue[0].received_at < oldest[0].received_at:
                     oldest = queue
             if oldest is None:
                 return
@@ -373,7 +389,7 @@ class BrokerState:
                 self.dropped["broker-to-worker command from a worker"] += 1
             if command != p.DISCONNECT:
                 # Unknown (we restarted, or declared it dead): ask it to register again.
-                self._control_out.append([identity, *p.message(p.DISCONNECT, b"unknown worker")])
+                self._control_out.append([identity, *self._disconnect("unknown worker")])
             if command == p.REPLY:
                 self.counters["late_replies"] += len(message.frames) // 2
             return
@@ -384,6 +400,8 @@ class BrokerState:
             elif command == p.CREDIT:
                 self._add_credit(worker, message.credit())
                 self._serve_queue(worker, now)
+            elif command == p.ADOPT:
+                self._on_adopt(worker, message, now)
             elif command == p.DRAIN:
                 worker.draining = True
                 worker.credit = 0
@@ -438,7 +456,7 @@ class BrokerState:
         )
         self.workers[identity] = worker
         self.method_workers.update(worker.methods)
-        self._control_out.append([identity, p.TAG, p.HEARTBEAT])  # acknowledges READY
+        self._control_out.append([identity, *self._heartbeat()])  # acknowledges READY
         self.counters["workers_joined"] += 1
         log.info(
             "worker %s joined: host=%s pid=%s contexts=%s credit=%d methods=%d",
@@ -464,11 +482,67 @@ class BrokerState:
         """The circuit breaker of a worker process; it outlives reconnections."""
         breaker = self.breakers.get(worker_id)
         if breaker is None:
-            breaker = self.breakers[worker_id] = CircuitBreaker()
+            breaker = self.breakers[worker_id] = CircuitBreaker(
+                failure_threshold=self.config.breaker_threshold
+            )
             while len(self.breakers) > MAX_BREAKERS:
                 self.breakers.popitem(last=False)
         self.breakers.move_to_end(worker_id)
         return breaker
+
+    def _heartbeat(self) -> list[bytes]:
+        return p.json_message(p.HEARTBEAT, {"broker": self.instance})
+
+    def _disconnect(self, reason: str) -> list[bytes]:
+        return p.json_message(p.DISCONNECT, {"reason": reason, "broker": self.instance})
+
+    def _on_adopt(self, worker: WorkerRecord, message: p.Message, now: float) -> None:
+        """A worker re-registering after a broker restart hands over what it holds:
+        requests still running (placeholders; their replies are awaited) and keyed
+        requests that finished (their replies are stored for the clients' retries)."""
+        frames = message.frames
+        for i in range(0, len(frames), 4):
+            old_key, timeout_ms = p.decode_adopt_meta(frames[i])
+            method = frames[i + 1].decode(errors="replace")
+            idem = frames[i + 2].decode(errors="replace") or None
+            fragment = frames[i + 3]
+            call = Call(method, None, None, CallOptions(idempotency_key=idem))
+            scope = idempotency_scope(call)
+            if fragment:
+                if scope is not None and self.idempotency.lookup(scope, now) is None:
+                    self.idempotency.start(scope, old_key)
+                    self.idempotency.finish(
+                        scope, old_key, (fragment_error_code(fragment), fragment), now
+                    )
+                    self.counters["adopted_results"] += 1
+                continue
+            if old_key in self.requests or not self._may_adopt(scope, old_key, now):
+                self._cancels_out[worker.identity].append(old_key)   # runs elsewhere already
+                continue
+            request = Request(old_key, call, now + timeout_ms / 1000, 0, now, adopted=True,
+                              attempts=1, worker=worker.identity, dispatched_at=now)
+            self.requests[old_key] = request
+            heapq.heappush(self.deadlines, (request.deadline, old_key))
+            worker.in_flight.add(old_key)
+            if scope is not None and self.idempotency.lookup(scope, now) is None:
+                self.idempotency.start(scope, old_key)
+            self.counters["adopted"] += 1
+
+    def _may_adopt(self, scope: str | None, old_key: bytes, now: float) -> bool:
+        """Whether a worker may keep running ``scope``'s request: yes if no other request
+        has it, or if the one that has it still waits in the queue (it then joins)."""
+        if scope is None:
+            return True
+        owner = self.idempotency.lookup(scope, now)
+        if owner is None:
+            return True
+        waiting = self.requests.get(owner) if isinstance(owner, bytes) else None
+        if waiting is None or not waiting.queued:
+            return False
+        self._forget(waiting)
+        self.joined[waiting.key] = waiting
+        self.idempotency.transfer(scope, old_key)
+        return True
 
     def _fail_unservable(self, now: float) -> None:
         """Queued requests for a method no registered worker offers get -32601.
@@ -553,7 +627,10 @@ class BrokerState:
             if request is None:
                 continue
             request.worker = None
-            if request.attempts >= self.config.max_attempts:
+            if request.adopted:   # no body to run again: its twins learn and retry
+                self._fail(request, ErrorCode.WORKER_LOST,
+                           "Worker lost: the worker that adopted it died", now)
+            elif request.attempts >= self.config.max_attempts:
                 self._fail(
                     request, ErrorCode.WORKER_LOST,
                     f"Worker lost: the request was dispatched {request.attempts} times and "
@@ -589,7 +666,7 @@ class BrokerState:
                 worker.breaker.on_failure(now)
                 self._remove_worker(worker, "heartbeat lost", now)
             elif worker.heartbeat.due(now):
-                self._control_out.append([worker.identity, p.TAG, p.HEARTBEAT])
+                self._control_out.append([worker.identity, *self._heartbeat()])
         deadlines = self.deadlines
         while deadlines and deadlines[0][0] <= now:
             _, key = heapq.heappop(deadlines)

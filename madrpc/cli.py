@@ -101,6 +101,9 @@ def main() -> None:
               show_default=True, help="Dispatches of a request whose workers keep dying.")
 @click.option("--max-call-depth", type=int, default=cfg.BrokerConfig.max_call_depth,
               show_default=True, help="Deepest chain of nested madrpc.call allowed.")
+@click.option("--breaker-threshold", type=click.IntRange(1, 1000),
+              default=cfg.BrokerConfig.breaker_threshold, show_default=True,
+              help="Transport failures in a row that take a worker out of rotation.")
 @click.option("--drain-timeout", type=float, default=cfg.BrokerConfig.drain_timeout_s,
               show_default=True, help="Seconds to finish in-flight requests on SIGTERM.")
 @click.option("--max-batch", type=int, default=cfg.BrokerConfig.max_batch, show_default=True,
@@ -118,7 +121,8 @@ def main() -> None:
 def broker_command(
     frontend: str, backend: str, heartbeat_interval: float, heartbeat_liveness: int,
     max_queue: int, default_timeout: float, max_message_bytes: int, max_attempts: int,
-    max_call_depth: int, drain_timeout: float, max_batch: int, idempotency_window: float,
+    max_call_depth: int, breaker_threshold: int, drain_timeout: float, max_batch: int,
+    idempotency_window: float,
     max_idempotency_entries: int, hwm: int, no_metrics: bool, log_level: str, log_format: str,
 ) -> None:
     """Run a broker: clients on FRONTEND, workers on BACKEND."""
@@ -129,7 +133,8 @@ def broker_command(
         frontend=frontend, backend=backend, heartbeat_interval_s=heartbeat_interval,
         heartbeat_liveness=heartbeat_liveness, max_queue=max_queue,
         default_timeout_ms=int(default_timeout * 1000), max_message_bytes=max_message_bytes,
-        max_attempts=max_attempts, max_call_depth=max_call_depth, drain_timeout_s=drain_timeout,
+        max_attempts=max_attempts, max_call_depth=max_call_depth,
+        breaker_threshold=breaker_threshold, drain_timeout_s=drain_timeout,
         max_batch=max_batch, idempotency_window_s=idempotency_window,
         max_idempotency_entries=max_idempotency_entries, hwm=hwm,
         collect_metrics=not no_metrics,

@@ -54,6 +54,9 @@ class BrokerConfig:
     """Members allowed in one JSON-RPC batch."""
     max_attempts: int = 3
     """Dispatches of one request before a lost worker turns into an error."""
+    breaker_threshold: int = 5
+    """Consecutive transport failures (lost heartbeats, unreachable, crashed engines) that
+    take a worker out of rotation; it gets a trial after 1 s, then 2 s, 4 s ... (60 s max)."""
     max_call_depth: int = 32
     """Longest chain of nested ``madrpc.call`` a request may cause."""
     idempotency_window_s: float = 300.0
@@ -61,6 +64,10 @@ class BrokerConfig:
     max_idempotency_entries: int = 100_000
     drain_timeout_s: float = 10.0
     """On SIGTERM: how long to keep answering in-flight requests before exiting."""
+    adoption_grace_s: float | None = None
+    """After the broker starts, how long requests with an idempotency key wait before
+    dispatch, so that workers re-registering after a broker restart can first hand over
+    the keyed requests they still run. Default: heartbeat interval x liveness."""
     hwm: int = DEFAULT_HWM
     collect_metrics: bool = True
     """Keep latency histograms and rates (off only to measure their cost)."""
@@ -123,7 +130,11 @@ class ClientConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     """Requests bigger than this are refused locally (the broker would drop them)."""
     retry_interval_s: float = 5.0
-    """No reply within this long counts as a transient failure and triggers a retry."""
+    """A call with no reply for this long is sent again (the interval doubles each time);
+    a broker that does not answer a probe within it is reconnected to."""
+    probe_interval_s: float = 1.0
+    """While calls wait and the broker is quiet, how often to check on it with ``_ping``
+    (which also tells a restarted broker, whose calls must be sent again)."""
     retry_backoff_initial_s: float = 0.1
     retry_backoff_max_s: float = 5.0
     max_retries: int = 5

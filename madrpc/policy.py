@@ -108,73 +108,75 @@ class IdempotencyTable:
 
     A key is *running* (a request executes for it; later requests with the key join it)
     or *done* (its outcome is replayed until ``window_s`` after it finished). Transient
-    failures (:data:`TRANSIENT_CODES`) are not stored, so a retry runs again.
+    failures (:data:`TRANSIENT_CODES`) are not stored, so a retry runs again. Running and
+    done keys live in separate tables, so expiry only ever looks at expired entries.
     """
 
     def __init__(self, window_s: float, max_entries: int) -> None:
         self.window_s = window_s
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._running: OrderedDict[str, _Entry] = OrderedDict()
+        self._done: OrderedDict[str, _Entry] = OrderedDict()
+        """Finished keys, oldest first (so expiry stops at the first live one)."""
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._running) + len(self._done)
 
     def lookup(self, key: str, now: float) -> bytes | Outcome | None:
         """None if unknown, the running request's key, or the stored outcome."""
-        entry = self._entries.get(key)
+        entry = self._running.get(key)
+        if entry is not None:
+            return entry.running
+        entry = self._done.get(key)
         if entry is None:
             return None
-        if entry.running is not None:
-            return entry.running
         if entry.outcome is not None and now < entry.expires_at:
             return entry.outcome
-        del self._entries[key]
+        del self._done[key]
         return None
 
     def start(self, key: str, request_key: bytes) -> None:
-        self._entries[key] = _Entry(request_key)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
+        self._done.pop(key, None)
+        self._running[key] = _Entry(request_key)
+        self._running.move_to_end(key)
+        while len(self) > self.max_entries:
             self._evict_one()
 
     def _evict_one(self) -> None:
         """Forget the oldest finished entry (the oldest running one if none finished)."""
-        for key, entry in self._entries.items():
-            if entry.running is None:
-                del self._entries[key]
-                return
-        self._entries.popitem(last=False)
+        if self._done:
+            self._done.popitem(last=False)
+        else:
+            self._running.popitem(last=False)
+
+    def transfer(self, key: str, request_key: bytes) -> None:
+        """Hand a running key to another request; the previous one joins it."""
+        entry = self._running.get(key)
+        if entry is not None and entry.running is not None:
+            entry.joined.append(entry.running)
+            entry.running = request_key
 
     def join(self, key: str, request_key: bytes) -> None:
-        entry = self._entries.get(key)
+        entry = self._running.get(key)
         if entry is not None:
             entry.joined.append(request_key)
 
     def finish(self, key: str, request_key: bytes, outcome: Outcome, now: float) -> list[bytes]:
         """Record the outcome of the running request; return the keys that joined it."""
-        entry = self._entries.get(key)
+        entry = self._running.get(key)
         if entry is None or entry.running != request_key:
             return []
-        joined = entry.joined
+        del self._running[key]
         code = outcome[0]
-        if code is not None and code in TRANSIENT_CODES:
-            del self._entries[key]
-        else:
-            entry.running = None
-            entry.joined = []
-            entry.outcome = outcome
-            entry.expires_at = now + self.window_s
-            self._entries.move_to_end(key)
-        return joined
+        if code is None or code not in TRANSIENT_CODES:
+            self._done[key] = _Entry(None, [], outcome, now + self.window_s)
+        return entry.joined
 
     def expire(self, now: float) -> None:
         """Drop finished entries older than the window (oldest first)."""
-        expired = []
-        for key, entry in self._entries.items():
-            if entry.running is not None:
-                continue
+        done = self._done
+        while done:
+            entry = next(iter(done.values()))
             if now < entry.expires_at:
-                break
-            expired.append(key)
-        for key in expired:
-            del self._entries[key]
+                return
+            done.popitem(last=False)

@@ -26,6 +26,7 @@ __all__ = [
     "CREDIT",
     "DISCONNECT",
     "DRAIN",
+    "ADOPT",
     "HEARTBEAT",
     "READY",
     "REPLY",
@@ -56,15 +57,17 @@ CALL = b"CALL"            # W->B  ([call meta][body])+
 RESULT = b"RESULT"        # B->W  ([call key][fragment])+
 CANCEL = b"CANCEL"        # B->W  [key]+
 DRAIN = b"DRAIN"          # W->B  (no body): send me nothing more
+ADOPT = b"ADOPT"          # W->B  ([adopt meta][method][idempotency key][fragment])+
 
 COMMANDS = frozenset(
-    {READY, HEARTBEAT, DISCONNECT, REQUEST, REPLY, CREDIT, CALL, RESULT, CANCEL, DRAIN}
+    {READY, HEARTBEAT, DISCONNECT, REQUEST, REPLY, CREDIT, CALL, RESULT, CANCEL, DRAIN, ADOPT}
 )
 
 _KEY = struct.Struct(">Q")
 _CREDIT = struct.Struct(">I")
 _REQUEST_META = struct.Struct(">QIIHI")  # key, timeout_ms, cpu_limit_ms, depth, memory_mb
 _CALL_META = struct.Struct(">QQ")  # call key (worker's), parent request key (broker's)
+_ADOPT_META = struct.Struct(">QI")  # request key (from the previous broker), timeout_ms left
 KEY_SIZE = _KEY.size
 
 
@@ -154,6 +157,10 @@ def _check_shape(message: Message) -> None:
         ok = count > 0 and all(len(f) == KEY_SIZE for f in frames)
     elif command == DRAIN:
         ok = count == 0
+    elif command == ADOPT:
+        ok = count > 0 and count % 4 == 0 and all(
+            len(frames[i]) == _ADOPT_META.size for i in range(0, count, 4)
+        )
     else:  # READY, HEARTBEAT, DISCONNECT
         ok = count <= 1
     if not ok:
@@ -207,6 +214,16 @@ def encode_call_meta(call_key: int, parent_key: bytes) -> bytes:
 def decode_call_meta(frame: bytes) -> tuple[bytes, bytes]:
     """(call key, parent request key), both as 8-byte keys."""
     return frame[:KEY_SIZE], frame[KEY_SIZE:]
+
+
+def encode_adopt_meta(key: bytes, timeout_ms: float) -> bytes:
+    return _ADOPT_META.pack(_KEY.unpack(key)[0], _u32(timeout_ms))
+
+
+def decode_adopt_meta(frame: bytes) -> tuple[bytes, int]:
+    """(request key, timeout_ms left) of one ADOPT entry."""
+    key, timeout_ms = _ADOPT_META.unpack(frame)
+    return _KEY.pack(key), int(timeout_ms)
 
 
 def message(command: bytes, *frames: bytes) -> list[bytes]:
