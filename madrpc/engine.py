@@ -14,6 +14,7 @@ Engine <-> worker messages (DEALER here, ROUTER in the worker):
                                           slot's context is gone (a pooled one is rebuilt)
   worker -> engine  STEP <payload> <slot> run one step (js/bootstrap.js describes payload)
                     DROP <slot>           fresh mode: the request was cancelled, drop its context
+                    ABORT                 stop the running step (its requests were dropped)
                     STOP                  exit
 The slot names the context: empty for the shared (pooled) one, the request's key in
 fresh-context mode.
@@ -163,10 +164,19 @@ class Engine:
                 slot = frames[2] if len(frames) > 2 and self.fresh else POOLED
                 limit = int(frames[3]) if len(frames) > 3 and frames[3].isdigit() else 0
                 self._steps.append((slot, frames[1], limit))
+            elif frames[0] == b"ABORT":
+                self._abort()
             elif frames[0] == b"DROP" and len(frames) >= 2:
                 self._drop(frames[1])
             elif frames[0] == b"STOP":
                 return False
+
+    def _abort(self) -> None:
+        """The worker dropped every request: stop the running step; its context is reset."""
+        self._steps.clear()
+        if self._running is not None and self._stopping is None:
+            self._stopping = ("aborted", 0, "the worker abandoned its requests")
+            self.runtimes[self._running].terminate()
 
     def _drop(self, slot: bytes) -> None:
         """Fresh mode: a request was cancelled; its context goes (now, or after its step)."""

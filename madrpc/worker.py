@@ -7,7 +7,6 @@ answers heartbeats, however busy the contexts are. The decisions live in
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -96,6 +95,8 @@ class Worker:
         self.v8 = ""
         self.broker: zmq.Socket[Any] | None = None
         self._broker_heartbeat = Heartbeat(1, 1, 0)
+        self.broker_instance: str | None = None
+        """The run of the broker we last registered with (tells a restart from a blip)."""
         self._reconnects = 0
         self._reconnect_at: float | None = None
         self._stop_requested = threading.Event()
@@ -233,14 +234,17 @@ class Worker:
         except zmq.ZMQError as exc:
             log.debug("send to broker failed: %s", exc)
 
-    def _broker_lost(self, now: float, reason: str) -> None:
+    def _broker_lost(self, now: float, reason: str, at_once: bool = False) -> None:
+        """Reconnect after a back-off; at once when a live broker asked us to (once)."""
         delay = Backoff(self.config.reconnect_initial_s, self.config.reconnect_max_s).delay(
             self._reconnects
         )
+        if at_once and self._reconnects == 0:
+            delay = 0.0
         self._reconnects += 1
         log.warning("broker %s: %s; reconnecting in %.2f s", self.config.broker, reason, delay)
         self.connected.clear()
-        self.state.drop_all()
+        self.state.on_broker_lost()
         if self.broker is not None:
             self.broker.close(linger=0)
             self.broker = None
@@ -253,12 +257,9 @@ class Worker:
             log.warning("dropped a message from the broker: %s", exc)
             return
         self._broker_heartbeat.heard(now)
-        if not self.connected.is_set():
-            self.connected.set()
-            if self._reconnects:
-                log.info("registered with broker %s again", self.config.broker)
-            self._reconnects = 0
         command = message.command
+        if not self.connected.is_set() and command == p.HEARTBEAT:
+            self._registered(_broker_instance(message), now)
         if command == p.REQUEST:
             self.state.on_requests(message.frames, now, time.time() * 1000)
         elif command == p.RESULT:
@@ -267,7 +268,33 @@ class Worker:
             self.state.on_cancels(message.frames)
         elif command == p.DISCONNECT:
             reason = message.frames[0].decode(errors="replace") if message.frames else ""
-            self._broker_lost(now, f"asked us to disconnect ({reason})")
+            self._broker_lost(now, f"asked us to disconnect ({reason})", at_once=True)
+
+    def _registered(self, instance: str | None, now: float) -> None:
+        """The broker acknowledged our READY. After a reconnection: if it is the broker
+        we knew, it declared us dead and re-dispatched our requests, so drop them; if it
+        is a new broker, hand over what we hold and send our pending nested calls again."""
+        state = self.state
+        if state.requests or state.recent or state.call_bodies:
+            if instance is not None and instance == self.broker_instance:
+                log.warning("the broker re-dispatched our %d requests; dropping them",
+                            len(state.requests))
+                for index in state.abandon_all():
+                    identity = self._slot_process.get(index)
+                    if identity is not None:
+                        self._send_engine(identity, [b"ABORT"])
+            else:
+                adopt = state.adoption_frames(time.time() * 1000)
+                if adopt:
+                    self._send_broker([p.TAG, p.ADOPT, *adopt])
+                state.resend_calls()
+                log.info("handed %d requests and %d results to the new broker",
+                         len(state.requests), len(state.recent))
+        self.broker_instance = instance
+        self.connected.set()
+        if self._reconnects:
+            log.info("registered with broker %s again", self.config.broker)
+        self._reconnects = 0
 
     # ================================================================ the loop
 
@@ -444,8 +471,13 @@ class Worker:
 
     def _stop_process(self, proc: _Process) -> None:
         proc.stopping = True
-        with contextlib.suppress(zmq.ZMQError):
-            send_frames(self.engines, [proc.identity, b"STOP"])
+        self._send_engine(proc.identity, [b"STOP"])
+
+    def _send_engine(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            send_frames(self.engines, [identity, *frames])
+        except zmq.ZMQError as exc:
+            log.warning("engine %s unreachable: %s", identity.decode(errors="replace"), exc)
 
     # ================================================================ output
 
@@ -453,14 +485,11 @@ class Worker:
         state = self.state
         for index, frames in state.take_engine_messages():
             identity = self._slot_process.get(index)
-            if identity is None:
-                continue
-            try:
-                send_frames(self.engines, [identity, *frames])
-            except zmq.ZMQError as exc:
-                log.warning("engine %d unreachable: %s", index, exc)
-        for frames in state.take_broker_messages():
-            self._send_broker(frames)
+            if identity is not None:
+                self._send_engine(identity, frames)
+        if self.connected.is_set():   # else replies wait for the broker to acknowledge us
+            for frames in state.take_broker_messages():
+                self._send_broker(frames)
         for level, method, request_id, text in state.logs:
             js_log.log(_JS_LEVELS.get(level, logging.INFO), "[%s id=%s] %s",
                        method or "-", request_id, text)
@@ -469,3 +498,12 @@ class Worker:
 
 def _cpu(process: psutil.Process) -> float:
     return float(process.cpu_percent())
+
+
+def _broker_instance(message: p.Message) -> str | None:
+    try:
+        body = message.json()
+    except ProtocolError:
+        return None
+    instance = body.get("broker") if isinstance(body, dict) else None
+    return instance if isinstance(instance, str) else None

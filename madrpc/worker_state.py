@@ -15,7 +15,7 @@ long jobs); units are withheld or added as the mean run time crosses the thresho
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -37,6 +37,9 @@ MAX_ENGINE_RESETS = 3
 NO_PARENT = bytes(8)
 EWMA_WEIGHT = 0.2
 """Weight of the newest sample in a method's mean run time."""
+RECENT_RESULTS_S = 30.0
+"""How long results of keyed requests are kept to hand to a restarted broker."""
+MAX_RECENT_RESULTS = 10_000
 ENVELOPE_BYTES = 1024
 """Room kept for what the broker wraps around a frame (id, jsonrpc) within the size limit."""
 
@@ -117,6 +120,12 @@ class WorkerState:
         self.logs: list[tuple[str, str, Any, str]] = []
         """(level, method, request id, text) of console lines, for the worker's log."""
         self.draining = False
+        self.recent: OrderedDict[bytes, tuple[str, str, bytes, float]] = OrderedDict()
+        """Broker key -> (method, idempotency key, fragment, when) of finished keyed requests,
+        kept for a restarted broker (their replies may have died with the old one)."""
+        self.call_bodies: dict[int, tuple[bytes, bytes]] = {}
+        """Nested calls awaiting their result: call key -> (CALL meta, body), to send again
+        after a broker restart."""
         # figures for heartbeats
         self.stats = CallStats()
         self.methods: dict[str, CallStats] = {}
@@ -173,7 +182,9 @@ class WorkerState:
 
     def on_results(self, pairs: list[tuple[bytes, bytes]]) -> None:
         for call_key, fragment in pairs:
-            entry = self.calls.pop(p.decode_key(call_key), None)
+            number = p.decode_key(call_key)
+            self.call_bodies.pop(number, None)
+            entry = self.calls.pop(number, None)
             if entry is None:
                 continue
             index, generation, js_call, slot = entry
@@ -400,7 +411,19 @@ class WorkerState:
             return
         fragment = self._fit(fragment, "result")
         self._replies += [request.key, fragment]
+        idempotency_key = _idempotency_key(request.body)
+        if idempotency_key is not None:
+            self._remember(request, idempotency_key, fragment, now)
         self._record(request, now, fragment_error_code(fragment))
+
+    def _remember(self, request: LocalRequest, key: str, fragment: bytes, now: float) -> None:
+        recent = self.recent
+        recent[request.key] = (request.method, key, fragment, now)
+        while recent:
+            oldest = next(iter(recent.values()))
+            if len(recent) <= MAX_RECENT_RESULTS and now - oldest[3] <= RECENT_RESULTS_S:
+                break
+            recent.popitem(last=False)
 
     def _record(self, request: LocalRequest, now: float, code: int | None) -> None:
         latency = now - request.received_at
@@ -435,7 +458,9 @@ class WorkerState:
         self.calls[call_key] = (engine.index, engine.generation, js_call, slot)
         parent = self.requests.get(owner)
         parent_key = parent.key if parent is not None else NO_PARENT
-        self._calls_out += [p.encode_call_meta(call_key, parent_key), body]
+        meta = p.encode_call_meta(call_key, parent_key)
+        self.call_bodies[call_key] = (meta, body)
+        self._calls_out += [meta, body]
 
     def _console(self, level: str, text: bytes) -> None:
         try:
@@ -551,6 +576,47 @@ class WorkerState:
         self._engine_out = []
         return out
 
+    # ================================================================ broker restarts
+
+    def on_broker_lost(self) -> None:
+        """The broker went silent: keep running what we hold; unsent messages are moot."""
+        self._replies = []
+        self._calls_out = []
+        self.credit_to_return = 0
+        holding = sum(1 for r in self.requests.values() if r.holds_credit)
+        self.issued = self.config.initial_credit + holding
+
+    def adoption_frames(self, wall_ms: float) -> list[bytes]:
+        """ADOPT body for a new broker: what we still hold, and keyed results it may lack."""
+        frames: list[bytes] = []
+        for request in self.requests.values():
+            if request.cancelled:
+                continue
+            frames += [
+                p.encode_adopt_meta(request.key, request.deadline_ms - wall_ms),
+                request.method.encode(),
+                (_idempotency_key(request.body) or "").encode(),
+                b"",
+            ]
+        for key, (method, idempotency_key, fragment, _) in self.recent.items():
+            frames += [p.encode_adopt_meta(key, 0), method.encode(), idempotency_key.encode(),
+                       fragment]
+        return frames
+
+    def resend_calls(self) -> None:
+        """Nested calls still awaiting results go to the new broker again (same keys)."""
+        for meta, body in self.call_bodies.values():
+            self._calls_out += [meta, body]
+
+    def abandon_all(self) -> list[int]:
+        """The broker declared us dead and re-dispatched what we held: drop it all.
+        Returns the engines running a step (to abort)."""
+        busy = [e.index for e in self.engines.values() if e.busy]
+        self.drop_all()
+        self.recent.clear()
+        self.call_bodies.clear()
+        return busy
+
     def drop_all(self) -> None:
         """Forget every request (the broker that sent them is gone)."""
         for request in list(self.requests.values()):
@@ -588,3 +654,18 @@ class WorkerState:
             "totals": self.stats.to_wire(),
             "methods": {name: stats.to_wire() for name, stats in self.methods.items()},
         }
+
+
+_KEY_MARK = b'"idempotency_key"'
+
+
+def _idempotency_key(body: bytes) -> str | None:
+    """The request's ``madrpc.idempotency_key`` (parsed only when the body mentions one)."""
+    if _KEY_MARK not in body:
+        return None
+    try:
+        options = orjson.loads(body).get("madrpc")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    key = options.get("idempotency_key") if isinstance(options, dict) else None
+    return key if isinstance(key, str) else None

@@ -32,6 +32,10 @@
   const METHOD_NOT_FOUND = -32601;
   const NOT_SERIALIZABLE = -32009;
 
+  // Nested calls carry idempotency keys (this prefix + call id), so a call sent again to
+  // a restarted broker joins the execution the old one had started instead of repeating it.
+  const KEY_PREFIX = 'js-' + Math.random().toString(36).slice(2) +
+                     Math.random().toString(36).slice(2);
   const registry = new Map();     // method name -> function
   const requests = new Map();     // key -> {key, method, id, deadline, cpu, calls}
   const calls = new Map();        // call id -> {resolve, reject, owner}
@@ -258,10 +262,12 @@
       return Promise.reject(new TypeError(
         'madrpc.call: args must be an array, an object or undefined'));
     }
+    const id = nextCall++;
     const body = {jsonrpc: '2.0', method};
     if (args !== undefined) body.params = args;
+    body.madrpc = {idempotency_key: KEY_PREFIX + '-' + id};
     if (options !== undefined && options !== null && options.timeout_ms !== undefined) {
-      body.madrpc = {timeout_ms: options.timeout_ms};
+      body.madrpc.timeout_ms = options.timeout_ms;
     }
     let json;
     try {
@@ -269,7 +275,6 @@
     } catch (e) {
       return Promise.reject(e);
     }
-    const id = nextCall++;
     const owner = current;
     const promise = new Promise((resolve, reject) => {
       calls.set(id, {resolve, reject, owner});
