@@ -84,13 +84,14 @@ class Client:
         self._context = context or zmq.Context.instance()
         self._lock = threading.Lock()
         self._book = CallBook(self.config)
-        self._socket = self._new_socket()
         self._connected_at = time.monotonic()
+        self._socket = self._new_socket()
         self._closed = False
 
     def _new_socket(self) -> zmq.Socket[Any]:
         socket = make_socket(self._context, zmq.DEALER, hwm=self.config.hwm)
         socket.connect(self.config.endpoint)
+        socket.send(self._book.probe(self._connected_at))   # learn which broker run this is
         return socket
 
     # ------------------------------------------------------------ public API
@@ -208,15 +209,13 @@ class Client:
 
     def _housekeeping(self, now: float) -> None:
         book = self._book
-        book.expire(now)
-        if book.broker_silent(now, self._connected_at):
+        reconnect, due = book.housekeeping(now, self._connected_at)
+        if reconnect:
             self._socket.close(linger=0)
-            self._socket = self._new_socket()
             self._connected_at = now
-            book.reconnects += 1
-            due: list[PendingCall] = list(book.calls.values())
-        else:
-            due = book.due_for_resend(now)
+            self._socket = self._new_socket()
+        elif book.wants_probe(now):
+            self._send(book.probe(now))
         for call in due:
             try:
                 self._send(book.encode(call, now))
@@ -268,6 +267,7 @@ class AsyncClient:
         self._socket = socket
         self._io = zmq.Socket.shadow(socket.underlying)
         self._connected_at = time.monotonic()
+        self._io.send(self._book.probe(self._connected_at))   # learn which broker run this is
 
     def _send(self, frame: bytes) -> None:
         assert self._io is not None
@@ -362,14 +362,14 @@ class AsyncClient:
 
     def _housekeeping(self, now: float) -> None:
         book = self._book
-        for call in book.expire(now):
+        expired = [c for c in book.calls.values() if now >= c.deadline]
+        reconnect, due = book.housekeeping(now, self._connected_at)
+        for call in expired:
             self._settle(call)
-        if book.broker_silent(now, self._connected_at):
+        if reconnect:
             self._connect()
-            book.reconnects += 1
-            due = list(book.calls.values())
-        else:
-            due = book.due_for_resend(now)
+        elif book.wants_probe(now):
+            self._send(book.probe(now))
         for call in due:
             try:
                 self._send(book.encode(call, now))

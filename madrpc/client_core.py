@@ -1,11 +1,18 @@
 """What both Python clients share: the book of calls in flight and the retry policy.
 
-Pure: frames and ``now`` in, decisions out. Retries follow the Lazy Pirate pattern:
-a call with no reply after ``retry_interval_s`` is sent again (the interval doubling
-each time), a transient error reply (no worker, overloaded, worker lost, shutting down)
-is retried after an exponential back-off with full jitter, and when the broker has
-been silent for a whole interval the socket is replaced. Every resend carries the
-call's idempotency key, so the broker runs it at most once.
+Pure: frames and ``now`` in, decisions out. Retries follow the Lazy Pirate pattern,
+with a liveness probe:
+
+* while calls wait and the broker has been quiet for ``probe_interval_s``, a ``_ping``
+  goes out; its answer names the broker's run, so a restarted broker (which lost the
+  calls it held) is noticed and every waiting call is sent again at once;
+* a probe unanswered for ``retry_interval_s`` means the broker is unreachable: the
+  socket is replaced and every waiting call sent again;
+* a call with no reply after ``retry_interval_s`` is sent again anyway (doubling);
+* a transient error reply (no worker, overloaded, worker lost, shutting down) is retried
+  after an exponential back-off with full jitter.
+
+Every resend carries the call's idempotency key, so the broker runs it at most once.
 """
 
 from __future__ import annotations
@@ -66,6 +73,12 @@ class CallBook:
         self.last_heard = 0.0
         self.retries = 0
         self.reconnects = 0
+        self.broker_instance: str | None = None
+        self.probe_id: str | None = None
+        self.probe_sent_at = 0.0
+        self._probes = itertools.count(1)
+        self.broker_restarted = False
+        """Set when a probe's answer names a new broker run; the client then resends."""
 
     def new_call(
         self, method: str, params: Any, timeout_s: float | None, now: float,
@@ -123,6 +136,9 @@ class CallBook:
         for response in responses:
             if not isinstance(response, dict):
                 continue
+            if self.probe_id is not None and response.get("id") == self.probe_id:
+                self._on_probe_answer(response.get("result"))
+                continue
             call = self.calls.get(response.get("id"))  # type: ignore[arg-type]
             if call is None:
                 continue   # a duplicate of a retried call, or a call we gave up on
@@ -135,6 +151,29 @@ class CallBook:
                 self._complete(call, result=response.get("result"))
             finished.append(call)
         return finished
+
+    def _on_probe_answer(self, result: Any) -> None:
+        self.probe_id = None
+        instance = result.get("broker") if isinstance(result, dict) else None
+        if not isinstance(instance, str):
+            return
+        if self.broker_instance is not None and instance != self.broker_instance:
+            self.broker_restarted = True
+        self.broker_instance = instance
+
+    def probe(self, now: float) -> bytes:
+        """A ``_ping`` request (its answer is handled by :meth:`on_frame`)."""
+        self.probe_id = f"{self._prefix}-ping-{next(self._probes)}"
+        self.probe_sent_at = now
+        return encode_request("_ping", None, self.probe_id)
+
+    def wants_probe(self, now: float) -> bool:
+        """Calls wait, the broker has been quiet for a probe interval, no probe is out."""
+        return (
+            bool(self.calls)
+            and self.probe_id is None
+            and now - self.last_heard >= self.config.probe_interval_s
+        )
 
     def _retry_later(self, call: PendingCall, now: float) -> bool:
         if call.attempts > self.config.max_retries:
@@ -171,14 +210,36 @@ class CallBook:
         return due
 
     def broker_silent(self, now: float, since: float) -> bool:
-        """True when calls wait and nothing came back for a whole retry interval."""
-        quiet_s = now - max(self.last_heard, since)
-        return bool(self.calls) and quiet_s >= self.config.retry_interval_s
+        """True when a probe went unanswered for a whole retry interval."""
+        return (
+            self.probe_id is not None
+            and now - max(self.probe_sent_at, since) >= self.config.retry_interval_s
+        )
+
+    def on_reconnect(self) -> None:
+        self.reconnects += 1
+        self.probe_id = None
 
     def next_wakeup(self, now: float) -> float | None:
         if not self.calls:
             return None
-        return min(min(c.resend_at, c.deadline) for c in self.calls.values())
+        wake = min(min(c.resend_at, c.deadline) for c in self.calls.values())
+        if self.probe_id is None:
+            wake = min(wake, self.last_heard + self.config.probe_interval_s)
+        else:
+            wake = min(wake, self.probe_sent_at + self.config.retry_interval_s)
+        return wake
+
+    def housekeeping(self, now: float, connected_at: float) -> tuple[bool, list[PendingCall]]:
+        """(reconnect?, calls to send again) due now; expired calls are completed."""
+        self.expire(now)
+        if self.broker_silent(now, connected_at):
+            self.on_reconnect()
+            return True, list(self.calls.values())
+        if self.broker_restarted:
+            self.broker_restarted = False
+            return False, list(self.calls.values())
+        return False, self.due_for_resend(now)
 
     def abandon(self, call: PendingCall, error: BaseException) -> None:
         if call.id in self.calls:
