@@ -27,6 +27,7 @@ LOST = b'"error":{"code":-32005,"message":"Worker lost"}'
 
 
 def new_state(**overrides: Any) -> BrokerState:
+    overrides.setdefault("adoption_grace_s", 0.0)
     return BrokerState(BrokerConfig(**overrides), now=0.0)
 
 
@@ -193,7 +194,9 @@ def check_invariants(state: BrokerState, issued: dict[bytes, int] | None = None)
 def test_a_ready_worker_is_acknowledged_with_a_heartbeat() -> None:
     state = new_state()
     ready(state, W1)
-    assert state.take_sends() == [(BACKEND, [W1, p.TAG, p.HEARTBEAT])]
+    ((side, frames),) = state.take_sends()
+    assert side == BACKEND and frames[:3] == [W1, p.TAG, p.HEARTBEAT]
+    assert orjson.loads(frames[3]) == {"broker": state.instance}
 
 
 def test_a_client_request_is_dispatched_as_one_request_with_meta_method_and_body() -> None:
@@ -456,7 +459,8 @@ def test_a_removed_worker_that_replies_is_told_to_disconnect() -> None:
     state.take_sends()
     reply(state, W1, (key, RESULT), now=10.1)
     out = sent(state)
-    assert out.to(W1, p.DISCONNECT) == [[b"unknown worker"]]
+    [[body]] = out.to(W1, p.DISCONNECT)
+    assert orjson.loads(body) == {"reason": "unknown worker", "broker": state.instance}
     assert W1 not in state.workers
 
 

@@ -76,3 +76,13 @@ madrpc.register('counter', () => {
 });
 
 madrpc.register('version', () => 1);
+
+// Counts executions per context; `ms` keeps it running for a while first.
+madrpc.register('tally', async ({ms = 0} = {}) => {
+  globalThis.tally = (globalThis.tally || 0) + 1;
+  const mine = globalThis.tally;
+  if (ms) await new Promise((resolve) => setTimeout(resolve, ms));
+  return mine;
+});
+madrpc.register('tally_now', () => globalThis.tally || 0);
+madrpc.register('global_x', () => typeof globalThis.x);
