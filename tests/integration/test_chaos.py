@@ -1,0 +1,29 @@
+"""A short run of tools/chaos.py: kills, a hang and a broker restart under load."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import chaos  # noqa: E402
+
+
+@pytest.mark.timeout(240)
+def test_no_request_is_lost_wrong_or_run_twice_while_the_grid_fails() -> None:
+    settings = chaos.Settings(workers=4, requests=1500, clients=3, in_flight=12, kills=3,
+                              hang=True, broker_restart=True, dropped_clients=2,
+                              heartbeat_s=0.2, timeout_s=60, seed=7)
+    report = chaos.run(settings)
+    print(report.table())
+    assert report.sent == 1500
+    assert report.lost == 0
+    assert report.wrong == 0
+    assert report.duplicated == 0
+    assert report.correct + sum(report.errors.values()) == 1500
+    assert report.executions >= report.correct   # the logs were read
+    kinds = " ".join(report.events)
+    assert kinds.count("SIGKILL worker") >= 3 and "SIGSTOP" in kinds
+    assert "broker restarted" in kinds
