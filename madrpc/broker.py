@@ -18,6 +18,7 @@ import zmq
 
 from .broker_state import BACKEND, FRONTEND, BrokerState
 from .config import BrokerConfig
+from .prometheus import MetricsServer, exposition
 from .sockets import make_socket, send_frames
 
 __all__ = ["Broker"]
@@ -49,6 +50,11 @@ class Broker:
         self._process.cpu_percent()
         self.frontend = self._router(config.frontend)
         self.backend = self._router(config.backend)
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics_http:
+            host, _, port = config.metrics_http.rpartition(":")
+            self.metrics_server = MetricsServer(host or "127.0.0.1", int(port))
+            self.metrics_server.start()
         self.ready.set()
 
     def _router(self, endpoint: str) -> zmq.Socket[Any]:
@@ -96,6 +102,8 @@ class Broker:
                     next_tick = now + TICK_S
                     if now >= next_stats:
                         self._refresh_process_stats()
+                        if self.metrics_server is not None:
+                            self.metrics_server.text = exposition(state, now)
                         next_stats = now + PROCESS_STATS_INTERVAL_S
                 self._flush(now)
         finally:
@@ -155,6 +163,8 @@ class Broker:
         for identity in list(self.state.workers):
             with contextlib.suppress(zmq.ZMQError):
                 send_frames(self.backend, [identity, *self.state._disconnect("shutting down")])
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self.frontend.close(linger=0)
         self.backend.close(linger=CLOSE_LINGER_MS)
         if self._own_context:

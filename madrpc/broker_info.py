@@ -38,7 +38,9 @@ def answer_builtin(state: BrokerState, call: Call, now: float) -> tuple[int | No
     if worker_id is not None and not isinstance(worker_id, str):
         return _invalid_params("worker must be a worker id string")
     if call.method == "_ping":
-        return None, b'"result":' + json_dumps({"broker": state.instance, "time": now})
+        return None, b'"result":' + json_dumps(
+            {"broker": state.instance, "time": now, "grace_s": state.grace_s(now)}
+        )
     if call.method == "_metrics":
         if worker_id is not None:
             worker = find_worker(state, worker_id)
@@ -104,6 +106,7 @@ def broker_summary(state: BrokerState, now: float) -> dict[str, Any]:
         "workers_left": state.counters["workers_left"],
         "errors": sum(state.errors.values()),
         "errors_by_code": {str(code): n for code, n in sorted(state.errors.items())},
+        "latency": merged_latency(state).summary_ms(),
         "draining": state.draining,
         "instance": state.instance,
         "adopted": state.counters["adopted"],

@@ -117,13 +117,16 @@ def main() -> None:
 @click.option("--hwm", type=int, default=cfg.DEFAULT_HWM, show_default=True,
               help="ZeroMQ high-water mark (messages) of each socket.")
 @click.option("--no-metrics", is_flag=True, help="Do not collect latency histograms and rates.")
+@click.option("--metrics-http", metavar="HOST:PORT", default=None,
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics.")
 @_log_options("info")
 def broker_command(
     frontend: str, backend: str, heartbeat_interval: float, heartbeat_liveness: int,
     max_queue: int, default_timeout: float, max_message_bytes: int, max_attempts: int,
     max_call_depth: int, breaker_threshold: int, drain_timeout: float, max_batch: int,
     idempotency_window: float,
-    max_idempotency_entries: int, hwm: int, no_metrics: bool, log_level: str, log_format: str,
+    max_idempotency_entries: int, hwm: int, no_metrics: bool, metrics_http: str | None,
+    log_level: str, log_format: str,
 ) -> None:
     """Run a broker: clients on FRONTEND, workers on BACKEND."""
     from .broker import Broker
@@ -137,7 +140,7 @@ def broker_command(
         breaker_threshold=breaker_threshold, drain_timeout_s=drain_timeout,
         max_batch=max_batch, idempotency_window_s=idempotency_window,
         max_idempotency_entries=max_idempotency_entries, hwm=hwm,
-        collect_metrics=not no_metrics,
+        collect_metrics=not no_metrics, metrics_http=metrics_http,
     )
     try:
         broker = Broker(config)
@@ -186,13 +189,14 @@ def broker_command(
 @click.option("--hwm", type=int, default=cfg.DEFAULT_HWM, show_default=True,
               help="ZeroMQ high-water mark (messages) of each socket.")
 @click.option("--v8-flag", multiple=True, help="Extra V8 flag for the engines (repeatable).")
+@click.option("--no-metrics", is_flag=True, help="Do not keep latency histograms and rates.")
 @_log_options("info")
 def worker_command(
     script: str, broker: str, contexts: int | None, prefetch: int, cpu_limit: float,
     max_memory: int, fresh_context: bool, watch: bool, heartbeat_interval: float,
     heartbeat_liveness: int, drain_timeout: float, max_batch: int, batch_threshold: float,
     reconnect_initial: float, reconnect_max: float, max_message_bytes: int, hwm: int,
-    v8_flag: tuple[str, ...], log_level: str, log_format: str,
+    v8_flag: tuple[str, ...], no_metrics: bool, log_level: str, log_format: str,
 ) -> None:
     """Run a worker: V8 contexts running SCRIPT's functions for the broker."""
     from .worker import Worker
@@ -206,6 +210,7 @@ def worker_command(
         max_batch=max_batch, batch_threshold_ms=batch_threshold,
         reconnect_initial_s=reconnect_initial, reconnect_max_s=reconnect_max,
         max_message_bytes=max_message_bytes, hwm=hwm, v8_flags=v8_flag,
+        collect_metrics=not no_metrics,
     )
     worker = Worker(config, engine_log_level=log_level.upper())
     _on_signals(lambda drain: worker.stop(drain))
@@ -276,10 +281,89 @@ def run_command(
     _print_result(result)
 
 
+@click.command("top")
+@click.option("--broker", default=cfg.DEFAULT_FRONTEND, show_default=True,
+              help="The broker's frontend endpoint.")
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print one plain-text snapshot and exit.")
+@click.option("--width", type=int, default=160, show_default=True,
+              help="Line width of the --once snapshot.")
+def top_command(broker: str, interval: float, once: bool, width: int) -> None:
+    """Watch a running grid: workers, methods, rates, latencies, errors.
+
+    Keys: r/l/e/c/n sort workers by req/s, latency, errors, CPU or name; m toggles the
+    methods view; arrows and PgUp/PgDn scroll; q quits.
+    """
+    from . import top
+
+    if once:
+        try:
+            click.echo(top.once(broker, width=width, timeout_s=max(5.0, interval)), nl=False)
+        except MadrpcError as exc:
+            _print_error(exc)
+            sys.exit(1)
+        return
+    if not sys.stdout.isatty():
+        raise click.ClickException("top needs a terminal; use --once for a plain snapshot")
+    sys.exit(top.run(broker, interval))
+
+
+@click.command("map")
+@click.argument("method")
+@click.argument("params_jsonl", type=click.File("r"), default="-")
+@click.option("--broker", default=cfg.DEFAULT_FRONTEND, show_default=True,
+              help="The broker's frontend endpoint.")
+@click.option("--timeout", type=float, default=cfg.DEFAULT_TIMEOUT_MS / 1000, show_default=True,
+              help="Seconds each call may take (retries included).")
+@click.option("--max-in-flight", type=click.IntRange(1, 1_000_000),
+              default=cfg.ClientConfig.max_in_flight, show_default=True,
+              help="Calls outstanding at once.")
+def map_command(method: str, params_jsonl: Any, broker: str, timeout: float,
+                max_in_flight: int) -> None:
+    """Call METHOD once per line of PARAMS_JSONL (a file, or - for stdin).
+
+    Each line is a JSON array or object (blank lines are skipped). Results are printed
+    as JSON lines in input order; a failed call prints {"error": ...} in its place and
+    the exit status is 1. A progress bar shows on stderr when it is a terminal.
+    """
+    from .client import Client
+
+    items = []
+    for number, line in enumerate(params_jsonl, start=1):
+        if line.strip():
+            try:
+                items.append(_parse_params(line))
+            except click.BadParameter as exc:
+                raise click.BadParameter(f"line {number}: {exc.message}",
+                                         param_hint="PARAMS_JSONL") from exc
+    with Client(broker, timeout=timeout) as client:
+        results = client.map(method, items, return_exceptions=True,
+                             max_in_flight=max_in_flight, progress=True)
+    failed = 0
+    for result in results:
+        if isinstance(result, RpcError):
+            failed += 1
+            error: dict[str, Any] = {"code": result.code, "message": result.message}
+            if result.data is not None:
+                error["data"] = result.data
+            click.echo(orjson.dumps({"error": error}).decode())
+        elif isinstance(result, MadrpcError):
+            failed += 1
+            click.echo(orjson.dumps({"error": {"message": str(result)}}).decode())
+        else:
+            click.echo(orjson.dumps(result).decode())
+    if failed:
+        click.echo(f"{failed} of {len(results)} calls failed", err=True)
+        sys.exit(1)
+
+
 main.add_command(broker_command)
 main.add_command(worker_command)
 main.add_command(call_command)
 main.add_command(run_command)
+main.add_command(top_command)
+main.add_command(map_command)
 
 
 def broker_main() -> None:

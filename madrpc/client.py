@@ -54,15 +54,29 @@ def _config(endpoint: str, timeout: float | None, config: ClientConfig | None) -
 
 @contextmanager
 def _progress_bar(total: int, enabled: bool, label: str) -> Iterator[Callable[[int], None]]:
-    """click's progress bar on stderr, only when asked and stderr is a terminal."""
+    """click's progress bar on stderr (done/total, rate, ETA), only when asked and stderr
+    is a terminal."""
     if not enabled or not sys.stderr.isatty():
         yield lambda n: None
         return
+    started = time.monotonic()
+    done = 0
+
+    def rate(_: object) -> str:
+        elapsed = time.monotonic() - started
+        return f"{done / elapsed:,.0f} calls/s" if elapsed > 0 else ""
+
     bar: Any
     with click.progressbar(
         length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True,
+        item_show_func=rate,
     ) as bar:
-        yield bar.update
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            bar.update(n, done)
+
+        yield advance
 
 
 class Client:

@@ -65,12 +65,15 @@ class BrokerConfig:
     drain_timeout_s: float = 10.0
     """On SIGTERM: how long to keep answering in-flight requests before exiting."""
     adoption_grace_s: float | None = None
-    """After the broker starts, how long requests with an idempotency key wait before
-    dispatch, so that workers re-registering after a broker restart can first hand over
-    the keyed requests they still run. Default: heartbeat interval x liveness."""
+    """After the broker starts, how long workers re-registering after a broker restart
+    may take to hand over what they still run. Clients and workers that noticed the
+    restart wait this long before sending their calls again, so the calls join those
+    runs instead of repeating them. Default: heartbeat interval x liveness."""
     hwm: int = DEFAULT_HWM
     collect_metrics: bool = True
     """Keep latency histograms and rates (off only to measure their cost)."""
+    metrics_http: str | None = None
+    """``HOST:PORT`` to serve Prometheus metrics on (off by default)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class WorkerConfig:
     hwm: int = DEFAULT_HWM
     v8_flags: tuple[str, ...] = ()
     """Extra V8 flags for the engine processes (see docs/performance.md)."""
+    collect_metrics: bool = True
+    """Keep per-method latency histograms and rates for heartbeats (off only to measure)."""
 
     @property
     def initial_credit(self) -> int:

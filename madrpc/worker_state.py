@@ -426,6 +426,8 @@ class WorkerState:
             recent.popitem(last=False)
 
     def _record(self, request: LocalRequest, now: float, code: int | None) -> None:
+        if not self.config.collect_metrics:
+            return
         latency = now - request.received_at
         self.stats.record(latency, code)
         stats = self.methods.get(request.method)
