@@ -115,7 +115,9 @@ class BrokerState:
         grace = config.adoption_grace_s
         if grace is None:
             grace = config.heartbeat_interval_s * config.heartbeat_liveness
-        self.keyed_hold_until = now + grace
+        self.adoption_until = now + grace
+        """Until then, workers may still be handing over what they ran for a previous
+        broker; clients and workers that saw the restart wait so long before resending."""
         self.workers: OrderedDict[bytes, WorkerRecord] = OrderedDict()
         self.method_workers: Counter[str] = Counter()
         self.queues: dict[str, deque[Request]] = defaultdict(deque)
@@ -261,7 +263,7 @@ class BrokerState:
     def _route(self, request: Request, now: float, requeue: bool = False) -> None:
         """Dispatch now, or queue; a re-dispatched request goes to the queue's front."""
         method = request.call.method
-        worker = None if self._held_back(request, now) else self._pick_worker(method, now)
+        worker = self._pick_worker(method, now)
         if worker is not None:
             self._dispatch(request, worker, now)
         elif not requeue and self.workers and self.method_workers[method] == 0:
@@ -280,9 +282,9 @@ class BrokerState:
             request.queued = True
             self.queued += 1
 
-    def _held_back(self, request: Request, now: float) -> bool:
-        """Keyed requests wait while re-registering workers may still adopt their twins."""
-        return now < self.keyed_hold_until and request.call.options.idempotency_key is not None
+    def grace_s(self, now: float) -> float:
+        """Time left in which re-registering workers may hand over what they hold."""
+        return round(max(0.0, self.adoption_until - now), 3)
 
     def _pick_worker(self, method: str, now: float) -> WorkerRecord | None:
         for worker in self.workers.values():
@@ -316,7 +318,7 @@ class BrokerState:
                 queue = self.queues.get(method)
                 while queue and not queue[0].queued:
                     queue.popleft()  # answered while it waited
-                if not queue or self._held_back(queue[0], now):
+                if not queue:
                     continue
                 if oldest is None or queue[0].received_at < oldest[0].received_at:
                     oldest = queue
@@ -456,7 +458,7 @@ class BrokerState:
         )
         self.workers[identity] = worker
         self.method_workers.update(worker.methods)
-        self._control_out.append([identity, *self._heartbeat()])  # acknowledges READY
+        self._control_out.append([identity, *self._heartbeat(now)])  # acknowledges READY
         self.counters["workers_joined"] += 1
         log.info(
             "worker %s joined: host=%s pid=%s contexts=%s credit=%d methods=%d",
@@ -490,8 +492,8 @@ class BrokerState:
         self.breakers.move_to_end(worker_id)
         return breaker
 
-    def _heartbeat(self) -> list[bytes]:
-        return p.json_message(p.HEARTBEAT, {"broker": self.instance})
+    def _heartbeat(self, now: float) -> list[bytes]:
+        return p.json_message(p.HEARTBEAT, {"broker": self.instance, "grace_s": self.grace_s(now)})
 
     def _disconnect(self, reason: str) -> list[bytes]:
         return p.json_message(p.DISCONNECT, {"reason": reason, "broker": self.instance})
@@ -666,7 +668,7 @@ class BrokerState:
                 worker.breaker.on_failure(now)
                 self._remove_worker(worker, "heartbeat lost", now)
             elif worker.heartbeat.due(now):
-                self._control_out.append([worker.identity, *self._heartbeat()])
+                self._control_out.append([worker.identity, *self._heartbeat(now)])
         deadlines = self.deadlines
         while deadlines and deadlines[0][0] <= now:
             _, key = heapq.heappop(deadlines)

@@ -79,6 +79,8 @@ class CallBook:
         self._probes = itertools.count(1)
         self.broker_restarted = False
         """Set when a probe's answer names a new broker run; the client then resends."""
+        self.resend_after = 0.0
+        """After a restart: when to send every waiting call again (the broker's grace)."""
 
     def new_call(
         self, method: str, params: Any, timeout_s: float | None, now: float,
@@ -137,7 +139,7 @@ class CallBook:
             if not isinstance(response, dict):
                 continue
             if self.probe_id is not None and response.get("id") == self.probe_id:
-                self._on_probe_answer(response.get("result"))
+                self._on_probe_answer(response.get("result"), now)
                 continue
             call = self.calls.get(response.get("id"))  # type: ignore[arg-type]
             if call is None:
@@ -152,13 +154,15 @@ class CallBook:
             finished.append(call)
         return finished
 
-    def _on_probe_answer(self, result: Any) -> None:
+    def _on_probe_answer(self, result: Any, now: float) -> None:
         self.probe_id = None
         instance = result.get("broker") if isinstance(result, dict) else None
         if not isinstance(instance, str):
             return
         if self.broker_instance is not None and instance != self.broker_instance:
+            grace = result.get("grace_s")
             self.broker_restarted = True
+            self.resend_after = now + (grace if isinstance(grace, (int, float)) else 0.0)
         self.broker_instance = instance
 
     def probe(self, now: float) -> bytes:
@@ -224,6 +228,8 @@ class CallBook:
         if not self.calls:
             return None
         wake = min(min(c.resend_at, c.deadline) for c in self.calls.values())
+        if self.broker_restarted:
+            wake = min(wake, self.resend_after)
         if self.probe_id is None:
             wake = min(wake, self.last_heard + self.config.probe_interval_s)
         else:
@@ -236,7 +242,7 @@ class CallBook:
         if self.broker_silent(now, connected_at):
             self.on_reconnect()
             return True, list(self.calls.values())
-        if self.broker_restarted:
+        if self.broker_restarted and now >= self.resend_after:
             self.broker_restarted = False
             return False, list(self.calls.values())
         return False, self.due_for_resend(now)

@@ -96,6 +96,7 @@ class Worker:
         self.broker: zmq.Socket[Any] | None = None
         self._broker_heartbeat = Heartbeat(1, 1, 0)
         self.broker_instance: str | None = None
+        self._resend_calls_at: float | None = None
         """The run of the broker we last registered with (tells a restart from a blip)."""
         self._reconnects = 0
         self._reconnect_at: float | None = None
@@ -259,7 +260,8 @@ class Worker:
         self._broker_heartbeat.heard(now)
         command = message.command
         if not self.connected.is_set() and command == p.HEARTBEAT:
-            self._registered(_broker_instance(message), now)
+            instance, grace_s = _broker_run(message)
+            self._registered(instance, grace_s, now)
         if command == p.REQUEST:
             self.state.on_requests(message.frames, now, time.time() * 1000)
         elif command == p.RESULT:
@@ -270,10 +272,11 @@ class Worker:
             reason = message.frames[0].decode(errors="replace") if message.frames else ""
             self._broker_lost(now, f"asked us to disconnect ({reason})", at_once=True)
 
-    def _registered(self, instance: str | None, now: float) -> None:
+    def _registered(self, instance: str | None, grace_s: float, now: float) -> None:
         """The broker acknowledged our READY. After a reconnection: if it is the broker
         we knew, it declared us dead and re-dispatched our requests, so drop them; if it
-        is a new broker, hand over what we hold and send our pending nested calls again."""
+        is a new broker, hand over what we hold at once, and send our pending nested calls
+        again once the other workers have had the broker's grace to hand over theirs."""
         state = self.state
         if state.requests or state.recent or state.call_bodies:
             if instance is not None and instance == self.broker_instance:
@@ -287,7 +290,7 @@ class Worker:
                 adopt = state.adoption_frames(time.time() * 1000)
                 if adopt:
                     self._send_broker([p.TAG, p.ADOPT, *adopt])
-                state.resend_calls()
+                self._resend_calls_at = now + grace_s
                 log.info("handed %d requests and %d results to the new broker",
                          len(state.requests), len(state.recent))
         self.broker_instance = instance
@@ -404,6 +407,10 @@ class Worker:
 
     def _tick(self, now: float) -> None:
         self._check_engines(now)
+        if self._resend_calls_at is not None and now >= self._resend_calls_at:
+            self._resend_calls_at = None
+            if self.connected.is_set():
+                self.state.resend_calls()
         if self.broker is None:
             if self._reconnect_at is not None and now >= self._reconnect_at:
                 self._connect(now)
@@ -500,10 +507,14 @@ def _cpu(process: psutil.Process) -> float:
     return float(process.cpu_percent())
 
 
-def _broker_instance(message: p.Message) -> str | None:
+def _broker_run(message: p.Message) -> tuple[str | None, float]:
+    """(run id, adoption grace left in s) from a broker's HEARTBEAT body."""
     try:
         body = message.json()
     except ProtocolError:
-        return None
-    instance = body.get("broker") if isinstance(body, dict) else None
-    return instance if isinstance(instance, str) else None
+        return None, 0.0
+    if not isinstance(body, dict):
+        return None, 0.0
+    instance, grace = body.get("broker"), body.get("grace_s")
+    return (instance if isinstance(instance, str) else None,
+            float(grace) if isinstance(grace, (int, float)) else 0.0)
