@@ -308,7 +308,8 @@ def bench_fresh(runs: int) -> list[str]:
 def bench_metrics(duration_s: float) -> list[str]:
     results = {}
     for label, args in (("on", ()), ("off", ("--no-metrics",))):
-        with grid(BENCH_SCRIPT, workers=2, contexts=1, broker_args=args) as front:
+        with grid(BENCH_SCRIPT, workers=2, contexts=1, broker_args=args,
+                  worker_args=args) as front:
             results[label] = statistics.median(
                 load(front, 64, duration_s)["req_s"] for _ in range(3)
             )
