@@ -17,13 +17,13 @@ def test_no_request_is_lost_wrong_or_run_twice_while_the_grid_fails() -> None:
                               hang=True, broker_restart=True, dropped_clients=2,
                               heartbeat_s=0.2, timeout_s=60, seed=7)
     report = chaos.run(settings)
-    print(report.table())
-    assert report.sent == 1500
-    assert report.lost == 0
-    assert report.wrong == 0
-    assert report.duplicated == 0
-    assert report.correct + sum(report.errors.values()) == 1500
-    assert report.executions >= report.correct   # the logs were read
+    table = "\n" + report.table()
+    assert report.sent == 1500, table
+    assert report.lost == 0, table
+    assert report.wrong == 0, table
+    assert report.duplicated == 0, table
+    assert report.correct + sum(report.errors.values()) == 1500, table
+    assert report.executions >= report.correct, table   # the logs were read
     kinds = " ".join(report.events)
-    assert kinds.count("SIGKILL worker") >= 3 and "SIGSTOP" in kinds
-    assert "broker restarted" in kinds
+    assert kinds.count("SIGKILL worker") >= 3 and "SIGSTOP" in kinds, table
+    assert "broker restarted" in kinds, table

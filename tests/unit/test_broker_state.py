@@ -196,7 +196,7 @@ def test_a_ready_worker_is_acknowledged_with_a_heartbeat() -> None:
     ready(state, W1)
     ((side, frames),) = state.take_sends()
     assert side == BACKEND and frames[:3] == [W1, p.TAG, p.HEARTBEAT]
-    assert orjson.loads(frames[3]) == {"broker": state.instance}
+    assert orjson.loads(frames[3]) == {"broker": state.instance, "grace_s": 0.0}
 
 
 def test_a_client_request_is_dispatched_as_one_request_with_meta_method_and_body() -> None:
