@@ -504,7 +504,7 @@ class BrokerState:
         requests that finished (their replies are stored for the clients' retries)."""
         frames = message.frames
         for i in range(0, len(frames), 4):
-            old_key, timeout_ms = p.decode_adopt_meta(frames[i])
+            old_key, timeout_ms, depth = p.decode_adopt_meta(frames[i])
             method = frames[i + 1].decode(errors="replace")
             idem = frames[i + 2].decode(errors="replace") or None
             fragment = frames[i + 3]
@@ -521,7 +521,7 @@ class BrokerState:
             if old_key in self.requests or not self._may_adopt(scope, old_key, now):
                 self._cancels_out[worker.identity].append(old_key)   # runs elsewhere already
                 continue
-            request = Request(old_key, call, now + timeout_ms / 1000, 0, now, adopted=True,
+            request = Request(old_key, call, now + timeout_ms / 1000, depth, now, adopted=True,
                               attempts=1, worker=worker.identity, dispatched_at=now)
             self.requests[old_key] = request
             heapq.heappush(self.deadlines, (request.deadline, old_key))
@@ -587,27 +587,27 @@ class BrokerState:
             parsed = parse_frame(body)
             if not isinstance(parsed, Call):
                 detail = parsed.message if isinstance(parsed, Invalid) else "batch not allowed"
-                fragment = error_fragment(ErrorCode.INVALID_REQUEST, detail)
-                self._results_out[worker.identity] += [call_key, fragment]
+                self._refuse_call(worker, call_key, ErrorCode.INVALID_REQUEST, detail)
                 continue
             parent = None
             if parent_key != NO_PARENT:
                 parent = self.requests.get(parent_key)
                 if parent is None:
-                    fragment = error_fragment(
-                        ErrorCode.TIMEOUT, "Timeout: the calling request is no longer running"
-                    )
-                    self._results_out[worker.identity] += [call_key, fragment]
+                    self._refuse_call(worker, call_key, ErrorCode.TIMEOUT,
+                                      "Timeout: the calling request is no longer running")
                     continue
                 if parent.depth + 1 > self.config.max_call_depth:
-                    fragment = error_fragment(
-                        ErrorCode.DEPTH_EXCEEDED,
+                    self._refuse_call(
+                        worker, call_key, ErrorCode.DEPTH_EXCEEDED,
                         f"Call depth exceeded: nested calls deeper than "
                         f"{self.config.max_call_depth} levels",
                     )
-                    self._results_out[worker.identity] += [call_key, fragment]
                     continue
             self._admit(parsed, now, caller=worker.identity, call_key=call_key, parent=parent)
+
+    def _refuse_call(self, worker: WorkerRecord, call_key: bytes, code: int, message: str) -> None:
+        self.errors[code] += 1
+        self._results_out[worker.identity] += [call_key, error_fragment(code, message)]
 
     def _remove_worker(self, worker: WorkerRecord, reason: str, now: float) -> None:
         """Forget a worker; re-dispatch what it held, cancel the calls it made."""

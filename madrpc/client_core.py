@@ -5,7 +5,8 @@ with a liveness probe:
 
 * while calls wait and the broker has been quiet for ``probe_interval_s``, a ``_ping``
   goes out; its answer names the broker's run, so a restarted broker (which lost the
-  calls it held) is noticed and every waiting call is sent again at once;
+  calls it held) is noticed and every waiting call is sent again once the broker's
+  adoption grace (``grace_s`` in the answer) has passed;
 * a probe unanswered for ``retry_interval_s`` means the broker is unreachable: the
   socket is replaced and every waiting call sent again;
 * a call with no reply after ``retry_interval_s`` is sent again anyway (doubling);

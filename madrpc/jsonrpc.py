@@ -35,9 +35,9 @@ __all__ = [
 
 _ERROR_CODE = re.compile(rb'"code"\s*:\s*(-?\d+)')
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
+"""Longest ``madrpc.idempotency_key`` accepted (characters)."""
 MAX_MEMORY_MB = 1 << 20
 """Largest ``madrpc.max_memory_mb`` accepted (the worker's own limit applies anyway)."""
-"""Longest ``madrpc.idempotency_key`` accepted (characters)."""
 NULL = b"null"
 
 
@@ -79,6 +79,14 @@ class Call:
             member["params"] = self.params
         if self.id_json is not None:
             member["id"] = orjson.loads(self.id_json)
+        options = {name: value for name, value in (
+            ("timeout_ms", self.options.timeout_ms),
+            ("idempotency_key", self.options.idempotency_key),
+            ("cpu_limit_ms", self.options.cpu_limit_ms),
+            ("max_memory_mb", self.options.max_memory_mb),
+        ) if value is not None}
+        if options:
+            member["madrpc"] = options
         self.body = json_dumps(member)
         return self.body
 

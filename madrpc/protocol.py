@@ -67,7 +67,7 @@ _KEY = struct.Struct(">Q")
 _CREDIT = struct.Struct(">I")
 _REQUEST_META = struct.Struct(">QIIHI")  # key, timeout_ms, cpu_limit_ms, depth, memory_mb
 _CALL_META = struct.Struct(">QQ")  # call key (worker's), parent request key (broker's)
-_ADOPT_META = struct.Struct(">QI")  # request key (from the previous broker), timeout_ms left
+_ADOPT_META = struct.Struct(">QIH")  # request key (previous broker's), timeout_ms left, depth
 KEY_SIZE = _KEY.size
 
 
@@ -216,14 +216,14 @@ def decode_call_meta(frame: bytes) -> tuple[bytes, bytes]:
     return frame[:KEY_SIZE], frame[KEY_SIZE:]
 
 
-def encode_adopt_meta(key: bytes, timeout_ms: float) -> bytes:
-    return _ADOPT_META.pack(_KEY.unpack(key)[0], _u32(timeout_ms))
+def encode_adopt_meta(key: bytes, timeout_ms: float, depth: int = 0) -> bytes:
+    return _ADOPT_META.pack(_KEY.unpack(key)[0], _u32(timeout_ms), min(depth, 0xFFFF))
 
 
-def decode_adopt_meta(frame: bytes) -> tuple[bytes, int]:
-    """(request key, timeout_ms left) of one ADOPT entry."""
-    key, timeout_ms = _ADOPT_META.unpack(frame)
-    return _KEY.pack(key), int(timeout_ms)
+def decode_adopt_meta(frame: bytes) -> tuple[bytes, int, int]:
+    """(request key, timeout_ms left, call depth) of one ADOPT entry."""
+    key, timeout_ms, depth = _ADOPT_META.unpack(frame)
+    return _KEY.pack(key), int(timeout_ms), int(depth)
 
 
 def message(command: bytes, *frames: bytes) -> list[bytes]:

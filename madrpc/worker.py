@@ -96,8 +96,8 @@ class Worker:
         self.broker: zmq.Socket[Any] | None = None
         self._broker_heartbeat = Heartbeat(1, 1, 0)
         self.broker_instance: str | None = None
-        self._resend_calls_at: float | None = None
         """The run of the broker we last registered with (tells a restart from a blip)."""
+        self._resend_calls_at: float | None = None
         self._reconnects = 0
         self._reconnect_at: float | None = None
         self._stop_requested = threading.Event()
@@ -218,7 +218,7 @@ class Worker:
             "host": socketlib.gethostname(),
             "pid": os.getpid(),
             "contexts": self.config.contexts,
-            "credit": self.state.issued,
+            "credit": self.state.free_credit,
             "methods": self.methods,
             "version": __version__,
             "v8": self.v8,
@@ -269,8 +269,7 @@ class Worker:
         elif command == p.CANCEL:
             self.state.on_cancels(message.frames)
         elif command == p.DISCONNECT:
-            reason = message.frames[0].decode(errors="replace") if message.frames else ""
-            self._broker_lost(now, f"asked us to disconnect ({reason})", at_once=True)
+            self._broker_lost(now, f"asked us to disconnect ({_reason(message)})", at_once=True)
 
     def _registered(self, instance: str | None, grace_s: float, now: float) -> None:
         """The broker acknowledged our READY. After a reconnection: if it is the broker
@@ -287,7 +286,7 @@ class Worker:
                     if identity is not None:
                         self._send_engine(identity, [b"ABORT"])
             else:
-                adopt = state.adoption_frames(time.time() * 1000)
+                adopt = state.adoption_frames(time.time() * 1000, now)
                 if adopt:
                     self._send_broker([p.TAG, p.ADOPT, *adopt])
                 self._resend_calls_at = now + grace_s
@@ -518,3 +517,14 @@ def _broker_run(message: p.Message) -> tuple[str | None, float]:
     instance, grace = body.get("broker"), body.get("grace_s")
     return (instance if isinstance(instance, str) else None,
             float(grace) if isinstance(grace, (int, float)) else 0.0)
+
+
+def _reason(message: p.Message) -> str:
+    """The reason in a DISCONNECT body (JSON from MaDRPC brokers, plain text from others)."""
+    try:
+        body = message.json()
+    except ProtocolError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("reason"), str):
+        return str(body["reason"])
+    return message.frames[0].decode(errors="replace") if message.frames else ""

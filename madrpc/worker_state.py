@@ -241,6 +241,11 @@ class WorkerState:
                 self.credit_to_return += 1
 
     @property
+    def free_credit(self) -> int:
+        """Credit not taken by a request we hold (what READY announces)."""
+        return self.issued - sum(1 for r in self.requests.values() if r.holds_credit)
+
+    @property
     def target_credit(self) -> int:
         """How much credit the broker should hold for this worker, given recent run times."""
         contexts = sum(1 for e in self.engines.values() if not e.retiring) or 1
@@ -588,21 +593,22 @@ class WorkerState:
         holding = sum(1 for r in self.requests.values() if r.holds_credit)
         self.issued = self.config.initial_credit + holding
 
-    def adoption_frames(self, wall_ms: float) -> list[bytes]:
+    def adoption_frames(self, wall_ms: float, now: float) -> list[bytes]:
         """ADOPT body for a new broker: what we still hold, and keyed results it may lack."""
         frames: list[bytes] = []
         for request in self.requests.values():
             if request.cancelled:
                 continue
             frames += [
-                p.encode_adopt_meta(request.key, request.deadline_ms - wall_ms),
+                p.encode_adopt_meta(request.key, request.deadline_ms - wall_ms, request.depth),
                 request.method.encode(),
                 (_idempotency_key(request.body) or "").encode(),
                 b"",
             ]
-        for key, (method, idempotency_key, fragment, _) in self.recent.items():
-            frames += [p.encode_adopt_meta(key, 0), method.encode(), idempotency_key.encode(),
-                       fragment]
+        for key, (method, idempotency_key, fragment, when) in self.recent.items():
+            if now - when <= RECENT_RESULTS_S:
+                frames += [p.encode_adopt_meta(key, 0, 0), method.encode(),
+                           idempotency_key.encode(), fragment]
         return frames
 
     def resend_calls(self) -> None:

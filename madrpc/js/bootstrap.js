@@ -25,7 +25,7 @@
   const checkpoint = () => { %PerformMicrotaskCheckpoint(); };
 
   const RUNTIME_URL = 'madrpc-runtime.js';
-  const RESERVED = new Set(['_metrics', '_info']);
+  const RESERVED = new Set(['_metrics', '_info', '_ping']);
   const MAX_LOG_LINES = 1000;     // per crossing; the rest are counted, not kept
   const MAX_LOG_CHARS = 8192;     // per console line
   const JS_EXCEPTION = -32000;

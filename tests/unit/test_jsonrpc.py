@@ -429,11 +429,15 @@ def test_a_batch_exactly_at_the_limit_is_accepted() -> None:
     assert len(parsed) == 3
 
 
-def test_a_batch_member_is_re_encoded_as_method_params_and_id_for_the_worker() -> None:
-    parsed = parse_frame(frame([request(method="add", params={"a": 1}, madrpc={"timeout_ms": 5})]))
+def test_a_batch_member_is_re_encoded_with_method_params_id_and_options_for_the_worker() -> None:
+    parsed = parse_frame(frame([request(method="add", params={"a": 1},
+                                        madrpc={"timeout_ms": 5, "idempotency_key": "k"})]))
 
     assert isinstance(parsed, list) and isinstance(parsed[0], Call)
-    assert orjson.loads(parsed[0].encoded_body()) == {"method": "add", "params": {"a": 1}, "id": 1}
+    assert orjson.loads(parsed[0].encoded_body()) == {
+        "method": "add", "params": {"a": 1}, "id": 1,
+        "madrpc": {"timeout_ms": 5, "idempotency_key": "k"},
+    }
 
 
 def test_a_batch_member_without_params_is_re_encoded_without_params() -> None:
