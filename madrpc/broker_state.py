@@ -142,6 +142,8 @@ class BrokerState:
         self.dropped: Counter[str] = Counter()
         self.methods: dict[str, CallStats] = defaultdict(CallStats)
         self.rate = RateMeter()
+        self._rated = 0
+        """Requests already counted into ``rate`` (it is fed once per tick, not per request)."""
         self.clients: OrderedDict[bytes, float] = OrderedDict()
         self.refused_peers: OrderedDict[bytes, bool] = OrderedDict()
         self.draining = False
@@ -208,8 +210,6 @@ class BrokerState:
         builtin = call.method in BUILTIN_METHODS
         if not builtin:
             self.counters["requests"] += 1
-            if self.config.collect_metrics:
-                self.rate.add(now)
         timeout_s = (call.options.timeout_ms or self.config.default_timeout_ms) / 1000
         deadline = now + timeout_s
         depth = 0
@@ -663,6 +663,11 @@ class BrokerState:
 
     def on_tick(self, now: float) -> None:
         """Heartbeats, dead workers, deadlines, circuit breakers, idempotency expiry."""
+        if self.config.collect_metrics:
+            requests = self.counters["requests"]
+            if requests > self._rated:
+                self.rate.add(now, requests - self._rated)
+                self._rated = requests
         for worker in list(self.workers.values()):
             if worker.heartbeat.expired(now):
                 worker.breaker.on_failure(now)

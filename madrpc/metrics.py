@@ -9,6 +9,7 @@ from different workers merge by adding counts. A histogram travels as a sparse
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,17 +25,18 @@ BUCKET_COUNT = 8 * 28
 _LOG_BASE = math.log(2) / BUCKETS_PER_OCTAVE
 
 
-def bucket_of(value_s: float) -> int:
-    """Index of the bucket holding ``value_s``."""
-    if value_s <= MIN_LATENCY_S:
-        return 0
-    index = math.ceil(math.log(value_s / MIN_LATENCY_S) / _LOG_BASE - 1e-9)
-    return min(index, BUCKET_COUNT - 1)
-
-
 def bucket_upper(index: int) -> float:
     """Upper edge (seconds) of bucket ``index``."""
     return float(MIN_LATENCY_S * math.exp(index * _LOG_BASE))
+
+
+_UPPER_EDGES = [bucket_upper(i) for i in range(BUCKET_COUNT - 1)]
+_LAST = BUCKET_COUNT - 1
+
+
+def bucket_of(value_s: float) -> int:
+    """Index of the bucket holding ``value_s`` (a binary search over the edges)."""
+    return bisect_left(_UPPER_EDGES, value_s)
 
 
 class Histogram:
@@ -48,7 +50,7 @@ class Histogram:
         self.sum_s = 0.0
 
     def add(self, value_s: float) -> None:
-        self.counts[bucket_of(value_s)] += 1
+        self.counts[bisect_left(_UPPER_EDGES, value_s)] += 1
         self.total += 1
         self.sum_s += value_s
 

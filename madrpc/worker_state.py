@@ -127,9 +127,10 @@ class WorkerState:
         """Nested calls awaiting their result: call key -> (CALL meta, body), to send again
         after a broker restart."""
         # figures for heartbeats
-        self.stats = CallStats()
         self.methods: dict[str, CallStats] = {}
         self.rate = RateMeter()
+        self.completed = 0
+        self._rated = 0
         self.engine_restarts = 0
 
     # ================================================================ engine slots
@@ -431,15 +432,13 @@ class WorkerState:
             recent.popitem(last=False)
 
     def _record(self, request: LocalRequest, now: float, code: int | None) -> None:
+        self.completed += 1
         if not self.config.collect_metrics:
             return
-        latency = now - request.received_at
-        self.stats.record(latency, code)
         stats = self.methods.get(request.method)
         if stats is None:
             stats = self.methods[request.method] = CallStats()
-        stats.record(latency, code)
-        self.rate.add(now)
+        stats.record(now - request.received_at, code)
 
     def _fail(self, request: LocalRequest, code: int, message: str, now: float) -> None:
         self._complete(request.local, error_fragment(code, message), now)
@@ -650,6 +649,12 @@ class WorkerState:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """Figures for the broker (sent with heartbeats)."""
+        if self.completed > self._rated:
+            self.rate.add(now, self.completed - self._rated)
+            self._rated = self.completed
+        totals = CallStats()
+        for stats in self.methods.values():
+            totals.merge(stats)
         return {
             "busy": self.busy_engines,
             "contexts": sum(1 for e in self.engines.values() if not e.retiring),
@@ -659,7 +664,7 @@ class WorkerState:
             "parked": sum(1 for r in self.requests.values() if r.stage is Stage.PARKED),
             "req_per_s": self.rate.rate(now),
             "engine_restarts": self.engine_restarts,
-            "totals": self.stats.to_wire(),
+            "totals": totals.to_wire(),
             "methods": {name: stats.to_wire() for name, stats in self.methods.items()},
         }
 
