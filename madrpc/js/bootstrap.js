@@ -333,12 +333,15 @@
     const id = nextTimer++;
     const owner = current;
     timers.add(id);
-    const cell = new Int32Array(new SharedArrayBuffer(4));
-    Atomics.waitAsync(cell, 0, 0, Math.max(0, Number(delay) || 0)).value.then(() => {
+    const fire = () => {
       if (!timers.delete(id)) return;
       if (owner !== null && requests.get(owner.key) !== owner) return;
       runAs(owner, () => fn(...args));
-    });
+    };
+    const cell = new Int32Array(new SharedArrayBuffer(4));
+    const wait = Atomics.waitAsync(cell, 0, 0, Math.max(0, Number(delay) || 0));
+    // A zero delay answers at once ({async: false}): run the callback as a task of its own.
+    (wait.async ? wait.value : Promise.resolve()).then(fire);
     return id;
   }
   function clearTimeout(id) { timers.delete(id); }

@@ -180,3 +180,11 @@ def test_garbage_does_not_stop_the_broker_serving(dealer: RawClient) -> None:
         dealer.send(junk)
         assert "error" in orjson.dumps(dealer.receive()).decode()
     assert dealer.rpc(request("add", [1, 1], id=1))["result"] == 2
+
+
+def test_a_zero_delay_timer_runs_its_callback(raw: RawClient) -> None:
+    assert raw.rpc(request("slow_square", [6, 0]))["result"] == 36
+
+
+def test_nested_calls_fan_out_from_the_example_script(raw: RawClient) -> None:
+    assert raw.rpc(request("sum_of_squares", [20]))["result"] == sum(i * i for i in range(20))

@@ -272,3 +272,33 @@ def test_an_oversized_request_is_refused_by_the_client_with_a_clear_error(
         with pytest.raises(MessageTooLargeError, match="exceeds the limit"):
             client.call("echo", ["x" * 2000])
         assert client.call("echo", ["small"]) == "small"
+
+
+# ------------------------------------------------------------------ examples
+
+
+def test_the_simple_test_example_client_runs_against_a_grid(shared_grid: Grid) -> None:
+    from grid_support import ROOT
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "simple-test" / "client.py"),
+         shared_grid.frontend], capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "add            -> 5" in done.stdout
+    assert "sum_of_squares -> 285" in done.stdout
+    assert "fail           -> TypeError - on purpose" in done.stdout
+    assert "unknown method -> -32601" in done.stdout
+    assert "async gather   -> [0, 1, 4, 9, 16, 25, 36, 49]" in done.stdout
+
+
+def test_the_pi_example_driver_estimates_pi_on_an_embedded_grid() -> None:
+    from grid_support import ROOT
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "monte-carlo-pi" / "estimate_pi.py")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    estimate = float(done.stdout.split("pi ~ ")[1].split()[0])
+    assert abs(estimate - 3.14159) < 0.01
