@@ -5,7 +5,8 @@ V8. See README.md for the quick start and docs/ for the protocol.
 """
 
 from .__about__ import __version__
-from .client import AsyncClient, Client
+from .async_client import AsyncClient
+from .client import Client
 from .config import BrokerConfig, ClientConfig, WorkerConfig
 from .errors import (
     ErrorCode,

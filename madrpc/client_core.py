@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +31,32 @@ from .jsonrpc import decode_response, encode_request
 from .liveness import Backoff
 from .policy import TRANSIENT_CODES
 
-__all__ = ["CallBook", "PendingCall"]
+__all__ = ["CallBook", "Params", "PendingCall", "check_params", "client_config"]
 
 _UNSET = object()
+Params = Sequence[Any] | dict[str, Any] | None
+"""A call's params: positional (list or tuple), named (dict), or none."""
+
+
+def check_params(params: Any) -> Any:
+    """Params as JSON-RPC wants them (a tuple becomes a list); TypeError otherwise."""
+    if params is None or isinstance(params, (list, dict)):
+        return params
+    if isinstance(params, tuple):
+        return list(params)
+    raise TypeError(
+        f"params must be a list, a tuple, a dict or None, not {type(params).__name__}"
+    )
+
+
+def client_config(endpoint: str, timeout: float | None, config: ClientConfig | None
+                  ) -> ClientConfig:
+    """The configuration a client constructor's arguments describe."""
+    if config is not None:
+        return config
+    if timeout is None:
+        return ClientConfig(endpoint=endpoint)
+    return ClientConfig(endpoint=endpoint, timeout_s=timeout)
 RETRYABLE_CODES = frozenset(TRANSIENT_CODES - {ErrorCode.TIMEOUT})
 """Error replies worth another try (a timeout means the call's own time is spent)."""
 

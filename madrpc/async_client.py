@@ -1,0 +1,206 @@
+"""The asyncio Python client, :class:`AsyncClient`; see :mod:`madrpc.client` for the
+blocking one. Both share the call book and retry policy of :mod:`madrpc.client_core`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from .client_core import _UNSET, CallBook, Params, PendingCall, check_params, client_config
+from .config import DEFAULT_FRONTEND, ClientConfig
+from .errors import MadrpcError, TransportError
+from .jsonrpc import encode_request
+from .sockets import make_socket
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """asyncio client: ``await client.call("add", [1, 2])``; use ``async with``.
+
+    Replies are read by one background task; sends and reads are non-blocking calls on a
+    synchronous shadow of the socket, and only ``poll`` is awaited.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_FRONTEND,
+        *,
+        timeout: float | None = None,
+        config: ClientConfig | None = None,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.config = client_config(endpoint, timeout, config)
+        self._context = context or zmq.asyncio.Context.instance()
+        self._book = CallBook(self.config)
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._socket: Any = None
+        self._io: zmq.Socket[Any] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._connected_at = 0.0
+        self._closed = False
+
+    def _ensure_started(self) -> zmq.Socket[Any]:
+        if self._closed:
+            raise TransportError("client is closed")
+        if self._io is None:
+            self._connect()
+            self._wakeup = asyncio.Event()
+            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        assert self._io is not None
+        return self._io
+
+    def _connect(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+        socket: Any = make_socket(self._context, zmq.DEALER, hwm=self.config.hwm)
+        socket.connect(self.config.endpoint)
+        self._socket = socket
+        self._io = zmq.Socket.shadow(socket.underlying)
+        self._connected_at = time.monotonic()
+        self._io.send(self._book.probe(self._connected_at))   # learn which broker run this is
+
+    def _send(self, frame: bytes) -> None:
+        assert self._io is not None
+        try:
+            self._io.send(frame, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"cannot send to {self.config.endpoint}: {exc}") from exc
+
+    async def call(
+        self, method: str, params: Params = None, *, timeout: float | None = None,
+        idempotency_key: str | None | Any = _UNSET,
+    ) -> Any:
+        """Call ``method`` and return its result (see :meth:`Client.call`)."""
+        self._ensure_started()
+        now = time.monotonic()
+        call = self._book.new_call(method, check_params(params), timeout, now, idempotency_key)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._futures[call.id] = future
+        try:
+            self._send(self._book.encode(call, now))
+        except MadrpcError as exc:
+            self._futures.pop(call.id, None)
+            self._book.abandon(call, exc)
+            raise
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await future
+        finally:
+            self._futures.pop(call.id, None)
+
+    async def notify(self, method: str, params: Params = None) -> None:
+        """Send a notification: the function runs, no reply comes back."""
+        self._ensure_started()
+        self._send(self._book.check_size(encode_request(method, check_params(params), None)))
+
+    async def map(
+        self, method: str, params: Iterable[Params], *, timeout: float | None = None,
+        return_exceptions: bool = False, max_in_flight: int | None = None,
+    ) -> list[Any]:
+        """Call ``method`` once per item, up to ``max_in_flight`` at once; results in order."""
+        limit = asyncio.Semaphore(max_in_flight or self.config.max_in_flight)
+
+        async def one(item: Params) -> Any:
+            async with limit:
+                return await self.call(method, item, timeout=timeout)
+
+        tasks = [asyncio.ensure_future(one(item)) for item in params]
+        try:
+            return list(await asyncio.gather(*tasks, return_exceptions=return_exceptions))
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _read_loop(self) -> None:
+        try:
+            while not self._closed:
+                await self._read_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every waiting call must learn of it
+            error = TransportError(f"client reader failed: {exc!r}")
+            self._book.fail_all(error)
+            for future in self._futures.values():
+                if not future.done():
+                    future.set_exception(error)
+            raise
+
+    async def _read_once(self) -> None:
+        book = self._book
+        assert self._wakeup is not None
+        now = time.monotonic()
+        wake = book.next_wakeup(now)
+        timeout_s = 1.0 if wake is None else min(1.0, max(0.0, wake - now))
+        self._wakeup.clear()
+        poll = asyncio.ensure_future(self._socket.poll(int(timeout_s * 1000)))
+        woken = asyncio.ensure_future(self._wakeup.wait())
+        done, _ = await asyncio.wait({poll, woken}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (poll, woken):
+            if task not in done:
+                task.cancel()
+        now = time.monotonic()
+        assert self._io is not None
+        while True:
+            try:
+                frame = self._io.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            for call in book.on_frame(frame, now):
+                self._settle(call)
+        self._housekeeping(time.monotonic())
+
+    def _housekeeping(self, now: float) -> None:
+        book = self._book
+        expired = [c for c in book.calls.values() if now >= c.deadline]
+        reconnect, due = book.housekeeping(now, self._connected_at)
+        for call in expired:
+            self._settle(call)
+        if reconnect:
+            self._connect()
+        elif book.wants_probe(now):
+            self._send(book.probe(now))
+        for call in due:
+            try:
+                self._send(book.encode(call, now))
+            except MadrpcError as exc:
+                book.abandon(call, exc)
+                self._settle(call)
+
+    def _settle(self, call: PendingCall) -> None:
+        future = self._futures.get(call.id)
+        if future is None or future.done():
+            return
+        if call.error is not None:
+            future.set_exception(call.error)
+        else:
+            future.set_result(call.result)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        self._book.fail_all(TransportError("client closed"))
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(TransportError("client closed"))
+        if self._socket is not None:
+            self._socket.close(linger=0)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
