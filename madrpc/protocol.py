@@ -237,3 +237,27 @@ def json_message(command: bytes, body: Any) -> list[bytes]:
 
 def flatten(pairs: Iterable[tuple[bytes, ...]]) -> list[bytes]:
     return [frame for pair in pairs for frame in pair]
+
+
+def broker_run(message: Message) -> tuple[str | None, float]:
+    """(run id, adoption grace left in s) from a broker's HEARTBEAT body."""
+    try:
+        body = message.json()
+    except ProtocolError:
+        return None, 0.0
+    if not isinstance(body, dict):
+        return None, 0.0
+    instance, grace = body.get("broker"), body.get("grace_s")
+    return (instance if isinstance(instance, str) else None,
+            float(grace) if isinstance(grace, (int, float)) else 0.0)
+
+
+def disconnect_reason(message: Message) -> str:
+    """The reason in a DISCONNECT body (JSON from MaDRPC brokers, plain text from others)."""
+    try:
+        body = message.json()
+    except ProtocolError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("reason"), str):
+        return str(body["reason"])
+    return message.frames[0].decode(errors="replace") if message.frames else ""

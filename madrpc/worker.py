@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket as socketlib
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,6 +22,7 @@ import zmq
 from . import protocol as p
 from .__about__ import __version__
 from .config import WorkerConfig
+from .engine_pool import EnginePool, EngineProcess
 from .errors import ProtocolError
 from .liveness import Backoff, Heartbeat
 from .sockets import make_socket, send_frames
@@ -41,8 +37,6 @@ TICK_S = 0.05
 """How often heartbeats, broker liveness and engine processes are checked."""
 ENGINE_START_TIMEOUT_S = 60.0
 """How long engines may take to build their context and load the script."""
-ENGINE_STOP_TIMEOUT_S = 2.0
-"""How long engines get to exit after STOP before they are killed."""
 LOADERR_GRACE_MS = 1000
 """After an engine exits at start-up, how long its load error report may take to arrive."""
 WATCH_INTERVAL_S = 0.5
@@ -56,16 +50,6 @@ _OOM_SIGNALS = {-signal.SIGTRAP, -signal.SIGABRT, -signal.SIGKILL, -signal.SIGSE
 
 class WorkerStartError(Exception):
     """The worker could not start: the script failed to load or registers nothing."""
-
-
-@dataclass
-class _Process:
-    slot: int
-    identity: bytes
-    popen: subprocess.Popen[bytes]
-    replaces: int | None = None
-    """For a script reload: the slot this engine takes over once it is ready."""
-    stopping: bool = False
 
 
 class Worker:
@@ -82,15 +66,7 @@ class Worker:
         self.context = context or zmq.Context()
         self.state = WorkerState(config)
         self.worker_id = f"{socketlib.gethostname()}:{os.getpid()}"
-        self._tmpdir = tempfile.mkdtemp(prefix="madrpc-w-")
-        self.engine_endpoint = f"ipc://{self._tmpdir}/engines"
-        self.engines = make_socket(
-            self.context, zmq.ROUTER, hwm=config.hwm, router_mandatory=True
-        )
-        self.engines.bind(self.engine_endpoint)
-        self.processes: dict[bytes, _Process] = {}
-        self._slot_process: dict[int, bytes] = {}
-        self._spawned = 0
+        self.pool = EnginePool(self.context, config, self.script, engine_log_level)
         self.methods: list[str] = []
         self.v8 = ""
         self.broker: zmq.Socket[Any] | None = None
@@ -132,7 +108,7 @@ class Worker:
 
     def _start_engines(self) -> None:
         for _ in range(self.config.contexts):
-            self._spawn(self.state.add_engine())
+            self.pool.spawn(self.state.add_engine())
         deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
         while not any(e.ready for e in self.state.engines.values()):
             if self._stop_requested.is_set():
@@ -141,58 +117,30 @@ class Worker:
                 raise WorkerStartError(
                     f"engines did not start within {ENGINE_START_TIMEOUT_S:.0f} s"
                 )
-            if self.engines.poll(100):
+            if self.pool.socket.poll(100):
                 self._drain_engines(time.monotonic(), starting=True)
-            for proc in list(self.processes.values()):
-                if proc.popen.poll() is not None:
-                    # Its LOADERR may still be on the way: read it before giving up.
-                    if self.engines.poll(LOADERR_GRACE_MS):
-                        self._drain_engines(time.monotonic(), starting=True)
-                    raise WorkerStartError(
-                        f"engine process exited with status {proc.popen.returncode} while "
-                        f"loading {self.script}"
-                    )
+            dead = self.pool.first_exit()
+            if dead is not None:
+                # Its LOADERR may still be on the way: read it before giving up.
+                if self.pool.socket.poll(LOADERR_GRACE_MS):
+                    self._drain_engines(time.monotonic(), starting=True)
+                raise WorkerStartError(
+                    f"engine process exited with status {dead.popen.returncode} while "
+                    f"loading {self.script}"
+                )
         if not self.methods:
             raise WorkerStartError(
                 f"{self.script} registers no functions: call madrpc.register(name, fn)"
             )
 
-    def _spawn(self, slot: int, replaces: int | None = None) -> None:
-        self._spawned += 1
-        identity = b"e%d.%d" % (slot, self._spawned)
-        command = [
-            sys.executable, "-m", "madrpc.engine",
-            "--endpoint", self.engine_endpoint,
-            "--identity", identity.decode(),
-            "--script", self.script,
-            "--max-memory-mb", str(self.config.max_memory_mb),
-            "--log-level", self.engine_log_level,
-            *[f"--v8-flag={flag}" for flag in self.config.v8_flags],
-            *(["--fresh-context"] if self.config.fresh_context else []),
-        ]
-        popen = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        self.processes[identity] = _Process(slot, identity, popen, replaces)
-        self._slot_process[slot] = identity
-
     def _shutdown(self) -> None:
-        for proc in list(self.processes.values()):
-            self._stop_process(proc)
-        deadline = time.monotonic() + ENGINE_STOP_TIMEOUT_S
-        for proc in self.processes.values():
-            try:
-                proc.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
-        self.processes.clear()
+        self.pool.close()
         if self.broker is not None:
             self._send_broker(p.message(p.DISCONNECT, b"worker stopping"))
             self.broker.close(linger=CLOSE_LINGER_MS)
             self.broker = None
-        self.engines.close(linger=0)
         if self._own_context:
             self.context.term()
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
         log.info("worker %s stopped", self.worker_id)
 
     # ================================================================ broker link
@@ -260,7 +208,7 @@ class Worker:
         self._broker_heartbeat.heard(now)
         command = message.command
         if not self.connected.is_set() and command == p.HEARTBEAT:
-            instance, grace_s = _broker_run(message)
+            instance, grace_s = p.broker_run(message)
             self._registered(instance, grace_s, now)
         if command == p.REQUEST:
             self.state.on_requests(message.frames, now, time.time() * 1000)
@@ -269,7 +217,8 @@ class Worker:
         elif command == p.CANCEL:
             self.state.on_cancels(message.frames)
         elif command == p.DISCONNECT:
-            self._broker_lost(now, f"asked us to disconnect ({_reason(message)})", at_once=True)
+            reason = p.disconnect_reason(message)
+            self._broker_lost(now, f"asked us to disconnect ({reason})", at_once=True)
 
     def _registered(self, instance: str | None, grace_s: float, now: float) -> None:
         """The broker acknowledged our READY. After a reconnection: if it is the broker
@@ -281,10 +230,8 @@ class Worker:
             if instance is not None and instance == self.broker_instance:
                 log.warning("the broker re-dispatched our %d requests; dropping them",
                             len(state.requests))
-                for index in state.abandon_all():
-                    identity = self._slot_process.get(index)
-                    if identity is not None:
-                        self._send_engine(identity, [b"ABORT"])
+                for slot in state.abandon_all():
+                    self.pool.send(slot, [b"ABORT"])
             else:
                 adopt = state.adoption_frames(time.time() * 1000, now)
                 if adopt:
@@ -302,7 +249,7 @@ class Worker:
 
     def _loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.engines, zmq.POLLIN)
+        poller.register(self.pool.socket, zmq.POLLIN)
         registered: zmq.Socket[Any] | None = None
         next_tick = 0.0
         next_watch = 0.0
@@ -321,7 +268,7 @@ class Worker:
             try:
                 if self.broker is not None and self.broker in events:
                     self._drain_broker(now)
-                if self.engines in events:
+                if self.pool.socket in events:
                     self._drain_engines(now)
             except WorkerStartError:
                 raise
@@ -357,40 +304,35 @@ class Worker:
             self._on_broker(frames, now)
 
     def _drain_engines(self, now: float, starting: bool = False) -> None:
-        while True:
-            try:
-                frames = self.engines.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._on_engine(frames, now, starting)
+        for process, frames in self.pool.receive():
+            self._on_engine(process, frames, now, starting)
 
-    def _on_engine(self, frames: list[bytes], now: float, starting: bool) -> None:
-        identity, command = frames[0], frames[1] if len(frames) > 1 else b""
-        proc = self.processes.get(identity)
-        if proc is None or self._slot_process.get(proc.slot) != identity:
-            return
-        index = proc.slot
-        if command == b"OUT" and len(frames) == 5:
-            self.state.on_engine_output(index, frames[2] == b"S", frames[3], now, frames[4])
-        elif command == b"RESET" and len(frames) == 7:
+    def _on_engine(
+        self, proc: EngineProcess, frames: list[bytes], now: float, starting: bool
+    ) -> None:
+        """What an engine said (see madrpc.engine for the messages)."""
+        command, index = frames[0], proc.slot
+        if command == b"OUT" and len(frames) == 4:
+            self.state.on_engine_output(index, frames[1] == b"S", frames[2], now, frames[3])
+        elif command == b"RESET" and len(frames) == 6:
             self.state.on_engine_reset(
-                index, frames[2].decode(), int(frames[3]), frames[4],
-                frames[5].decode(errors="replace"), now, frames[6],
+                index, frames[1].decode(), int(frames[2]), frames[3],
+                frames[4].decode(errors="replace"), now, frames[5],
             )
-        elif command == b"READY":
-            self._on_engine_ready(proc, orjson.loads(frames[2]), now)
+        elif command == b"READY" and len(frames) == 2:
+            self._on_engine_ready(proc, orjson.loads(frames[1]), now)
         elif command == b"LOADERR":
-            message = frames[2].decode(errors="replace") if len(frames) > 2 else "?"
+            message = frames[1].decode(errors="replace") if len(frames) > 1 else "?"
             if starting:
                 raise WorkerStartError(f"script failed to load: {message}")
             if proc.replaces is not None:
                 log.error("the changed script failed to load; keeping the old one: %s", message)
-                self._stop_process(proc)
+                self.pool.release(proc.slot)
                 self.state.remove_engine(proc.slot, now)
             else:
                 log.error("engine could not load the script: %s", message)
 
-    def _on_engine_ready(self, proc: _Process, info: dict[str, Any], now: float) -> None:
+    def _on_engine_ready(self, proc: EngineProcess, info: dict[str, Any], now: float) -> None:
         methods = [str(m) for m in info.get("methods", [])]
         self.v8 = str(info.get("v8", ""))
         self.state.on_engine_ready(proc.slot, proc.identity)
@@ -421,39 +363,32 @@ class Worker:
             self._send_broker(p.json_message(p.HEARTBEAT, self._snapshot(now)))
 
     def _snapshot(self, now: float) -> dict[str, Any]:
+        """Heartbeat body: the state's figures plus CPU and memory of us and our engines."""
         snapshot = self.state.snapshot(now)
         try:
-            processes = [self._process, *(psutil.Process(proc.popen.pid)
-                                          for proc in self.processes.values())]
-            snapshot["cpu_percent"] = round(sum(_cpu(pr) for pr in processes), 1)
+            processes = [self._process, *self.pool.psutil_processes()]
+            snapshot["cpu_percent"] = round(sum(pr.cpu_percent() for pr in processes), 1)
             snapshot["rss_bytes"] = sum(pr.memory_info().rss for pr in processes)
         except psutil.Error:
             pass
         return snapshot
 
     def _check_engines(self, now: float) -> None:
+        """Stop engines that retired and hold nothing; replace engines that died."""
         for slot in self.state.idle_retired():
-            identity = self._slot_process.pop(slot, None)
-            if identity is not None and identity in self.processes:
-                self._stop_process(self.processes[identity])
+            self.pool.release(slot)
             self.state.remove_engine(slot, now)
-        for identity, proc in list(self.processes.items()):
-            code = proc.popen.poll()
-            if code is None:
-                continue
-            del self.processes[identity]
-            if proc.stopping or self._slot_process.get(proc.slot) != identity:
-                continue
+        for proc, code in self.pool.exited():
             detail = f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
             engine = self.state.engines.get(proc.slot)
             if engine is None or engine.retiring or proc.replaces is not None:
-                del self._slot_process[proc.slot]
+                self.pool.current.pop(proc.slot, None)
                 self.state.remove_engine(proc.slot, now)
                 continue
             log.warning("engine %d (pid %d) died: %s; starting a new one",
                         proc.slot, proc.popen.pid, detail)
             self.state.on_engine_died(proc.slot, detail, code in _OOM_SIGNALS, now)
-            self._spawn(proc.slot)
+            self.pool.spawn(proc.slot)
 
     # ================================================================ --watch
 
@@ -473,26 +408,14 @@ class Worker:
         log.info("%s changed: starting engines with the new script", self.script)
         for engine in list(self.state.engines.values()):
             if not engine.retiring:
-                self._spawn(self.state.add_engine(), replaces=engine.index)
-
-    def _stop_process(self, proc: _Process) -> None:
-        proc.stopping = True
-        self._send_engine(proc.identity, [b"STOP"])
-
-    def _send_engine(self, identity: bytes, frames: list[bytes]) -> None:
-        try:
-            send_frames(self.engines, [identity, *frames])
-        except zmq.ZMQError as exc:
-            log.warning("engine %s unreachable: %s", identity.decode(errors="replace"), exc)
+                self.pool.spawn(self.state.add_engine(), replaces=engine.index)
 
     # ================================================================ output
 
     def _flush(self) -> None:
         state = self.state
-        for index, frames in state.take_engine_messages():
-            identity = self._slot_process.get(index)
-            if identity is not None:
-                self._send_engine(identity, frames)
+        for slot, frames in state.take_engine_messages():
+            self.pool.send(slot, frames)
         if self.connected.is_set():   # else replies wait for the broker to acknowledge us
             for frames in state.take_broker_messages():
                 self._send_broker(frames)
@@ -501,30 +424,3 @@ class Worker:
                        method or "-", request_id, text)
         state.logs.clear()
 
-
-def _cpu(process: psutil.Process) -> float:
-    return float(process.cpu_percent())
-
-
-def _broker_run(message: p.Message) -> tuple[str | None, float]:
-    """(run id, adoption grace left in s) from a broker's HEARTBEAT body."""
-    try:
-        body = message.json()
-    except ProtocolError:
-        return None, 0.0
-    if not isinstance(body, dict):
-        return None, 0.0
-    instance, grace = body.get("broker"), body.get("grace_s")
-    return (instance if isinstance(instance, str) else None,
-            float(grace) if isinstance(grace, (int, float)) else 0.0)
-
-
-def _reason(message: p.Message) -> str:
-    """The reason in a DISCONNECT body (JSON from MaDRPC brokers, plain text from others)."""
-    try:
-        body = message.json()
-    except ProtocolError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("reason"), str):
-        return str(body["reason"])
-    return message.frames[0].decode(errors="replace") if message.frames else ""

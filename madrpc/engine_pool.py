@@ -1,0 +1,155 @@
+"""A worker's engine processes: starting, messaging, noticing their exit, stopping them.
+
+Mechanism only: the worker decides what to start and what an engine's message means.
+Each process runs ``python -m madrpc.engine`` (one V8 context, see :mod:`madrpc.engine`)
+and talks to the worker through one ROUTER socket on a private ``ipc://`` endpoint.
+A context *slot* is the worker's name for a context; the process serving a slot changes
+when an engine dies or the script is reloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import zmq
+
+from .config import WorkerConfig
+from .sockets import make_socket, send_frames
+
+__all__ = ["EnginePool", "EngineProcess"]
+
+log = logging.getLogger(__name__)
+
+ENGINE_STOP_TIMEOUT_S = 2.0
+"""How long engines get to exit after STOP before they are killed."""
+
+
+@dataclass
+class EngineProcess:
+    slot: int
+    identity: bytes
+    popen: subprocess.Popen[bytes]
+    replaces: int | None = None
+    """For a script reload: the slot this engine takes over once it is ready."""
+    stopping: bool = False
+
+
+class EnginePool:
+    """The engine processes of one worker and the socket they talk on."""
+
+    def __init__(self, context: zmq.Context[Any], config: WorkerConfig, script: str,
+                 log_level: str) -> None:
+        self.config = config
+        self.script = script
+        self.log_level = log_level
+        self._tmpdir = tempfile.mkdtemp(prefix="madrpc-w-")
+        self.endpoint = f"ipc://{self._tmpdir}/engines"
+        self.socket = make_socket(context, zmq.ROUTER, hwm=config.hwm, router_mandatory=True)
+        self.socket.bind(self.endpoint)
+        self.processes: dict[bytes, EngineProcess] = {}
+        self.current: dict[int, bytes] = {}
+        """Slot -> identity of the process serving it now."""
+        self._spawned = 0
+
+    def spawn(self, slot: int, replaces: int | None = None) -> EngineProcess:
+        """Start a process for ``slot``; it reports READY (or LOADERR) when loaded."""
+        self._spawned += 1
+        identity = b"e%d.%d" % (slot, self._spawned)
+        command = [
+            sys.executable, "-m", "madrpc.engine",
+            "--endpoint", self.endpoint,
+            "--identity", identity.decode(),
+            "--script", self.script,
+            "--max-memory-mb", str(self.config.max_memory_mb),
+            "--log-level", self.log_level,
+            *[f"--v8-flag={flag}" for flag in self.config.v8_flags],
+            *(["--fresh-context"] if self.config.fresh_context else []),
+        ]
+        popen = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        process = EngineProcess(slot, identity, popen, replaces)
+        self.processes[identity] = process
+        self.current[slot] = identity
+        return process
+
+    def send(self, slot: int, frames: list[bytes]) -> None:
+        """To the process serving ``slot`` (nothing if none does)."""
+        identity = self.current.get(slot)
+        if identity is not None:
+            self.send_to(identity, frames)
+
+    def send_to(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            send_frames(self.socket, [identity, *frames])
+        except zmq.ZMQError as exc:
+            log.warning("engine %s unreachable: %s", identity.decode(errors="replace"), exc)
+
+    def stop(self, process: EngineProcess) -> None:
+        """Ask a process to exit; its exit is then expected, not a crash."""
+        process.stopping = True
+        self.send_to(process.identity, [b"STOP"])
+
+    def release(self, slot: int) -> None:
+        """Stop the process serving ``slot`` and forget the slot."""
+        identity = self.current.pop(slot, None)
+        if identity is not None and identity in self.processes:
+            self.stop(self.processes[identity])
+
+    def receive(self) -> Iterator[tuple[EngineProcess, list[bytes]]]:
+        """Messages waiting on the socket from processes that still serve their slot."""
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            process = self.processes.get(frames[0])
+            if process is not None and self.current.get(process.slot) == process.identity:
+                yield process, frames[1:]
+
+    def exited(self) -> list[tuple[EngineProcess, int]]:
+        """Processes that ended unasked since the last call, with their exit codes."""
+        ended = []
+        for identity, process in list(self.processes.items()):
+            code = process.popen.poll()
+            if code is None:
+                continue
+            del self.processes[identity]
+            if not process.stopping and self.current.get(process.slot) == identity:
+                ended.append((process, code))
+        return ended
+
+    def first_exit(self) -> EngineProcess | None:
+        """Any process that has exited (used while the engines start)."""
+        return next((p for p in self.processes.values() if p.popen.poll() is not None), None)
+
+    def psutil_processes(self) -> list[psutil.Process]:
+        out = []
+        for process in self.processes.values():
+            try:
+                out.append(psutil.Process(process.popen.pid))
+            except psutil.Error:
+                continue
+        return out
+
+    def close(self) -> None:
+        """Stop every process (killing those that do not exit in time) and the socket."""
+        for process in list(self.processes.values()):
+            self.stop(process)
+        deadline = time.monotonic() + ENGINE_STOP_TIMEOUT_S
+        for process in self.processes.values():
+            try:
+                process.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait()
+        self.processes.clear()
+        self.socket.close(linger=0)
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
