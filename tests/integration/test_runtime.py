@@ -222,11 +222,16 @@ def test_console_output_reaches_the_worker_log_with_method_and_id(start_grid) ->
     with grid.client() as client:
         assert client.call("shout", {"text": "hey"}) == "HEY"
     worker = grid.workers[0]
-    line = wait_until(lambda: next((ln for ln in worker.stderr().splitlines()
-                                    if "shouting hey" in ln), None), 5, message="the log line")
-    assert "madrpc.js" in line and "[shout id=" in line
-    assert any("WARNING" in ln and 'careful with {"text":"hey"}' in ln
-               for ln in worker.stderr().splitlines())
+
+    def both_lines() -> list[str] | None:
+        lines = worker.stderr().splitlines()
+        info = [ln for ln in lines if "shouting hey" in ln]
+        warning = [ln for ln in lines if 'careful with {"text":"hey"}' in ln]
+        return info + warning if info and warning else None
+
+    info, warning = wait_until(both_lines, 5, message="the two log lines")
+    assert "madrpc.js" in info and "[shout id=" in info
+    assert "WARNING" in warning
 
 
 def test_a_function_returning_undefined_answers_null(start_grid) -> None:
