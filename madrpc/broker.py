@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import zmq
 
+from . import broker_workers
 from .broker_state import BACKEND, FRONTEND, BrokerState
 from .config import BrokerConfig
 from .prometheus import MetricsServer, exposition
@@ -162,7 +163,8 @@ class Broker:
     def _close(self) -> None:
         for identity in list(self.state.workers):
             with contextlib.suppress(zmq.ZMQError):
-                send_frames(self.backend, [identity, *self.state._disconnect("shutting down")])
+                goodbye = broker_workers.disconnect(self.state, "shutting down")
+                send_frames(self.backend, [identity, *goodbye])
         if self.metrics_server is not None:
             self.metrics_server.stop()
         self.frontend.close(linger=0)

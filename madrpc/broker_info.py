@@ -19,7 +19,8 @@ from .jsonrpc import Call, error_fragment, json_dumps
 from .metrics import CallStats, Histogram
 
 if TYPE_CHECKING:
-    from .broker_state import BrokerState, WorkerRecord
+    from .broker_state import BrokerState
+    from .broker_tables import WorkerRecord
 
 __all__ = ["answer_builtin", "grid_info", "grid_metrics"]
 

@@ -20,24 +20,22 @@ import math
 import os
 import random
 from collections import Counter, OrderedDict, defaultdict, deque
-from dataclasses import dataclass, field
 from typing import Any
 
+from . import broker_workers
 from . import protocol as p
 from .broker_info import answer_builtin
+from .broker_tables import CLIENT_MEMORY, NO_PARENT, Batch, Request, WorkerRecord, idempotency_scope
 from .config import BrokerConfig
-from .errors import ErrorCode, ProtocolError
+from .errors import ErrorCode
 from .jsonrpc import (
     Call,
-    CallOptions,
     Invalid,
     batch_response,
     error_fragment,
-    fragment_error_code,
     parse_frame,
     response,
 )
-from .liveness import Heartbeat
 from .metrics import CallStats, RateMeter
 from .policy import CircuitBreaker, IdempotencyTable
 
@@ -48,60 +46,6 @@ log = logging.getLogger(__name__)
 FRONTEND = 0
 BACKEND = 1
 BUILTIN_METHODS = frozenset({"_metrics", "_info", "_ping"})
-NO_PARENT = bytes(8)
-CLIENT_MEMORY = 10_000
-"""Distinct client identities remembered for the 'clients seen' figure."""
-MAX_BREAKERS = 10_000
-"""Circuit breakers kept for worker processes (oldest forgotten first)."""
-
-
-@dataclass(slots=True)
-class Batch:
-    """A client's JSON-RPC batch: its parts fill in as members finish."""
-
-    route: list[bytes]
-    parts: list[bytes | None]
-    waiting: int
-
-
-@dataclass(slots=True)
-class Request:
-    key: bytes
-    call: Call
-    deadline: float
-    depth: int
-    received_at: float
-    route: list[bytes] | None = None
-    """Client route, for a client's request."""
-    batch: Batch | None = None
-    index: int = 0
-    caller: bytes | None = None
-    """Worker identity and call key, for a nested call made by a worker."""
-    call_key: bytes = b""
-    parent: bytes = NO_PARENT
-    attempts: int = 0
-    worker: bytes | None = None
-    dispatched_at: float = 0.0
-    queued: bool = False
-    adopted: bool = False
-    """Handed over by a worker after a broker restart: no body, no one to answer."""
-
-
-@dataclass(slots=True)
-class WorkerRecord:
-    identity: bytes
-    info: dict[str, Any]
-    methods: frozenset[str]
-    credit: int
-    heartbeat: Heartbeat
-    joined_at: float
-    breaker: CircuitBreaker
-    in_flight: set[bytes] = field(default_factory=set)
-    calls: set[bytes] = field(default_factory=set)
-    """Keys of nested calls this worker made and that are still live."""
-    stats: dict[str, Any] = field(default_factory=dict)
-    served: CallStats = field(default_factory=CallStats)
-    draining: bool = False
 
 
 class BrokerState:
@@ -370,279 +314,15 @@ class BrokerState:
         self._finish(request, error_fragment(code, message, data), code, now)
 
     # ================================================================ worker side
+    # (the transitions themselves are in broker_workers)
 
     def on_worker_message(self, identity: bytes, frames: list[bytes], now: float) -> None:
         """A message on the backend from worker ``identity``."""
-        try:
-            message = p.decode(frames)
-        except ProtocolError as exc:
-            self._refuse(identity, frames, exc)
-            return
-        command = message.command
-        if command == p.READY:
-            try:
-                self._on_ready(identity, message, now)
-            except ProtocolError as exc:
-                self._refuse(identity, frames, exc)
-            return
-        worker = self.workers.get(identity)
-        if worker is None:
-            if command in (p.REQUEST, p.RESULT, p.CANCEL):
-                self.dropped["broker-to-worker command from a worker"] += 1
-            if command != p.DISCONNECT:
-                # Unknown (we restarted, or declared it dead): ask it to register again.
-                self._control_out.append([identity, *self._disconnect("unknown worker")])
-            if command == p.REPLY:
-                self.counters["late_replies"] += len(message.frames) // 2
-            return
-        worker.heartbeat.heard(now)
-        try:
-            if command == p.REPLY:
-                self._on_reply(worker, message, now)
-            elif command == p.CREDIT:
-                self._add_credit(worker, message.credit())
-                self._serve_queue(worker, now)
-            elif command == p.ADOPT:
-                self._on_adopt(worker, message, now)
-            elif command == p.DRAIN:
-                worker.draining = True
-                worker.credit = 0
-                log.info("worker %s draining: %d requests to finish",
-                         worker.identity.hex(), len(worker.in_flight))
-            elif command == p.CALL:
-                self._on_calls(worker, message, now)
-            elif command == p.HEARTBEAT:
-                stats = message.json()
-                if isinstance(stats, dict):
-                    worker.stats = stats
-            elif command == p.DISCONNECT:
-                self._remove_worker(worker, "disconnected", now)
-            else:
-                raise ProtocolError(f"{command.decode()} is not a worker-to-broker command")
-        except ProtocolError as exc:
-            self._refuse(identity, frames, exc)
+        broker_workers.on_worker_message(self, identity, frames, now)
 
-    def _refuse(self, identity: bytes, frames: list[bytes], exc: ProtocolError) -> None:
-        """Count a bad message; say why once per peer (a flood must not flood the log)."""
-        self.dropped["bad worker frames"] += 1
-        if identity in self.refused_peers:
-            self.refused_peers.move_to_end(identity)
-            return
-        self.refused_peers[identity] = True
-        if len(self.refused_peers) > CLIENT_MEMORY:
-            self.refused_peers.popitem(last=False)
-        log.warning("refused a message from peer %s on the backend: %s", identity.hex(), exc)
-
-    def _on_ready(self, identity: bytes, message: p.Message, now: float) -> None:
-        info = message.json()
-        methods = info.get("methods") if isinstance(info, dict) else None
-        credit = info.get("credit") if isinstance(info, dict) else None
-        if (
-            not isinstance(methods, list)
-            or not all(isinstance(m, str) for m in methods)
-            or not isinstance(credit, int)
-            or isinstance(credit, bool)
-            or credit < 1
-        ):
-            raise ProtocolError("READY needs a list of method names and a positive credit")
-        old = self.workers.get(identity)
-        if old is not None and info.get("update"):
-            self._update_worker(old, info, frozenset(methods), now)
-            return
-        if old is not None:
-            self._remove_worker(old, "registered again", now)
-        worker = WorkerRecord(
-            identity, info, frozenset(methods), credit,
-            Heartbeat(self.config.heartbeat_interval_s, self.config.heartbeat_liveness, now),
-            now, self._breaker_for(str(info.get("id") or identity.hex())),
-        )
-        self.workers[identity] = worker
-        self.method_workers.update(worker.methods)
-        self._control_out.append([identity, *self._heartbeat(now)])  # acknowledges READY
-        self.counters["workers_joined"] += 1
-        log.info(
-            "worker %s joined: host=%s pid=%s contexts=%s credit=%d methods=%d",
-            identity.hex(), info.get("host"), info.get("pid"), info.get("contexts"),
-            credit, len(methods),
-        )
-        self._serve_queue(worker, now)
-        self._fail_unservable(now)
-
-    def _update_worker(
-        self, worker: WorkerRecord, info: dict[str, Any], methods: frozenset[str], now: float
-    ) -> None:
-        """A registered worker reloaded its script: new methods, same requests and credit."""
-        self.method_workers.subtract(worker.methods)
-        self.method_workers.update(methods)
-        worker.methods = methods
-        worker.info = {**info, "update": False}
-        worker.heartbeat.heard(now)
-        log.info("worker %s updated: %d methods", worker.identity.hex(), len(methods))
-        self._serve_queue(worker, now)
-
-    def _breaker_for(self, worker_id: str) -> CircuitBreaker:
-        """The circuit breaker of a worker process; it outlives reconnections."""
-        breaker = self.breakers.get(worker_id)
-        if breaker is None:
-            breaker = self.breakers[worker_id] = CircuitBreaker(
-                failure_threshold=self.config.breaker_threshold
-            )
-            while len(self.breakers) > MAX_BREAKERS:
-                self.breakers.popitem(last=False)
-        self.breakers.move_to_end(worker_id)
-        return breaker
-
-    def _heartbeat(self, now: float) -> list[bytes]:
-        return p.json_message(p.HEARTBEAT, {"broker": self.instance, "grace_s": self.grace_s(now)})
-
-    def _disconnect(self, reason: str) -> list[bytes]:
-        return p.json_message(p.DISCONNECT, {"reason": reason, "broker": self.instance})
-
-    def _on_adopt(self, worker: WorkerRecord, message: p.Message, now: float) -> None:
-        """A worker re-registering after a broker restart hands over what it holds:
-        requests still running (placeholders; their replies are awaited) and keyed
-        requests that finished (their replies are stored for the clients' retries)."""
-        frames = message.frames
-        for i in range(0, len(frames), 4):
-            old_key, timeout_ms, depth = p.decode_adopt_meta(frames[i])
-            method = frames[i + 1].decode(errors="replace")
-            idem = frames[i + 2].decode(errors="replace") or None
-            fragment = frames[i + 3]
-            call = Call(method, None, None, CallOptions(idempotency_key=idem))
-            scope = idempotency_scope(call)
-            if fragment:
-                if scope is not None and self.idempotency.lookup(scope, now) is None:
-                    self.idempotency.start(scope, old_key)
-                    self.idempotency.finish(
-                        scope, old_key, (fragment_error_code(fragment), fragment), now
-                    )
-                    self.counters["adopted_results"] += 1
-                continue
-            if old_key in self.requests or not self._may_adopt(scope, old_key, now):
-                self._cancels_out[worker.identity].append(old_key)   # runs elsewhere already
-                continue
-            request = Request(old_key, call, now + timeout_ms / 1000, depth, now, adopted=True,
-                              attempts=1, worker=worker.identity, dispatched_at=now)
-            self.requests[old_key] = request
-            heapq.heappush(self.deadlines, (request.deadline, old_key))
-            worker.in_flight.add(old_key)
-            if scope is not None and self.idempotency.lookup(scope, now) is None:
-                self.idempotency.start(scope, old_key)
-            self.counters["adopted"] += 1
-
-    def _may_adopt(self, scope: str | None, old_key: bytes, now: float) -> bool:
-        """Whether a worker may keep running ``scope``'s request: yes if no other request
-        has it, or if the one that has it still waits in the queue (it then joins)."""
-        if scope is None:
-            return True
-        owner = self.idempotency.lookup(scope, now)
-        if owner is None:
-            return True
-        waiting = self.requests.get(owner) if isinstance(owner, bytes) else None
-        if waiting is None or not waiting.queued:
-            return False
-        self._forget(waiting)
-        self.joined[waiting.key] = waiting
-        self.idempotency.transfer(scope, old_key)
-        return True
-
-    def _fail_unservable(self, now: float) -> None:
-        """Queued requests for a method no registered worker offers get -32601.
-
-        Only requests never dispatched: one whose worker died waits for its deadline.
-        """
-        for method, queue in self.queues.items():
-            if queue and self.method_workers[method] == 0:
-                for request in [r for r in queue if r.queued and r.attempts == 0]:
-                    self._fail(
-                        request, ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method}", now
-                    )
-
-    def _add_credit(self, worker: WorkerRecord, credit: int) -> None:
-        if not worker.draining:
-            worker.credit += credit
-
-    def _on_reply(self, worker: WorkerRecord, message: p.Message, now: float) -> None:
-        self._add_credit(worker, message.credit())
-        requests = self.requests
-        for key, fragment in message.pairs(1):
-            request = requests.get(key)
-            if request is None or request.worker != worker.identity:
-                self.counters["late_replies"] += 1
-                continue
-            worker.in_flight.discard(key)
-            code = fragment_error_code(fragment)
-            if code == ErrorCode.WORKER_LOST:
-                worker.breaker.on_failure(now)  # the worker lost an engine under it
-            else:
-                worker.breaker.on_success(now)
-            if self.config.collect_metrics:
-                worker.served.record(now - request.dispatched_at, code)
-            self._finish(request, fragment, code, now)
-        self._serve_queue(worker, now)
-
-    def _on_calls(self, worker: WorkerRecord, message: p.Message, now: float) -> None:
-        for meta, body in message.pairs():
-            call_key, parent_key = p.decode_call_meta(meta)
-            parsed = parse_frame(body)
-            if not isinstance(parsed, Call):
-                detail = parsed.message if isinstance(parsed, Invalid) else "batch not allowed"
-                self._refuse_call(worker, call_key, ErrorCode.INVALID_REQUEST, detail)
-                continue
-            parent = None
-            if parent_key != NO_PARENT:
-                parent = self.requests.get(parent_key)
-                if parent is None:
-                    self._refuse_call(worker, call_key, ErrorCode.TIMEOUT,
-                                      "Timeout: the calling request is no longer running")
-                    continue
-                if parent.depth + 1 > self.config.max_call_depth:
-                    self._refuse_call(
-                        worker, call_key, ErrorCode.DEPTH_EXCEEDED,
-                        f"Call depth exceeded: nested calls deeper than "
-                        f"{self.config.max_call_depth} levels",
-                    )
-                    continue
-            self._admit(parsed, now, caller=worker.identity, call_key=call_key, parent=parent)
-
-    def _refuse_call(self, worker: WorkerRecord, call_key: bytes, code: int, message: str) -> None:
-        self.errors[code] += 1
-        self._results_out[worker.identity] += [call_key, error_fragment(code, message)]
-
-    def _remove_worker(self, worker: WorkerRecord, reason: str, now: float) -> None:
-        """Forget a worker; re-dispatch what it held, cancel the calls it made."""
-        if self.workers.pop(worker.identity, None) is None:
-            return
-        self.method_workers.subtract(worker.methods)
-        self.counters["workers_left"] += 1
-        log.info(
-            "worker %s left (%s): %d requests to re-dispatch",
-            worker.identity.hex(), reason, len(worker.in_flight),
-        )
-        for key in list(worker.calls):
-            orphan = self.requests.get(key)
-            if orphan is not None:
-                self._drop(orphan)
-        for key in sorted(worker.in_flight, key=lambda k: self.requests[k].received_at
-                          if k in self.requests else 0.0):
-            request = self.requests.get(key)
-            if request is None:
-                continue
-            request.worker = None
-            if request.adopted:   # no body to run again: its twins learn and retry
-                self._fail(request, ErrorCode.WORKER_LOST,
-                           "Worker lost: the worker that adopted it died", now)
-            elif request.attempts >= self.config.max_attempts:
-                self._fail(
-                    request, ErrorCode.WORKER_LOST,
-                    f"Worker lost: the request was dispatched {request.attempts} times and "
-                    f"each worker running it died",
-                    now, {"attempts": request.attempts},
-                )
-            else:
-                self.counters["requeued"] += 1
-                self._route(request, now, requeue=True)
-        worker.in_flight.clear()
+    def on_unreachable(self, identity: bytes, now: float) -> None:
+        """A send to this worker failed (ROUTER_MANDATORY): it is gone."""
+        broker_workers.on_unreachable(self, identity, now)
 
     def _forget(self, request: Request) -> None:
         self.requests.pop(request.key, None)
@@ -671,9 +351,9 @@ class BrokerState:
         for worker in list(self.workers.values()):
             if worker.heartbeat.expired(now):
                 worker.breaker.on_failure(now)
-                self._remove_worker(worker, "heartbeat lost", now)
+                broker_workers.remove_worker(self, worker, "heartbeat lost", now)
             elif worker.heartbeat.due(now):
-                self._control_out.append([worker.identity, *self._heartbeat(now)])
+                self._control_out.append([worker.identity, *broker_workers.heartbeat(self, now)])
         deadlines = self.deadlines
         while deadlines and deadlines[0][0] <= now:
             _, key = heapq.heappop(deadlines)
@@ -726,15 +406,3 @@ class BrokerState:
         self._control_out = []
         return sends
 
-    def on_unreachable(self, identity: bytes, now: float) -> None:
-        """A send to this worker failed (ROUTER_MANDATORY): it is gone."""
-        worker = self.workers.get(identity)
-        if worker is not None:
-            worker.breaker.on_failure(now)
-            self._remove_worker(worker, "unreachable", now)
-
-
-def idempotency_scope(call: Call) -> str | None:
-    """The idempotency table's key: the client's key, within the method it names."""
-    key = call.options.idempotency_key
-    return None if key is None else f"{call.method}\x00{key}"
