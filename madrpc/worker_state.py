@@ -16,81 +16,29 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import orjson
 
 from . import protocol as p
+from . import worker_recovery
 from .config import WorkerConfig
 from .errors import ErrorCode
 from .jsonrpc import error_fragment, fragment_error_code
 from .metrics import CallStats, RateMeter
+from .worker_recovery import RECENT_RESULTS_S
+from .worker_tables import EngineSlot, LocalRequest, Stage
 
 __all__ = ["EngineSlot", "LocalRequest", "WorkerState"]
 
 log = logging.getLogger(__name__)
 
-MAX_ENGINE_RESETS = 3
-"""Engine resets a request may live through before it fails instead of running again."""
 NO_PARENT = bytes(8)
 EWMA_WEIGHT = 0.2
 """Weight of the newest sample in a method's mean run time."""
-RECENT_RESULTS_S = 30.0
-"""How long results of keyed requests are kept to hand to a restarted broker."""
 MAX_RECENT_RESULTS = 10_000
 ENVELOPE_BYTES = 1024
 """Room kept for what the broker wraps around a frame (id, jsonrpc) within the size limit."""
-
-
-class Stage(Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    PARKED = "parked"
-
-
-@dataclass(slots=True)
-class LocalRequest:
-    local: int
-    key: bytes
-    method: str
-    body: bytes
-    deadline_ms: float
-    """Wall-clock deadline (ms since the epoch), as JavaScript's Date.now() counts."""
-    cpu_limit_ms: float
-    depth: int
-    received_at: float
-    memory_mb: int = 0
-    """A lower heap limit the request asked for (0: the worker's); it then runs alone."""
-    stage: Stage = Stage.QUEUED
-    engine: int | None = None
-    holds_credit: bool = True
-    cancelled: bool = False
-    resets: int = 0
-    solo: bool = False
-
-
-@dataclass
-class EngineSlot:
-    """One engine process (one V8 context)."""
-
-    index: int
-    identity: bytes = b""
-    ready: bool = False
-    busy: bool = False
-    retiring: bool = False
-    """Replaced by a newer engine (script reload): finishes what it holds, takes nothing new."""
-    generation: int = 0
-    restarts: int = 0
-    step_requests: list[int] = field(default_factory=list)
-    step_methods: set[str] = field(default_factory=set)
-    step_started: float = 0.0
-    held: set[int] = field(default_factory=set)
-    settles: dict[bytes, list[tuple[int, bytes]]] = field(default_factory=dict)
-    """Nested-call results waiting for the next step, by context slot."""
-    cancels: dict[bytes, list[int]] = field(default_factory=dict)
-    served: int = 0
 
 
 class WorkerState:
@@ -156,7 +104,7 @@ class WorkerState:
         engine = self.engines.get(index)
         if engine is None:
             return
-        self._recover(engine, now, solo=False, restart=False)
+        worker_recovery.recover(self, engine, now, solo=False, restart=False)
         del self.engines[index]
 
     # ================================================================ from the broker
@@ -417,7 +365,7 @@ class WorkerState:
             return
         fragment = self._fit(fragment, "result")
         self._replies += [request.key, fragment]
-        idempotency_key = _idempotency_key(request.body)
+        idempotency_key = worker_recovery.idempotency_key(request.body)
         if idempotency_key is not None:
             self._remember(request, idempotency_key, fragment, now)
         self._record(request, now, fragment_error_code(fragment))
@@ -475,92 +423,6 @@ class WorkerState:
             method, request_id, message = "", None, text.decode(errors="replace")
         self.logs.append((level, str(method), request_id, str(message)))
 
-    # ================================================================ engine trouble
-
-    def on_engine_reset(
-        self, index: int, reason: str, culprit: int, outbox: bytes, detail: str, now: float,
-        slot: bytes = b"",
-    ) -> None:
-        """The engine stopped a step (watchdog, memory limit, error) and dropped the slot's
-        context; what ran in that context is failed (the culprit) or requeued."""
-        engine = self.engines[index]
-        self._read_outbox(engine, outbox, now, slot)
-        request = self.requests.get(culprit) if culprit else None
-        if request is not None:
-            if reason == "timeout":
-                message = f"Timeout: JavaScript terminated after running too long ({detail})"
-                self._fail(request, ErrorCode.TIMEOUT, message, now)
-            elif reason == "oom":
-                limit_mb = request.memory_mb or self.config.max_memory_mb
-                message = (
-                    f"Out of memory: the request exceeded the context memory limit "
-                    f"({limit_mb} MiB)"
-                )
-                self._fail(request, ErrorCode.OUT_OF_MEMORY, message, now)
-        if reason == "error":
-            for local in list(engine.step_requests):
-                failed = self.requests.get(local)
-                if failed is not None:
-                    self._fail(failed, ErrorCode.INTERNAL_ERROR, f"Internal error: {detail}", now)
-        if self.fresh:   # only that request's own context is gone
-            lost = self.requests.get(int(slot)) if slot else None
-            if lost is not None:
-                self._requeue(lost, now, solo=False)
-            engine.busy = False
-            engine.step_requests = []
-            self._count_restart(engine)
-        else:
-            self._recover(engine, now, solo=False)
-        engine.ready = True
-
-    def on_engine_died(self, index: int, detail: str, oom_likely: bool, now: float) -> None:
-        """The engine process exited; blame the request it ran alone, requeue the rest."""
-        engine = self.engines[index]
-        suspects = [local for local in engine.step_requests if local in self.requests]
-        if engine.busy and len(suspects) == 1:
-            request = self.requests[suspects[0]]
-            code = ErrorCode.OUT_OF_MEMORY if oom_likely else ErrorCode.WORKER_LOST
-            name = "Out of memory" if oom_likely else "Worker lost"
-            self._fail(request, code, f"{name}: the engine process died running it ({detail})", now)
-        self._recover(engine, now, solo=True)
-        engine.ready = False
-
-    def _count_restart(self, engine: EngineSlot) -> None:
-        self.engine_restarts += 1
-        engine.restarts += 1
-
-    def _recover(self, engine: EngineSlot, now: float, solo: bool, restart: bool = True) -> None:
-        """Requeue what the engine held (its contexts are gone) and start a new generation."""
-        if restart:
-            self._count_restart(engine)
-        engine.generation += 1
-        engine.busy = False
-        engine.step_requests = []
-        engine.settles = {}
-        engine.cancels = {}
-        for local in sorted(engine.held, reverse=True):
-            request = self.requests.get(local)
-            if request is not None:
-                self._requeue(request, now, solo)
-        engine.held.clear()
-
-    def _requeue(self, request: LocalRequest, now: float, solo: bool) -> None:
-        """Run a request again from the start (its context was lost), a bounded number of times."""
-        engine = self.engines.get(request.engine) if request.engine is not None else None
-        if engine is not None:
-            engine.held.discard(request.local)
-        request.resets += 1
-        request.engine = None
-        if request.resets > MAX_ENGINE_RESETS:
-            self._fail(
-                request, ErrorCode.WORKER_LOST,
-                f"Worker lost: its context was reset {request.resets} times while it ran", now,
-            )
-            return
-        request.stage = Stage.QUEUED
-        request.solo = request.solo or solo
-        self.queue.appendleft(request.local)
-
     # ================================================================ output
 
     def take_broker_messages(self) -> list[list[bytes]]:
@@ -582,65 +444,41 @@ class WorkerState:
         self._engine_out = []
         return out
 
-    # ================================================================ broker restarts
+    # ================================================================ recovery
+    # (engine resets and deaths, broker loss and hand-over: see worker_recovery)
+
+    def on_engine_reset(
+        self, index: int, reason: str, culprit: int, outbox: bytes, detail: str, now: float,
+        slot: bytes = b"",
+    ) -> None:
+        """The engine stopped a step (watchdog, memory limit, error) and dropped the slot's
+        context; what ran in that context is failed (the culprit) or requeued."""
+        worker_recovery.on_engine_reset(self, index, reason, culprit, outbox, detail, now, slot)
+
+    def on_engine_died(self, index: int, detail: str, oom_likely: bool, now: float) -> None:
+        """The engine process exited; blame the request it ran alone, requeue the rest."""
+        worker_recovery.on_engine_died(self, index, detail, oom_likely, now)
 
     def on_broker_lost(self) -> None:
         """The broker went silent: keep running what we hold; unsent messages are moot."""
-        self._replies = []
-        self._calls_out = []
-        self.credit_to_return = 0
-        holding = sum(1 for r in self.requests.values() if r.holds_credit)
-        self.issued = self.config.initial_credit + holding
+        worker_recovery.on_broker_lost(self)
 
     def adoption_frames(self, wall_ms: float, now: float) -> list[bytes]:
         """ADOPT body for a new broker: what we still hold, and keyed results it may lack."""
-        frames: list[bytes] = []
-        for request in self.requests.values():
-            if request.cancelled:
-                continue
-            frames += [
-                p.encode_adopt_meta(request.key, request.deadline_ms - wall_ms, request.depth),
-                request.method.encode(),
-                (_idempotency_key(request.body) or "").encode(),
-                b"",
-            ]
-        for key, (method, idempotency_key, fragment, when) in self.recent.items():
-            if now - when <= RECENT_RESULTS_S:
-                frames += [p.encode_adopt_meta(key, 0, 0), method.encode(),
-                           idempotency_key.encode(), fragment]
-        return frames
+        return worker_recovery.adoption_frames(self, wall_ms, now)
 
     def resend_calls(self) -> None:
         """Nested calls still awaiting results go to the new broker again (same keys)."""
-        for meta, body in self.call_bodies.values():
-            self._calls_out += [meta, body]
+        worker_recovery.resend_calls(self)
 
     def abandon_all(self) -> list[int]:
         """The broker declared us dead and re-dispatched what we held: drop it all.
         Returns the engines running a step (to abort)."""
-        busy = [e.index for e in self.engines.values() if e.busy]
-        self.drop_all()
-        self.recent.clear()
-        self.call_bodies.clear()
-        return busy
+        return worker_recovery.abandon_all(self)
 
     def drop_all(self) -> None:
         """Forget every request (the broker that sent them is gone)."""
-        for request in list(self.requests.values()):
-            request.cancelled = True
-            if request.stage is Stage.PARKED:
-                self._cancel_in_engine(request)
-        self.requests.clear()
-        self.by_key.clear()
-        self.queue.clear()
-        for engine in self.engines.values():
-            engine.held.clear()
-        self.calls.clear()
-        self._replies = []
-        self._calls_out = []
-        self.credit_to_return = 0
-        self.issued = self.config.initial_credit
-
+        worker_recovery.drop_all(self)
     # ================================================================ figures
 
     @property
@@ -667,18 +505,3 @@ class WorkerState:
             "totals": totals.to_wire(),
             "methods": {name: stats.to_wire() for name, stats in self.methods.items()},
         }
-
-
-_KEY_MARK = b'"idempotency_key"'
-
-
-def _idempotency_key(body: bytes) -> str | None:
-    """The request's ``madrpc.idempotency_key`` (parsed only when the body mentions one)."""
-    if _KEY_MARK not in body:
-        return None
-    try:
-        options = orjson.loads(body).get("madrpc")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    key = options.get("idempotency_key") if isinstance(options, dict) else None
-    return key if isinstance(key, str) else None

@@ -11,7 +11,8 @@ import pytest
 from madrpc import protocol as p
 from madrpc.config import WorkerConfig
 from madrpc.errors import ErrorCode
-from madrpc.worker_state import MAX_ENGINE_RESETS, Stage, WorkerState
+from madrpc.worker_recovery import MAX_ENGINE_RESETS
+from madrpc.worker_state import Stage, WorkerState
 
 WALL_MS = 1_700_000_000_000.0
 """Wall clock (ms since the epoch) the tests pretend it is."""
