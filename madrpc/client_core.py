@@ -161,8 +161,9 @@ class CallBook:
         responses = document if isinstance(document, list) else [document]
         finished = []
         for response in responses:
-            if not isinstance(response, dict):
-                continue
+            if not isinstance(response, dict) or ("result" not in response
+                                                  and "error" not in response):
+                continue   # not a response (e.g. a request echoed back): not ours
             if self.probe_id is not None and response.get("id") == self.probe_id:
                 self._on_probe_answer(response.get("result"), now)
                 continue
