@@ -20,7 +20,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,12 +35,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "chaos.js"
 EXEC_LINE = re.compile(r"EXEC (c\d+-\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def checksum(n: int) -> int:
@@ -103,8 +96,10 @@ class Cluster:
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.settings = settings
         self.log_dir = log_dir
-        self.frontend = f"tcp://127.0.0.1:{free_port()}"
-        self.backend = f"tcp://127.0.0.1:{free_port()}"
+        # ipc, not random TCP ports: a worker reconnecting to a free ephemeral port while
+        # the broker restarts could be connected to itself by TCP and block the port.
+        self.frontend = f"ipc://{log_dir}/frontend"
+        self.backend = f"ipc://{log_dir}/backend"
         self.broker: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.all: list[subprocess.Popen[bytes]] = []

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 SIMPLE_JS = ROOT / "examples" / "simple-test" / "scripts" / "simple.js"
 PI_JS = ROOT / "examples" / "monte-carlo-pi" / "scripts" / "pi.js"
+
+
+NOTHING_LISTENS = "tcp://127.0.0.1:9"
+"""An endpoint no broker answers on (the discard port, outside the ephemeral range)."""
 
 
 def free_port() -> int:
@@ -104,6 +110,7 @@ class Spawner:
         self.log_dir = log_dir
         self.procs: list[Proc] = []
         self._count = 0
+        self._sockets = Path(tempfile.mkdtemp(prefix="mdr-"))   # short: ipc paths are limited
 
     def run(self, *args: str, name: str = "proc") -> Proc:
         self._count += 1
@@ -113,7 +120,11 @@ class Spawner:
         return proc
 
     def endpoints(self) -> GridEndpoints:
-        return GridEndpoints(f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}")
+        """Private ipc endpoints. (Random TCP ports from the ephemeral range can be taken by
+        a peer that reconnects while nothing listens: TCP connects it to itself.)"""
+        self._count += 1
+        base = self._sockets / str(self._count)
+        return GridEndpoints(f"ipc://{base}-front", f"ipc://{base}-back")
 
     def broker(self, grid: GridEndpoints, *extra: str) -> Proc:
         return self.run(
@@ -134,6 +145,7 @@ class Spawner:
     def cleanup(self) -> None:
         for proc in self.procs:
             proc.kill_group()
+        shutil.rmtree(self._sockets, ignore_errors=True)
 
 
 def metrics(frontend: str) -> dict[str, Any]:

@@ -21,7 +21,16 @@ from typing import Any
 
 import pyte
 import pytest
-from grid_support import SCRIPTS, SIMPLE_JS, Grid, Spawner, free_port, metrics, wait_until
+from grid_support import (
+    NOTHING_LISTENS,
+    SCRIPTS,
+    SIMPLE_JS,
+    Grid,
+    Spawner,
+    free_port,
+    metrics,
+    wait_until,
+)
 
 from madrpc import Client, RpcError
 
@@ -266,7 +275,7 @@ def test_top_once_prints_a_plain_snapshot(shared_grid: Grid) -> None:
 
 
 def test_top_once_exits_1_when_the_broker_is_down() -> None:
-    done = madrpc("top", "--once", "--broker", f"tcp://127.0.0.1:{free_port()}")
+    done = madrpc("top", "--once", "--broker", NOTHING_LISTENS)
     assert done.returncode == 1
     assert "-32003" in done.stderr
 
