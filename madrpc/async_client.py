@@ -160,8 +160,7 @@ class AsyncClient:
 
     def _housekeeping(self, now: float) -> None:
         book = self._book
-        expired = [c for c in book.calls.values() if now >= c.deadline]
-        reconnect, due = book.housekeeping(now, self._connected_at)
+        reconnect, due, expired = book.housekeeping(now, self._connected_at)
         for call in expired:
             self._settle(call)
         if reconnect:

@@ -200,7 +200,7 @@ class Client:
 
     def _housekeeping(self, now: float) -> None:
         book = self._book
-        reconnect, due = book.housekeeping(now, self._connected_at)
+        reconnect, due, _ = book.housekeeping(now, self._connected_at)
         if reconnect:
             self._socket.close(linger=0)
             self._connected_at = now

@@ -262,16 +262,18 @@ class CallBook:
             wake = min(wake, self.probe_sent_at + self.config.retry_interval_s)
         return wake
 
-    def housekeeping(self, now: float, connected_at: float) -> tuple[bool, list[PendingCall]]:
-        """(reconnect?, calls to send again) due now; expired calls are completed."""
-        self.expire(now)
+    def housekeeping(
+        self, now: float, connected_at: float
+    ) -> tuple[bool, list[PendingCall], list[PendingCall]]:
+        """(reconnect?, calls to send again, calls that just expired) due now."""
+        expired = self.expire(now)
         if self.broker_silent(now, connected_at):
             self.on_reconnect()
-            return True, list(self.calls.values())
+            return True, list(self.calls.values()), expired
         if self.broker_restarted and now >= self.resend_after:
             self.broker_restarted = False
-            return False, list(self.calls.values())
-        return False, self.due_for_resend(now)
+            return False, list(self.calls.values()), expired
+        return False, self.due_for_resend(now), expired
 
     def abandon(self, call: PendingCall, error: BaseException) -> None:
         if call.id in self.calls:
