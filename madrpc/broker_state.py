@@ -390,8 +390,12 @@ class BrokerState:
     # ================================================================ output
 
     def take_sends(self) -> list[tuple[int, list[bytes]]]:
-        """Everything to send since the last call, as (socket, frames) pairs."""
-        sends: list[tuple[int, list[bytes]]] = [(FRONTEND, f) for f in self._frontend_out]
+        """Everything to send since the last call, as (socket, frames) pairs. Control
+        messages to a worker go first: the heartbeat that acknowledges a READY must reach
+        the worker before the first requests sent to it."""
+        sends: list[tuple[int, list[bytes]]] = [(BACKEND, f) for f in self._control_out]
+        self._control_out = []
+        sends.extend((FRONTEND, f) for f in self._frontend_out)
         self._frontend_out = []
         for table, command in (
             (self._requests_out, p.REQUEST),
@@ -402,7 +406,5 @@ class BrokerState:
                 if frames:
                     sends.append((BACKEND, [identity, p.TAG, command, *frames]))
             table.clear()
-        sends.extend((BACKEND, f) for f in self._control_out)
-        self._control_out = []
         return sends
 

@@ -1167,3 +1167,12 @@ def test_the_invariants_hold_after_every_step_of_random_traffic(seed: int) -> No
     simulation.run(400)
     simulation.finish()
     assert simulation.answers, "the simulation answered nothing"
+
+
+def test_the_heartbeat_acknowledging_ready_leaves_before_the_first_request() -> None:
+    state = new_state()
+    call(state, "add", now=0.5)   # waits for a worker
+    ready(state, W1, now=1.0)
+    sends = state.take_sends()
+    commands = [frames[2] for side, frames in sends if side == BACKEND and frames[0] == W1]
+    assert commands == [p.HEARTBEAT, p.REQUEST]
