@@ -13,7 +13,6 @@ import logging
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import psutil
 import zmq
 
 from .config import WorkerConfig
-from .sockets import make_socket, send_frames
+from .sockets import make_socket, private_endpoint, send_frames
 
 __all__ = ["EnginePool", "EngineProcess"]
 
@@ -51,8 +50,7 @@ class EnginePool:
         self.config = config
         self.script = script
         self.log_level = log_level
-        self._tmpdir = tempfile.mkdtemp(prefix="madrpc-w-")
-        self.endpoint = f"ipc://{self._tmpdir}/engines"
+        self.endpoint, self._tmpdir = private_endpoint("engines")
         self.socket = make_socket(context, zmq.ROUTER, hwm=config.hwm, router_mandatory=True)
         self.socket.bind(self.endpoint)
         self.processes: dict[bytes, EngineProcess] = {}
@@ -152,4 +150,5 @@ class EnginePool:
                 process.popen.wait()
         self.processes.clear()
         self.socket.close(linger=0)
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)

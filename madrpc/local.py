@@ -5,14 +5,13 @@ Used by ``madrpc run`` and handy in notebooks and tests::
     with LocalGrid("examples/monte-carlo-pi/scripts/pi.js") as grid:
         print(grid.client().call("aggregate", {"numNodes": 8}))
 
-The endpoints are private ``ipc://`` paths in a temporary directory. JavaScript still
-runs in the worker's engine processes, one per context.
+The endpoints are private ``ipc://`` sockets (in Linux's abstract namespace: no files).
+JavaScript still runs in the worker's engine processes, one per context.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 import threading
 import time
 from typing import Any
@@ -21,6 +20,7 @@ from .broker import Broker
 from .client import Client
 from .config import BrokerConfig, ClientConfig, WorkerConfig
 from .errors import MadrpcError
+from .sockets import private_endpoint
 from .worker import Worker
 
 __all__ = ["LocalGrid"]
@@ -40,9 +40,8 @@ class LocalGrid:
         worker_options: dict[str, Any] | None = None,
         broker_options: dict[str, Any] | None = None,
     ) -> None:
-        self._tmpdir = tempfile.mkdtemp(prefix="madrpc-grid-")
-        self.frontend = f"ipc://{self._tmpdir}/frontend"
-        self.backend = f"ipc://{self._tmpdir}/backend"
+        self.frontend, self._front_dir = private_endpoint("frontend")
+        self.backend, self._back_dir = private_endpoint("backend")
         self.broker = Broker(
             BrokerConfig(frontend=self.frontend, backend=self.backend, **(broker_options or {}))
         )
@@ -89,7 +88,9 @@ class LocalGrid:
         self._worker_thread.join()
         self.broker.stop(drain=False)
         self._broker_thread.join()
-        shutil.rmtree(self._tmpdir, ignore_errors=True)
+        for directory in (self._front_dir, self._back_dir):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def __enter__(self) -> LocalGrid:
         return self

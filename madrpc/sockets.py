@@ -7,12 +7,15 @@ the broker's per-request path.
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import zmq
 
-__all__ = ["make_socket", "send_frames"]
+__all__ = ["make_socket", "private_endpoint", "send_frames"]
 
 _DONTWAIT = int(zmq.DONTWAIT)
 _SNDMORE = int(zmq.SNDMORE)
@@ -50,3 +53,17 @@ def send_frames(socket: zmq.Socket[Any], frames: Sequence[Any], *, block: bool =
     for frame in frames[:-1]:
         send(frame, more)
     send(frames[-1], base)
+
+
+def private_endpoint(name: str) -> tuple[str, str | None]:
+    """An ``ipc://`` endpoint only this machine can reach, and a directory to delete
+    afterwards (None when there is nothing to delete).
+
+    On Linux the socket lives in the abstract namespace (``ipc://@...``): no file, so
+    nothing is left behind even by a process that is killed.
+    """
+    unique = f"madrpc-{os.getpid()}-{os.urandom(6).hex()}-{name}"
+    if sys.platform.startswith("linux"):
+        return f"ipc://@{unique}", None
+    directory = tempfile.mkdtemp(prefix="madrpc-")
+    return f"ipc://{directory}/{name}", directory
