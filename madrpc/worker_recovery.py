@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from .worker_state import WorkerState
 
 __all__ = [
-    "MAX_ENGINE_RESETS", "RECENT_RESULTS_S", "abandon_all", "adoption_frames", "drop_all",
-    "idempotency_key", "on_broker_lost", "on_engine_died", "on_engine_reset", "recover",
-    "resend_calls",
+    "KEY_MARK", "MAX_ENGINE_RESETS", "RECENT_RESULTS_S", "abandon_all", "adoption_frames",
+    "drop_all", "idempotency_key", "on_broker_lost", "on_engine_died", "on_engine_reset",
+    "recover", "resend_calls",
 ]
 
 MAX_ENGINE_RESETS = 3
@@ -145,8 +145,9 @@ def adoption_frames(state: WorkerState, wall_ms: float, now: float) -> list[byte
             (idempotency_key(request.body) or "").encode(),
             b"",
         ]
-    for key, (method, client_key, fragment, when) in state.recent.items():
-        if now - when <= RECENT_RESULTS_S:
+    for key, (method, body, fragment, when) in state.recent.items():
+        client_key = idempotency_key(body)
+        if client_key is not None and now - when <= RECENT_RESULTS_S:
             frames += [p.encode_adopt_meta(key, 0, 0), method.encode(),
                        client_key.encode(), fragment]
     return frames
@@ -186,12 +187,13 @@ def drop_all(state: WorkerState) -> None:
     state.issued = state.config.initial_credit
 
 
-_KEY_MARK = b'"idempotency_key"'
+KEY_MARK = b'"idempotency_key"'
+"""Bodies without it have no idempotency key (a cheap test before parsing)."""
 
 
 def idempotency_key(body: bytes) -> str | None:
     """The request's ``madrpc.idempotency_key`` (parsed only when the body mentions one)."""
-    if _KEY_MARK not in body:
+    if KEY_MARK not in body:
         return None
     try:
         options = orjson.loads(body).get("madrpc")

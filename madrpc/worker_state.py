@@ -68,9 +68,10 @@ class WorkerState:
         self.logs: list[tuple[str, str, Any, str]] = []
         """(level, method, request id, text) of console lines, for the worker's log."""
         self.draining = False
-        self.recent: OrderedDict[bytes, tuple[str, str, bytes, float]] = OrderedDict()
-        """Broker key -> (method, idempotency key, fragment, when) of finished keyed requests,
-        kept for a restarted broker (their replies may have died with the old one)."""
+        self.recent: OrderedDict[bytes, tuple[str, bytes, bytes, float]] = OrderedDict()
+        """Broker key -> (method, request body, fragment, when) of finished keyed requests,
+        kept for a restarted broker (their replies may have died with the old one). The
+        key is read from the body only then, never on the per-request path."""
         self.call_bodies: dict[int, tuple[bytes, bytes]] = {}
         """Nested calls awaiting their result: call key -> (CALL meta, body), to send again
         after a broker restart."""
@@ -365,14 +366,13 @@ class WorkerState:
             return
         fragment = self._fit(fragment, "result")
         self._replies += [request.key, fragment]
-        idempotency_key = worker_recovery.idempotency_key(request.body)
-        if idempotency_key is not None:
-            self._remember(request, idempotency_key, fragment, now)
+        if worker_recovery.KEY_MARK in request.body:
+            self._remember(request, fragment, now)
         self._record(request, now, fragment_error_code(fragment))
 
-    def _remember(self, request: LocalRequest, key: str, fragment: bytes, now: float) -> None:
+    def _remember(self, request: LocalRequest, fragment: bytes, now: float) -> None:
         recent = self.recent
-        recent[request.key] = (request.method, key, fragment, now)
+        recent[request.key] = (request.method, request.body, fragment, now)
         while recent:
             oldest = next(iter(recent.values()))
             if len(recent) <= MAX_RECENT_RESULTS and now - oldest[3] <= RECENT_RESULTS_S:
