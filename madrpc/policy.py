@@ -27,6 +27,9 @@ class CircuitState(StrEnum):
     HALF_OPEN = "half-open"
 
 
+_CLOSED = CircuitState.CLOSED   # (looking a member up on an Enum class is slow)
+
+
 @dataclass
 class CircuitBreaker:
     """Takes a worker out of rotation after repeated transport failures.
@@ -48,7 +51,7 @@ class CircuitBreaker:
     """How many times the circuit opened (for _metrics)."""
 
     def allows(self, now: float) -> bool:
-        if self.state is CircuitState.CLOSED:
+        if self.state is _CLOSED:   # the common case, on every dispatch: keep it cheap
             return True
         if self.state is CircuitState.OPEN and now >= self.reopen_at:
             self.state = CircuitState.HALF_OPEN
@@ -56,12 +59,12 @@ class CircuitBreaker:
         return self.state is CircuitState.HALF_OPEN and not self.trial_in_flight
 
     def on_dispatch(self, now: float) -> None:
-        if self.state is CircuitState.HALF_OPEN:
+        if self.state is not _CLOSED and self.state is CircuitState.HALF_OPEN:
             self.trial_in_flight = True
 
     def on_success(self, now: float) -> None:
         self.failures = 0
-        if self.state is not CircuitState.CLOSED:
+        if self.state is not _CLOSED:
             self.state = CircuitState.CLOSED
             self.open_s = 0.0
             self.trial_in_flight = False
@@ -94,7 +97,7 @@ Outcome = tuple[int | None, bytes]
 """(error code or None, response fragment) of a finished request."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     running: bytes | None
     """Key of the request executing for this idempotency key, while it runs."""
@@ -136,11 +139,15 @@ class IdempotencyTable:
         return None
 
     def start(self, key: str, request_key: bytes) -> None:
-        self._done.pop(key, None)
-        self._running[key] = _Entry(request_key)
-        self._running.move_to_end(key)
-        while len(self) > self.max_entries:
-            self._evict_one()
+        if self._done:
+            self._done.pop(key, None)
+        running = self._running
+        if key in running:
+            running.move_to_end(key)
+        running[key] = _Entry(request_key)
+        if len(running) + len(self._done) > self.max_entries:
+            while len(self) > self.max_entries:
+                self._evict_one()
 
     def _evict_one(self) -> None:
         """Forget the oldest finished entry (the oldest running one if none finished)."""
@@ -167,10 +174,13 @@ class IdempotencyTable:
         if entry is None or entry.running != request_key:
             return []
         del self._running[key]
+        joined = entry.joined
         code = outcome[0]
         if code is None or code not in TRANSIENT_CODES:
-            self._done[key] = _Entry(None, [], outcome, now + self.window_s)
-        return entry.joined
+            entry.running, entry.joined = None, []
+            entry.outcome, entry.expires_at = outcome, now + self.window_s
+            self._done[key] = entry
+        return joined
 
     def expire(self, now: float) -> None:
         """Drop finished entries older than the window (oldest first)."""
