@@ -9,6 +9,7 @@ from .async_client import AsyncClient
 from .client import Client
 from .config import BrokerConfig, ClientConfig, WorkerConfig
 from .errors import (
+    EngineError,
     ErrorCode,
     JSError,
     MadrpcError,
@@ -16,7 +17,9 @@ from .errors import (
     ProtocolError,
     RpcError,
     RpcTimeoutError,
+    ScriptError,
     TransportError,
+    WorkerStartError,
 )
 from .local import LocalGrid
 
@@ -25,6 +28,7 @@ __all__ = [
     "BrokerConfig",
     "Client",
     "ClientConfig",
+    "EngineError",
     "ErrorCode",
     "JSError",
     "LocalGrid",
@@ -33,7 +37,9 @@ __all__ = [
     "ProtocolError",
     "RpcError",
     "RpcTimeoutError",
+    "ScriptError",
     "TransportError",
     "WorkerConfig",
+    "WorkerStartError",
     "__version__",
 ]

@@ -4,20 +4,8 @@ Started by the worker as ``python -m madrpc.engine ...``. A process per context 
 fatal V8 error (some out-of-memory paths abort the process instead of raising) costs one
 context, never the worker, and the Python side of each context has its own GIL.
 
-Engine <-> worker messages (DEALER here, ROUTER in the worker):
-  engine -> worker  READY <json>          context built, script loaded
-                    LOADERR <text>        the script failed to load (the engine exits 1)
-                    OUT <S|F> <outbox> <slot>
-                                          a step (S) or a flush (F) finished
-                    RESET <reason> <culprit> <outbox> <detail> <slot>
-                                          a step was stopped (timeout, oom, error); that
-                                          slot's context is gone (a pooled one is rebuilt)
-  worker -> engine  STEP <payload> <slot> run one step (js/bootstrap.js describes payload)
-                    DROP <slot>           fresh mode: the request was cancelled, drop its context
-                    ABORT                 stop the running step (its requests were dropped)
-                    STOP                  exit
-The slot names the context: empty for the shared (pooled) one, the request's key in
-fresh-context mode.
+It speaks the worker <-> engine protocol of :mod:`madrpc.engine_protocol`: READY once
+loaded, OUT after each step or flush, RESET when a step had to be stopped.
 """
 
 from __future__ import annotations
@@ -33,10 +21,12 @@ import time
 from collections import deque
 from typing import Any
 
-import orjson
 import zmq
 
-from .runtime import Event, EventKind, Runtime, ScriptError, init_engine, v8_version
+from . import engine_protocol as ep
+from .engine_protocol import POOLED, Mode, ResetReason
+from .errors import ScriptError
+from .runtime import Event, EventKind, Runtime, init_engine, v8_version
 from .sockets import make_socket, send_frames
 
 __all__ = ["Engine", "main"]
@@ -53,10 +43,6 @@ DATA_LIMIT_HEADROOM_MB = 512
 """RLIMIT_DATA = 2 x the heap limit + this: a huge ArrayBuffer fails inside JavaScript."""
 ENGINE_HWM = 10_000
 """Queue bound of the engine's socket (the worker sends one step at a time anyway)."""
-
-
-POOLED = b""
-"""The slot of the one shared context (reused across requests)."""
 
 
 class Engine:
@@ -83,10 +69,11 @@ class Engine:
         self._running: bytes | None = None
         """Slot of the step or flush in progress."""
         self._dropping: bytes | None = None
-        self._mode = b""
+        self._mode: Mode | None = None
         self._segment = (-1, 0.0)
         self._flush_started = 0.0
-        self._stopping: tuple[str, int, str] | None = None
+        self._stopping: tuple[ResetReason, int, str] | None = None
+        """Why the running step is being stopped: (reason, culprit, detail)."""
         self._parent = os.getppid()
         with open(script_path, encoding="utf-8") as handle:
             self.source = handle.read()
@@ -125,7 +112,7 @@ class Engine:
 
     def run(self) -> None:
         info = {"methods": self.methods, "v8": v8_version(), "pid": os.getpid()}
-        send_frames(self.socket, [b"READY", orjson.dumps(info)], block=True)
+        send_frames(self.socket, ep.ready_message(info), block=True)
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
@@ -160,22 +147,22 @@ class Engine:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return True
-            if frames[0] == b"STEP" and len(frames) >= 2:
-                slot = frames[2] if len(frames) > 2 and self.fresh else POOLED
-                limit = int(frames[3]) if len(frames) > 3 and frames[3].isdigit() else 0
-                self._steps.append((slot, frames[1], limit))
-            elif frames[0] == b"ABORT":
+            command = ep.decode_worker_command(frames)
+            if isinstance(command, ep.Step):
+                slot = command.slot if self.fresh else POOLED
+                self._steps.append((slot, command.payload, command.memory_limit_bytes))
+            elif isinstance(command, ep.Drop):
+                self._drop(command.slot)
+            elif command == ep.ABORT:
                 self._abort()
-            elif frames[0] == b"DROP" and len(frames) >= 2:
-                self._drop(frames[1])
-            elif frames[0] == b"STOP":
+            elif command == ep.STOP:
                 return False
 
     def _abort(self) -> None:
         """The worker dropped every request: stop the running step; its context is reset."""
         self._steps.clear()
         if self._running is not None and self._stopping is None:
-            self._stopping = ("aborted", 0, "the worker abandoned its requests")
+            self._stopping = (ResetReason.ABORTED, 0, "the worker abandoned its requests")
             self.runtimes[self._running].terminate()
 
     def _drop(self, slot: bytes) -> None:
@@ -192,7 +179,7 @@ class Engine:
             return
         if self._steps:
             slot, payload, limit = self._steps.popleft()
-            self._running, self._mode = slot, b"S"
+            self._running, self._mode = slot, Mode.STEP
             runtime = self._runtime_for(slot)
             runtime.set_memory_limit(limit or self.max_memory_bytes)
             runtime.step(payload)
@@ -201,7 +188,7 @@ class Engine:
             slot = self._flush_wanted.pop()
             waiting = self.runtimes.get(slot)
             if waiting is not None:
-                self._running, self._mode = slot, b"F"
+                self._running, self._mode = slot, Mode.FLUSH
                 waiting.flush()
                 return
 
@@ -212,7 +199,7 @@ class Engine:
         runtime = self.runtimes[self._running]
         now = time.monotonic()
         if self._stopping is not None:
-            if self._mode == b"R" and now - self._flush_started > RESET_FLUSH_TIMEOUT_S:
+            if self._mode is Mode.RECOVERING and now - self._flush_started > RESET_FLUSH_TIMEOUT_S:
                 runtime.terminate()
             return
         sequence, key, budget_ms = runtime.marker()
@@ -222,7 +209,7 @@ class Engine:
         elapsed_ms = (now - self._segment[1]) * 1000
         if key and elapsed_ms > budget_ms:
             detail = f"ran {elapsed_ms:.0f} ms, budget {budget_ms:.0f} ms"
-            self._stopping = ("timeout", int(key), detail)
+            self._stopping = (ResetReason.TIMEOUT, int(key), detail)
             runtime.terminate()
 
     def _on_outcome(self, slot: bytes, event: Event) -> None:
@@ -234,49 +221,47 @@ class Engine:
             return   # a context already dropped
         runtime = self.runtimes[slot]
         if kind == EventKind.DONE:
-            if self._mode == b"R":
+            if self._mode is Mode.RECOVERING:
                 self._reset(slot, event.data)
                 return
-            self._running = None
-            send_frames(self.socket, [b"OUT", self._mode, event.data, slot], block=True)
-            if self.fresh and (_answered(event.data, slot) or self._dropping == slot):
+            mode = self._mode or Mode.STEP
+            self._running, self._mode = None, None
+            send_frames(self.socket, ep.output_message(mode, event.data, slot), block=True)
+            if self.fresh and (ep.answered(event.data, slot) or self._dropping == slot):
                 self._dropping = None
                 self.runtimes.pop(slot).close()
                 self._flush_wanted.discard(slot)
         elif kind == EventKind.TERMINATED:
-            if self._mode == b"R":
+            if self._mode is Mode.RECOVERING:
                 self._reset(slot, b"")
                 return
             if self._stopping is None:
-                self._stopping = ("timeout", int(runtime.marker()[1]), "terminated")
-            self._mode = b"R"
+                self._stopping = (ResetReason.TIMEOUT, int(runtime.marker()[1]), "terminated")
+            self._mode = Mode.RECOVERING
             self._flush_started = time.monotonic()
             runtime.flush()   # collect what finished before the stop
         elif kind == EventKind.OUT_OF_MEMORY or runtime.memory_limit_reached():
-            self._stopping = ("oom", int(runtime.marker()[1]), "memory limit")
+            self._stopping = (ResetReason.OUT_OF_MEMORY, int(runtime.marker()[1]), "memory limit")
             self._reset(slot, b"")
         else:  # ERROR: the step itself failed
-            if self._mode != b"R":
-                self._stopping = ("error", 0, event.data.decode(errors="replace"))
+            if self._mode is not Mode.RECOVERING:
+                self._stopping = (ResetReason.ERROR, 0, event.data.decode(errors="replace"))
             self._reset(slot, b"")
 
     def _reset(self, slot: bytes, outbox: bytes) -> None:
         """Drop the slot's context (a pooled one is rebuilt) and report what was lost."""
-        reason, culprit, detail = self._stopping or ("error", 0, "")
+        reason, culprit, detail = self._stopping or (ResetReason.ERROR, 0, "")
         self._stopping = None
         self._running = None
-        self._mode = b""
+        self._mode = None
         self._flush_wanted.discard(slot)
         self.runtimes.pop(slot).close()
         if not self.fresh:
             self.runtimes[POOLED] = self._build(POOLED)
         self._segment = (-1, 0.0)
         log.info("engine %d: context dropped after %s (%s)", os.getpid(), reason, detail)
-        send_frames(
-            self.socket,
-            [b"RESET", reason.encode(), b"%d" % culprit, outbox, detail.encode(), slot],
-            block=True,
-        )
+        send_frames(self.socket, ep.reset_message(reason, culprit, outbox, detail, slot),
+                    block=True)
 
     def close(self) -> None:
         for runtime in self.runtimes.values():
@@ -285,12 +270,6 @@ class Engine:
             self._spare.close()
         self.socket.close(linger=1000)
         self.context.term()
-
-
-def _answered(outbox: bytes, slot: bytes) -> bool:
-    """Whether the outbox holds the reply of request ``slot`` (its ``R`` line)."""
-    line = b"R " + slot + b" "
-    return outbox.startswith(line) or b"\n" + line in outbox
 
 
 def _die_with_parent() -> None:
@@ -345,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             context, zmq.DEALER, hwm=ENGINE_HWM, identity=args.identity.encode(), linger_ms=2000
         )
         socket.connect(args.endpoint)
-        send_frames(socket, [b"LOADERR", str(exc).encode()], block=True)
+        send_frames(socket, ep.load_error_message(str(exc)), block=True)
         socket.close()
         context.term()
         return 1

@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import zmq
 
+from . import engine_protocol as ep
 from .config import WorkerConfig
 from .sockets import make_socket, private_endpoint, send_frames
 
@@ -93,7 +94,7 @@ class EnginePool:
     def stop(self, process: EngineProcess) -> None:
         """Ask a process to exit; its exit is then expected, not a crash."""
         process.stopping = True
-        self.send_to(process.identity, [b"STOP"])
+        self.send_to(process.identity, [ep.STOP])
 
     def release(self, slot: int) -> None:
         """Stop the process serving ``slot`` and forget the slot."""

@@ -9,7 +9,12 @@ message; docs/protocol.md reproduces it. Exceptions raised to Python callers::
     │   └── JSError               -32000, a JavaScript exception (name, stack)
     ├── TransportError            the broker could not be reached / socket trouble
     │   └── MessageTooLargeError  a request larger than the broker accepts
-    └── ProtocolError             a peer sent frames we cannot decode
+    ├── ProtocolError             a peer sent frames we cannot decode
+    ├── ScriptError               a user script failed to load (file:line:column)
+    ├── WorkerStartError          a worker could not start (its script, its engines)
+    └── EngineError               V8 failed outside any request (a broken install or a bug)
+
+Exceptions from outside (zmq, V8) are translated into these once, where they arise.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ __all__ = [
     "ProtocolError",
     "RpcError",
     "RpcTimeoutError",
+    "ScriptError",
+    "EngineError",
     "TransportError",
+    "WorkerStartError",
     "rpc_error_from_object",
 ]
 
@@ -118,6 +126,20 @@ class MessageTooLargeError(TransportError):
 
 class ProtocolError(MadrpcError):
     """A peer sent frames that do not follow the protocol."""
+
+
+class ScriptError(MadrpcError):
+    """A user script failed to load; the message names file, line and column."""
+
+
+class WorkerStartError(MadrpcError):
+    """A worker could not start: its script failed to load, registers nothing, or its
+    engines did not come up."""
+
+
+class EngineError(MadrpcError):
+    """The V8 engine failed outside any request: the runtime could not be set up, or it
+    was used wrongly (a MaDRPC bug, or a mini-racer it was not built for)."""
 
 
 def rpc_error_from_object(error: Any) -> RpcError:

@@ -19,7 +19,7 @@ from typing import Any
 from .broker import Broker
 from .client import Client
 from .config import BrokerConfig, ClientConfig, WorkerConfig
-from .errors import MadrpcError
+from .errors import WorkerStartError
 from .sockets import private_endpoint
 from .worker import Worker
 
@@ -70,7 +70,7 @@ class LocalGrid:
         self._worker_thread.join(1.0)
         status = self._worker_status
         self.close()
-        raise MadrpcError(
+        raise WorkerStartError(
             "the embedded worker failed to start (see the log above)"
             if status else f"the embedded worker did not register within {START_TIMEOUT_S:.0f} s"
         )

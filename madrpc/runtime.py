@@ -27,7 +27,11 @@ from typing import Any
 import orjson
 from py_mini_racer._dll import init_mini_racer, mr_callback_func
 
-__all__ = ["Event", "EventKind", "Runtime", "ScriptError", "init_engine", "v8_version"]
+from .errors import EngineError, ScriptError
+
+__all__ = [
+    "Event", "EventKind", "Runtime", "describe_script_error", "init_engine", "v8_version",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +71,6 @@ class EventKind(IntEnum):
 class Event:
     kind: EventKind
     data: bytes = b""
-
-
-class ScriptError(Exception):
-    """The user's script failed to load (message names file, line and column)."""
 
 
 _dll: Any = None
@@ -219,7 +219,7 @@ class Runtime:
     def _expect(self, raw: Any, kind: int, what: str) -> Any:
         if raw.contents.type != kind:
             event = self._decode_outcome(raw)
-            raise RuntimeError(f"MaDRPC runtime setup failed at {what}: {event.data!r}")
+            raise EngineError(f"MaDRPC runtime setup failed at {what}: {event.data!r}")
         return raw
 
     def _load_script(self, source: str, path: str) -> None:
@@ -256,10 +256,6 @@ class Runtime:
 
     # ------------------------------------------------------------ steps (asynchronous)
 
-    @property
-    def busy(self) -> bool:
-        return self._running
-
     def step(self, payload: bytes) -> None:
         """Start one step with ``payload`` (see js/bootstrap.js); returns at once."""
         self._start(self._step_fn, self._string(payload))
@@ -271,7 +267,7 @@ class Runtime:
     def _start(self, function: Any, this: Any, owned: bool = True) -> None:
         with self._task_lock:
             if self._running:
-                raise RuntimeError("a step is already running in this context")
+                raise EngineError("a step is already running in this context")
             self._running = True
             self._task_inputs = [this] if owned else []
         # The outcome may arrive (on the isolate's thread) before this call returns.

@@ -1,0 +1,289 @@
+"""The worker <-> engine protocol (internal): constants, encoders and parsers. Pure code.
+
+Each V8 context lives in an engine process (:mod:`madrpc.engine`) whose DEALER talks to
+the worker's private ``ipc://`` ROUTER (:mod:`madrpc.engine_pool`). docs/protocol.md §6
+has the full table; in short::
+
+  engine -> worker  READY <json {methods, v8, pid}>      context built, script loaded
+                    LOADERR <text>                        the script failed to load
+                    OUT <mode> <outbox> <slot>            a step (S) or a flush (F) ended
+                    RESET <reason> <culprit> <outbox> <detail> <slot>
+                                                          a step was stopped, context gone
+  worker -> engine  STEP <payload> <slot> [<memory limit bytes>]
+                    DROP <slot>   ABORT   STOP
+
+A *slot* names a context: :data:`POOLED` (``b""``) for the shared one, the request's local
+key (decimal) in fresh-context mode. A STEP's payload and the outbox it returns are the
+formats of ``js/bootstrap.js``: :func:`encode_step_payload` writes one and
+:func:`parse_outbox` reads the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any, NamedTuple
+
+import orjson
+
+from .errors import ProtocolError
+
+__all__ = [
+    "ABORT", "DROP", "LOADERR", "OUT", "POOLED", "READY", "RESET", "STEP", "STOP",
+    "ConsoleLine", "Drop", "EngineMessage", "LoadError", "Mode", "NestedCall", "Output",
+    "Ready", "Reply", "Reset", "ResetReason", "Step", "StepEntry", "WorkerCommand",
+    "answered", "decode_engine_message", "decode_worker_command", "drop_message",
+    "encode_step_payload",
+    "load_error_message", "output_message", "parse_outbox", "ready_message", "reset_message",
+    "step_message",
+]
+
+# engine -> worker
+READY = b"READY"
+LOADERR = b"LOADERR"
+OUT = b"OUT"
+RESET = b"RESET"
+# worker -> engine
+STEP = b"STEP"
+DROP = b"DROP"
+ABORT = b"ABORT"
+STOP = b"STOP"
+
+POOLED = b""
+"""The slot of the one shared (pooled) context, reused across requests."""
+
+
+class Mode(Enum):
+    """What an engine is running: its OUT messages carry STEP or FLUSH."""
+
+    STEP = b"S"
+    """A step the worker sent (STEP)."""
+    FLUSH = b"F"
+    """Collecting output of code that ran outside a step (timers)."""
+    RECOVERING = b"R"
+    """Collecting what finished before a termination; a RESET follows (never on the wire)."""
+
+
+class ResetReason(StrEnum):
+    """Why an engine stopped a step and dropped its context."""
+
+    TIMEOUT = "timeout"
+    """The watchdog terminated JavaScript that outlived its CPU budget."""
+    OUT_OF_MEMORY = "oom"
+    ERROR = "error"
+    """The step itself failed (a runtime bug or a broken payload)."""
+    ABORTED = "aborted"
+    """The worker sent ABORT (it dropped every request)."""
+
+
+# ---------------------------------------------------------------- engine -> worker
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    info: dict[str, Any]
+    """``{"methods": [...], "v8": "...", "pid": n}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadError:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    step_done: bool
+    """True at the end of a STEP; False after a flush (the engine ran no step for it)."""
+    outbox: bytes
+    slot: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    reason: ResetReason
+    culprit: int
+    """The local key of the request to blame; 0 for none."""
+    outbox: bytes
+    """What finished before the stop."""
+    detail: str
+    slot: bytes
+
+
+EngineMessage = Ready | LoadError | Output | Reset
+
+
+def ready_message(info: dict[str, Any]) -> list[bytes]:
+    return [READY, orjson.dumps(info)]
+
+
+def load_error_message(text: str) -> list[bytes]:
+    return [LOADERR, text.encode()]
+
+
+def output_message(mode: Mode, outbox: bytes, slot: bytes) -> list[bytes]:
+    return [OUT, mode.value, outbox, slot]
+
+
+def reset_message(
+    reason: ResetReason, culprit: int, outbox: bytes, detail: str, slot: bytes
+) -> list[bytes]:
+    return [RESET, reason.value.encode(), b"%d" % culprit, outbox, detail.encode(), slot]
+
+
+def decode_engine_message(frames: Sequence[bytes]) -> EngineMessage:
+    """An engine's message (without the ROUTER's identity frame); ProtocolError if bad."""
+    command = frames[0] if frames else b""
+    try:
+        if command == OUT and len(frames) == 4:
+            return Output(frames[1] == Mode.STEP.value, frames[2], frames[3])
+        if command == RESET and len(frames) == 6:
+            return Reset(ResetReason(frames[1].decode()), int(frames[2]), frames[3],
+                         frames[4].decode(errors="replace"), frames[5])
+        if command == READY and len(frames) == 2:
+            info = orjson.loads(frames[1])
+            if isinstance(info, dict):
+                return Ready(info)
+        if command == LOADERR:
+            return LoadError(frames[1].decode(errors="replace") if len(frames) > 1 else "?")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"malformed engine {command[:16]!r} message: {exc}") from exc
+    raise ProtocolError(f"unknown engine message {command[:16]!r} ({len(frames)} frames)")
+
+
+# ---------------------------------------------------------------- worker -> engine
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    slot: bytes
+    payload: bytes
+    memory_limit_bytes: int = 0
+    """A lower heap limit for this step only; 0 for the engine's own."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    slot: bytes
+
+
+WorkerCommand = Step | Drop | bytes
+"""A decoded worker command; ABORT and STOP (no body) stay their command bytes."""
+
+
+def step_message(payload: bytes, slot: bytes, memory_limit_bytes: int = 0) -> list[bytes]:
+    frames = [STEP, payload, slot]
+    if memory_limit_bytes:
+        frames.append(b"%d" % memory_limit_bytes)
+    return frames
+
+
+def drop_message(slot: bytes) -> list[bytes]:
+    return [DROP, slot]
+
+
+def decode_worker_command(frames: Sequence[bytes]) -> WorkerCommand | None:
+    """The worker's command, or None for frames that are not one (ignored)."""
+    command = frames[0] if frames else b""
+    if command == STEP and len(frames) >= 2:
+        slot = frames[2] if len(frames) > 2 else POOLED
+        limit = int(frames[3]) if len(frames) > 3 and frames[3].isdigit() else 0
+        return Step(slot, frames[1], limit)
+    if command == DROP and len(frames) >= 2:
+        return Drop(frames[1])
+    if command in (ABORT, STOP):
+        return command
+    return None
+
+
+# ---------------------------------------------------------------- step payload and outbox
+
+
+class StepEntry(NamedTuple):
+    """A request a step starts (its ``r`` member)."""
+
+    local: int
+    deadline_ms: float
+    """Wall clock (ms since the epoch), as ``Date.now()`` counts."""
+    cpu_limit_ms: float
+    depth: int
+    body: bytes
+    """The JSON-RPC request as received."""
+
+
+def encode_step_payload(
+    settles: Sequence[tuple[int, bytes]] = (),
+    cancels: Sequence[int] = (),
+    starts: Sequence[StepEntry] = (),
+) -> bytes:
+    """``{"s": [[call, {fragment}]..], "x": [local..], "r": [[local, deadline, cpu, depth,
+    body]..]}`` with empty members left out. Bodies and fragments are spliced in as they
+    are (they are JSON already)."""
+    parts: list[bytes] = []
+    if settles:
+        parts.append(b'"s":[' + b",".join(b"[%d,{%b}]" % (c, f) for c, f in settles) + b"]")
+    if cancels:
+        parts.append(b'"x":[' + b",".join(b"%d" % c for c in cancels) + b"]")
+    if starts:
+        parts.append(b'"r":[' + b",".join(b"[%d,%d,%d,%d,%b]" % entry for entry in starts)
+                     + b"]")
+    return b"{" + b",".join(parts) + b"}"
+
+
+class Reply(NamedTuple):
+    """``R <local> <fragment>``: a request finished."""
+
+    local: int
+    fragment: bytes
+    """``"result":...`` or ``"error":{...}``."""
+
+
+class NestedCall(NamedTuple):
+    """``C <call> <owner> <body>``: a request's code called ``madrpc.call``."""
+
+    js_call: int
+    owner: int
+    """The local key of the request that made it; 0 for code outside any request."""
+    body: bytes
+
+
+class ConsoleLine(NamedTuple):
+    """``L <level> <owner> <json>``: a console line, ``[method, id, text]``."""
+
+    level: str
+    owner: int
+    text: bytes
+
+    def decode(self) -> tuple[str, str, Any, str]:
+        """(level, method, request id, text); a line that is not the JSON triple is text."""
+        try:
+            method, request_id, message = orjson.loads(self.text)
+        except (ValueError, TypeError):
+            method, request_id, message = "", None, self.text.decode(errors="replace")
+        return self.level, str(method), request_id, str(message)
+
+
+OutboxEntry = Reply | NestedCall | ConsoleLine
+
+
+def parse_outbox(outbox: bytes) -> Iterator[OutboxEntry]:
+    """The entries of an outbox in order; unknown lines are skipped."""
+    if not outbox:
+        return
+    for line in outbox.split(b"\n"):
+        kind = line[:1]
+        if kind == b"R":
+            _, local, fragment = line.split(b" ", 2)
+            yield Reply(int(local), fragment)
+        elif kind == b"C":
+            _, js_call, owner, body = line.split(b" ", 3)
+            yield NestedCall(int(js_call), int(owner), body)
+        elif kind == b"L":
+            _, level, owner, text = line.split(b" ", 3)
+            yield ConsoleLine(level.decode(), int(owner), text)
+
+
+def answered(outbox: bytes, slot: bytes) -> bool:
+    """Whether ``outbox`` holds the reply of the request whose fresh context is ``slot``."""
+    line = b"R " + slot + b" "
+    return outbox.startswith(line) or b"\n" + line in outbox
