@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 import zmq
 
-from . import broker_workers
-from .broker_state import BACKEND, FRONTEND, BrokerState
+from .broker_outbox import BACKEND, FRONTEND
+from .broker_state import BrokerState
 from .config import BrokerConfig
 from .prometheus import MetricsServer, exposition
 from .sockets import make_socket, send_frames
@@ -104,14 +104,16 @@ class Broker:
                     if now >= next_stats:
                         self._refresh_process_stats()
                         if self.metrics_server is not None:
-                            self.metrics_server.text = exposition(state, now)
+                            self.metrics_server.text = exposition(
+                                state.report.metrics(now), state.figures.methods
+                            )
                         next_stats = now + PROCESS_STATS_INTERVAL_S
                 self._flush(now)
         finally:
             self._close()
 
     def _begin_shutdown(self, now: float) -> float:
-        self.state.draining = True
+        self.state.run.draining = True
         if not self._drain:
             return now
         log.info(
@@ -134,7 +136,7 @@ class Broker:
                 else:
                     state.on_client_frame(frames, now)
             except Exception:  # noqa: BLE001 - a bug must cost one message, not the broker
-                state.dropped["internal error"] += 1
+                state.figures.dropped["internal error"] += 1
                 log.exception("internal error handling a message; message dropped")
 
     def _flush(self, now: float) -> None:
@@ -146,13 +148,13 @@ class Broker:
                 if side == BACKEND:
                     self.state.on_unreachable(frames[0], now)
                 else:
-                    self.state.dropped["reply to vanished client"] += 1
+                    self.state.figures.dropped["reply to vanished client"] += 1
                     log.debug("reply to client %s lost: %s", frames[0].hex(), exc)
 
     def _refresh_process_stats(self) -> None:
         try:
             with self._process.oneshot():
-                self.state.process_stats = {
+                self.state.figures.process_stats = {
                     "pid": self._process.pid,
                     "cpu_percent": self._process.cpu_percent(),
                     "rss_bytes": self._process.memory_info().rss,
@@ -161,10 +163,9 @@ class Broker:
             pass
 
     def _close(self) -> None:
-        for identity in list(self.state.workers):
+        for goodbye in self.state.goodbye_messages():
             with contextlib.suppress(zmq.ZMQError):
-                goodbye = broker_workers.disconnect(self.state, "shutting down")
-                send_frames(self.backend, [identity, *goodbye])
+                send_frames(self.backend, goodbye)
         if self.metrics_server is not None:
             self.metrics_server.stop()
         self.frontend.close(linger=0)

@@ -1,10 +1,13 @@
-"""The broker's tables and transitions. Pure: frames and ``now`` in, frames to send out.
+"""The broker's transitions. Pure: frames and ``now`` in, frames to send out.
 
-Tables: the workers (in round-robin order), one FIFO queue per method, every live
-request by key, a deadline heap. Each event is one method (:meth:`on_client_frame`,
-:meth:`on_worker_message`, :meth:`on_tick`); what must be sent is collected and handed to
-the socket loop by :meth:`take_sends`, so requests bound for one worker in one poll
-round leave as one message.
+Each event is one method (:meth:`BrokerState.on_client_frame`, :meth:`on_worker_message`,
+:meth:`on_tick`); what must be sent is collected in an :class:`~madrpc.broker_outbox.Outbox`
+and handed to the socket loop by :meth:`take_sends`. The state is made of parts, each a
+module of its own with public methods: the request table (:mod:`madrpc.broker_requests`),
+the worker table (:mod:`madrpc.broker_workers`), the dispatch policy
+(:mod:`madrpc.broker_dispatch`), the idempotency table (:mod:`madrpc.policy`), the
+hand-over after a restart (:mod:`madrpc.broker_adoption`), the figures and the built-in
+methods (:mod:`madrpc.broker_figures`, :mod:`madrpc.broker_info`).
 
 Invariants (tested): a live request is either queued or held by exactly one live
 worker; requests in flight to a worker plus its remaining credit never exceed the credit
@@ -14,38 +17,34 @@ may hold more requests than that); each client request gets at most one reply.
 
 from __future__ import annotations
 
-import heapq
 import logging
-import math
-import os
-import random
-from collections import Counter, OrderedDict, defaultdict, deque
 from typing import Any
 
-from . import broker_workers
 from . import protocol as p
-from .broker_info import answer_builtin
-from .broker_tables import CLIENT_MEMORY, NO_PARENT, Batch, Request, WorkerRecord, idempotency_scope
+from .broker_adoption import Adoption
+from .broker_dispatch import Dispatcher
+from .broker_figures import BrokerFigures
+from .broker_info import BUILTIN_METHODS, GridReport
+from .broker_outbox import BACKEND, FRONTEND, Outbox
+from .broker_requests import RequestTable
+from .broker_tables import Batch, BrokerRun, Request, WorkerRecord, idempotency_scope
+from .broker_workers import WorkerTable, ready_fields
 from .config import BrokerConfig
-from .errors import ErrorCode
+from .errors import ErrorCode, ProtocolError
 from .jsonrpc import (
     Call,
     Invalid,
     batch_response,
     error_fragment,
+    fragment_error_code,
     parse_frame,
     response,
 )
-from .metrics import CallStats, RateMeter
-from .policy import CircuitBreaker, IdempotencyTable
+from .policy import IdempotencyTable
 
 __all__ = ["BACKEND", "FRONTEND", "BrokerState"]
 
 log = logging.getLogger(__name__)
-
-FRONTEND = 0
-BACKEND = 1
-BUILTIN_METHODS = frozenset({"_metrics", "_info", "_ping"})
 
 
 class BrokerState:
@@ -53,77 +52,46 @@ class BrokerState:
 
     def __init__(self, config: BrokerConfig, now: float) -> None:
         self.config = config
-        self.started_at = now
-        self.instance = os.urandom(8).hex()
-        """Identifies this broker run: clients and workers notice a restart by it."""
         grace = config.adoption_grace_s
         if grace is None:
             grace = config.heartbeat_interval_s * config.heartbeat_liveness
-        self.adoption_until = now + grace
-        """Until then, workers may still be handing over what they ran for a previous
-        broker; clients and workers that saw the restart wait so long before resending."""
-        self.workers: OrderedDict[bytes, WorkerRecord] = OrderedDict()
-        self.method_workers: Counter[str] = Counter()
-        self.queues: dict[str, deque[Request]] = defaultdict(deque)
-        self.queued = 0
-        self.requests: dict[bytes, Request] = {}
-        self.deadlines: list[tuple[float, bytes]] = []
-        self.breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
-        self.joined: dict[bytes, Request] = {}
-        """Requests waiting for a running twin with the same idempotency key."""
+        self.run = BrokerRun(started_at=now, adoption_until=now + grace)
+        self.outbox = Outbox()
+        self.requests = RequestTable()
+        self.workers = WorkerTable(config)
+        self.dispatcher = Dispatcher(self.requests, self.workers, self.outbox, config.max_queue)
         self.idempotency = IdempotencyTable(
             config.idempotency_window_s, config.max_idempotency_entries
         )
-        self._next_key = random.getrandbits(62)
-        self._frontend_out: list[list[bytes]] = []
-        self._requests_out: dict[bytes, list[bytes]] = defaultdict(list)
-        self._results_out: dict[bytes, list[bytes]] = defaultdict(list)
-        self._cancels_out: dict[bytes, list[bytes]] = defaultdict(list)
-        self._control_out: list[list[bytes]] = []
-        # figures for _metrics
-        self.counters: Counter[str] = Counter()
-        self.errors: Counter[int] = Counter()
-        self.dropped: Counter[str] = Counter()
-        self.methods: dict[str, CallStats] = defaultdict(CallStats)
-        self.rate = RateMeter()
-        self._rated = 0
-        """Requests already counted into ``rate`` (it is fed once per tick, not per request)."""
-        self.clients: OrderedDict[bytes, float] = OrderedDict()
-        self.refused_peers: OrderedDict[bytes, bool] = OrderedDict()
-        self.draining = False
-        self.process_stats: dict[str, Any] = {}
-        """CPU% and RSS of the broker process, refreshed by the socket loop."""
+        self.figures = BrokerFigures(config.collect_metrics)
+        self.adoption = Adoption(self.requests, self.idempotency, self.outbox,
+                                 self.figures.counters)
+        self.report = GridReport(config, self.run, self.figures, self.workers, self.requests,
+                                 self.idempotency)
 
     # ================================================================ client side
 
     def on_client_frame(self, frames: list[bytes], now: float) -> None:
         """A message on the frontend: route frames, then one JSON-RPC frame."""
         if len(frames) < 2:
-            self.dropped["client message without body"] += 1
+            self.figures.dropped["client message without body"] += 1
             return
         route, body = frames[:-1], frames[-1]
-        self._remember_client(route[0], now)
+        self.figures.seen_client(route[0], now)
         parsed = parse_frame(body, max_batch=self.config.max_batch)
         if isinstance(parsed, Call):
             self._admit(parsed, now, route=route)
         elif isinstance(parsed, Invalid):
-            self.errors[parsed.code] += 1
-            self._frontend_out.append([*route, parsed.response()])
+            self.figures.errors[parsed.code] += 1
+            self.outbox.reply(route, parsed.response())
         else:
             self._admit_batch(route, parsed, now)
-
-    def _remember_client(self, identity: bytes, now: float) -> None:
-        clients = self.clients
-        clients[identity] = now
-        clients.move_to_end(identity)
-        if len(clients) > CLIENT_MEMORY:
-            clients.popitem(last=False)
 
     def _admit_batch(self, route: list[bytes], members: list[Call | Invalid], now: float) -> None:
         batch = Batch(route, [None] * len(members), 0)
         for index, member in enumerate(members):
             if isinstance(member, Invalid):
-                self.errors[member.code] += 1
+                self.figures.errors[member.code] += 1
                 batch.parts[index] = member.response()
             elif not member.is_notification:
                 batch.waiting += 1
@@ -137,141 +105,66 @@ class BrokerState:
     def _send_batch(self, batch: Batch) -> None:
         parts = [part for part in batch.parts if part is not None]
         if parts:
-            self._frontend_out.append([*batch.route, batch_response(parts)])
+            self.outbox.reply(batch.route, batch_response(parts))
 
     def _admit(
-        self,
-        call: Call,
-        now: float,
-        *,
-        route: list[bytes] | None = None,
-        batch: Batch | None = None,
-        index: int = 0,
-        caller: bytes | None = None,
-        call_key: bytes = b"",
-        parent: Request | None = None,
+        self, call: Call, now: float, *, route: list[bytes] | None = None,
+        batch: Batch | None = None, index: int = 0, caller: WorkerRecord | None = None,
+        call_key: bytes = b"", parent: Request | None = None,
     ) -> None:
+        """A client's request, a batch member, or a nested call a worker made."""
         builtin = call.method in BUILTIN_METHODS
         if not builtin:
-            self.counters["requests"] += 1
-        timeout_s = (call.options.timeout_ms or self.config.default_timeout_ms) / 1000
-        deadline = now + timeout_s
+            self.figures.counters["requests"] += 1
+        deadline = now + (call.options.timeout_ms or self.config.default_timeout_ms) / 1000
         depth = 0
         if parent is not None:
             deadline = min(deadline, parent.deadline)
             depth = parent.depth + 1
-        key = p.encode_key(self._next_key)
-        self._next_key = (self._next_key + 1) & 0xFFFF_FFFF_FFFF_FFFF
         request = Request(
-            key, call, deadline, depth, now, route, batch, index, caller, call_key,
-            parent.key if parent is not None else NO_PARENT,
+            self.requests.new_key(), call, deadline, depth, now, route, batch, index,
+            caller.identity if caller is not None else None, call_key,
+            parent.key if parent is not None else p.NO_PARENT,
         )
         if builtin:
-            code, fragment = answer_builtin(self, call, now)
+            code, fragment = self.report.answer(call, now)
             self._finish(request, fragment, code, now, record=False)
             return
-        if self.draining:
+        if self.run.draining:
             self._fail(request, ErrorCode.SHUTTING_DOWN, "broker is shutting down", now)
             return
-        heapq.heappush(self.deadlines, (deadline, key))
-        if call.options.idempotency_key is not None and not self._check_idempotency(request, now):
+        self.requests.watch(request)
+        if call.options.idempotency_key is not None and not self._must_run(request, now):
             return
-        self.requests[key] = request
+        self.requests.add(request)
         if caller is not None:
-            caller_record = self.workers.get(caller)
-            if caller_record is not None:
-                caller_record.calls.add(key)
+            caller.calls.add(request.key)
         self._route(request, now)
 
-    def _check_idempotency(self, request: Request, now: float) -> bool:
-        """True if the request must run; else it joined a running twin or got its reply."""
-        key = idempotency_scope(request.call)
-        assert key is not None
-        stored = self.idempotency.lookup(key, now)
+    def _must_run(self, request: Request, now: float) -> bool:
+        """True if a keyed request must run; else it joined a running twin or got its reply."""
+        scope = idempotency_scope(request.call)
+        assert scope is not None
+        stored = self.idempotency.lookup(scope, now)
         if stored is None:
-            self.idempotency.start(key, request.key)
+            self.idempotency.start(scope, request.key)
             return True
-        self.counters["idempotent_hits"] += 1
+        self.figures.counters["idempotent_hits"] += 1
         if isinstance(stored, bytes):
-            twin = self.requests.get(stored)
-            if twin is None:
-                self.idempotency.start(key, request.key)
+            if stored not in self.requests:
+                self.idempotency.start(scope, request.key)
                 return True
-            self.idempotency.join(key, request.key)
-            self.joined[request.key] = request
+            self.idempotency.join(scope, request.key)
+            self.requests.join(request)
             return False
         code, fragment = stored
         self._finish(request, fragment, code, now, record=False)
         return False
 
     def _route(self, request: Request, now: float, requeue: bool = False) -> None:
-        """Dispatch now, or queue; a re-dispatched request goes to the queue's front."""
-        method = request.call.method
-        worker = self._pick_worker(method, now)
-        if worker is not None:
-            self._dispatch(request, worker, now)
-        elif not requeue and self.workers and self.method_workers[method] == 0:
-            self._fail(request, ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method}", now)
-        elif not requeue and self.queued >= self.config.max_queue:
-            self._fail(
-                request, ErrorCode.OVERLOADED,
-                f"Overloaded: {self.queued} requests already wait for a worker", now,
-            )
-        else:
-            queue = self.queues[method]
-            if requeue:
-                queue.appendleft(request)
-            else:
-                queue.append(request)
-            request.queued = True
-            self.queued += 1
-
-    def grace_s(self, now: float) -> float:
-        """Time left in which re-registering workers may hand over what they hold."""
-        return round(max(0.0, self.adoption_until - now), 3)
-
-    def _pick_worker(self, method: str, now: float) -> WorkerRecord | None:
-        for worker in self.workers.values():
-            if worker.credit > 0 and method in worker.methods and worker.breaker.allows(now):
-                self.workers.move_to_end(worker.identity)
-                return worker
-        return None
-
-    def _dispatch(self, request: Request, worker: WorkerRecord, now: float) -> None:
-        worker.credit -= 1
-        worker.in_flight.add(request.key)
-        worker.breaker.on_dispatch(now)
-        request.worker = worker.identity
-        request.attempts += 1
-        request.dispatched_at = now
-        call = request.call
-        meta = p.encode_request_meta(
-            request.key,
-            (request.deadline - now) * 1000,
-            math.ceil(call.options.cpu_limit_ms or 0),
-            request.depth,
-            math.ceil(call.options.max_memory_mb or 0),
-        )
-        self._requests_out[worker.identity] += [meta, call.method.encode(), call.encoded_body()]
-
-    def _serve_queue(self, worker: WorkerRecord, now: float) -> None:
-        """Give a worker with credit the oldest queued requests it can run."""
-        while worker.credit > 0 and self.queued and worker.breaker.allows(now):
-            oldest: deque[Request] | None = None
-            for method in worker.methods:
-                queue = self.queues.get(method)
-                while queue and not queue[0].queued:
-                    queue.popleft()  # answered while it waited
-                if not queue:
-                    continue
-                if oldest is None or queue[0].received_at < oldest[0].received_at:
-                    oldest = queue
-            if oldest is None:
-                return
-            request = oldest.popleft()
-            request.queued = False
-            self.queued -= 1
-            self._dispatch(request, worker, now)
+        refusal = self.dispatcher.route(request, now, requeue)
+        if refusal is not None:
+            self._fail(request, *refusal, now)
 
     # ================================================================ completion
 
@@ -280,90 +173,243 @@ class BrokerState:
         record: bool = True,
     ) -> None:
         """Deliver a result (or error) fragment to whoever asked; forget the request."""
-        self._forget(request)
+        self.requests.forget(request)
         if code is not None:
-            self.errors[code] += 1
-        if record and self.config.collect_metrics:
-            self.methods[request.call.method].record(now - request.received_at, code)
-        key = idempotency_scope(request.call)
-        if key is not None and record:
-            for twin_key in self.idempotency.finish(key, request.key, (code, fragment), now):
-                twin = self.joined.pop(twin_key, None)
-                if twin is not None:
-                    self._finish(twin, fragment, code, now, record=False)
+            self.figures.errors[code] += 1
+        if record:
+            self.figures.record(request.call.method, now - request.received_at, code)
+            scope = idempotency_scope(request.call)
+            if scope is not None:
+                outcome = (code, fragment)
+                for twin_key in self.idempotency.finish(scope, request.key, outcome, now):
+                    twin = self.requests.joined.pop(twin_key, None)
+                    if twin is not None:
+                        self._finish(twin, fragment, code, now, record=False)
         if request.caller is not None:
             caller = self.workers.get(request.caller)
             if caller is not None:
                 caller.calls.discard(request.key)
-                self._results_out[request.caller] += [request.call_key, fragment]
-            return
-        if request.batch is not None:
+                self.outbox.result(request.caller, request.call_key, fragment)
+        elif request.batch is not None:
             batch = request.batch
             if request.call.id_json is not None:
                 batch.parts[request.index] = response(request.call.id_json, fragment)
                 batch.waiting -= 1
                 if batch.waiting == 0:
                     self._send_batch(batch)
-            return
-        if request.call.id_json is not None and request.route is not None:
-            self._frontend_out.append([*request.route, response(request.call.id_json, fragment)])
+        elif request.call.id_json is not None and request.route is not None:
+            self.outbox.reply(request.route, response(request.call.id_json, fragment))
 
     def _fail(
         self, request: Request, code: int, message: str, now: float, data: Any = None
     ) -> None:
         self._finish(request, error_fragment(code, message, data), code, now)
 
+    def _drop(self, request: Request) -> None:
+        """Forget a request without answering (its caller is gone); cancel it if running."""
+        self.requests.forget(request)
+        holder = self.workers.get(request.worker) if request.worker is not None else None
+        if holder is not None:
+            holder.in_flight.discard(request.key)
+            self.outbox.cancel(holder.identity, request.key)
+
     # ================================================================ worker side
-    # (the transitions themselves are in broker_workers)
 
     def on_worker_message(self, identity: bytes, frames: list[bytes], now: float) -> None:
         """A message on the backend from worker ``identity``."""
-        broker_workers.on_worker_message(self, identity, frames, now)
+        try:
+            message = p.decode(frames)
+            if message.command == p.READY:
+                self._on_ready(identity, message, now)
+                return
+            worker = self.workers.get(identity)
+            if worker is None:
+                self._on_stranger(identity, message)
+                return
+            worker.heartbeat.heard(now)
+            self._on_worker_command(worker, message, now)
+        except ProtocolError as exc:
+            if self.figures.refused(identity):   # say why once per peer, not per message
+                log.warning("refused a message from peer %s on the backend: %s",
+                            identity.hex(), exc)
+
+    def _on_worker_command(self, worker: WorkerRecord, message: p.Message, now: float) -> None:
+        command = message.command
+        if command == p.REPLY:
+            self._on_reply(worker, message, now)
+        elif command == p.CREDIT:
+            worker.add_credit(message.credit())
+            self.dispatcher.serve(worker, now)
+        elif command == p.CALL:
+            self._on_calls(worker, message, now)
+        elif command == p.HEARTBEAT:
+            stats = message.json()
+            if isinstance(stats, dict):
+                worker.stats = stats
+        elif command == p.ADOPT:
+            self.adoption.adopt(worker, message.frames, now)
+        elif command == p.DRAIN:
+            worker.draining = True
+            worker.credit = 0
+            log.info("worker %s draining: %d requests to finish",
+                     worker.identity.hex(), len(worker.in_flight))
+        elif command == p.DISCONNECT:
+            self._remove_worker(worker, "disconnected", now)
+        else:
+            raise ProtocolError(f"{command.decode()} is not a worker-to-broker command")
+
+    def _on_stranger(self, identity: bytes, message: p.Message) -> None:
+        """A message from a peer that is not registered (we restarted, or declared it
+        dead): ask it to register again."""
+        command = message.command
+        if command in (p.REQUEST, p.RESULT, p.CANCEL):
+            self.figures.dropped["broker-to-worker command from a worker"] += 1
+        if command != p.DISCONNECT:
+            self.outbox.control(identity, self.disconnect_message("unknown worker"))
+        if command == p.REPLY:
+            self.figures.counters["late_replies"] += len(message.frames) // 2
+
+    def _on_ready(self, identity: bytes, message: p.Message, now: float) -> None:
+        info = message.json()
+        methods, credit = ready_fields(info)
+        old = self.workers.get(identity)
+        if old is not None and info.get("update"):
+            self.workers.update(old, info, methods, now)
+            log.info("worker %s updated: %d methods", identity.hex(), len(methods))
+            self.dispatcher.serve(old, now)
+            return
+        if old is not None:
+            self._remove_worker(old, "registered again", now)
+        worker = self.workers.add(identity, info, methods, credit, now)
+        self.outbox.control(identity, self.heartbeat_message(now))   # acknowledges READY
+        self.figures.counters["workers_joined"] += 1
+        log.info(
+            "worker %s joined: host=%s pid=%s contexts=%s credit=%d methods=%d",
+            identity.hex(), info.get("host"), info.get("pid"), info.get("contexts"),
+            credit, len(methods),
+        )
+        self.dispatcher.serve(worker, now)
+        self._fail_unservable(now)
+
+    def _fail_unservable(self, now: float) -> None:
+        """Queued requests for a method no registered worker offers get -32601.
+
+        Only requests never dispatched: one whose worker died waits for its deadline.
+        """
+        for method in self.requests.queued_methods():
+            if self.workers.serving(method) == 0:
+                for request in self.requests.never_dispatched(method):
+                    self._fail(request, ErrorCode.METHOD_NOT_FOUND,
+                               f"Method not found: {method}", now)
+
+    def _on_reply(self, worker: WorkerRecord, message: p.Message, now: float) -> None:
+        worker.add_credit(message.credit())
+        requests = self.requests
+        for key, fragment in message.pairs(1):
+            request = requests.get(key)
+            if request is None or request.worker != worker.identity:
+                self.figures.counters["late_replies"] += 1
+                continue
+            worker.in_flight.discard(key)
+            code = fragment_error_code(fragment)
+            if code == ErrorCode.WORKER_LOST:
+                worker.breaker.on_failure(now)  # the worker lost an engine under it
+            else:
+                worker.breaker.on_success(now)
+            if self.config.collect_metrics:
+                worker.served.record(now - request.dispatched_at, code)
+            self._finish(request, fragment, code, now)
+        self.dispatcher.serve(worker, now)
+
+    def _on_calls(self, worker: WorkerRecord, message: p.Message, now: float) -> None:
+        max_depth = self.config.max_call_depth
+        for meta, body in message.pairs():
+            call_key, parent_key = p.decode_call_meta(meta)
+            parsed = parse_frame(body)
+            if not isinstance(parsed, Call):
+                detail = parsed.message if isinstance(parsed, Invalid) else "batch not allowed"
+                self._refuse_call(worker, call_key, ErrorCode.INVALID_REQUEST, detail)
+                continue
+            parent = None
+            if parent_key != p.NO_PARENT:
+                parent = self.requests.get(parent_key)
+                if parent is None:
+                    self._refuse_call(worker, call_key, ErrorCode.TIMEOUT,
+                                      "Timeout: the calling request is no longer running")
+                    continue
+                if parent.depth + 1 > max_depth:
+                    self._refuse_call(
+                        worker, call_key, ErrorCode.DEPTH_EXCEEDED,
+                        f"Call depth exceeded: nested calls deeper than {max_depth} levels",
+                    )
+                    continue
+            self._admit(parsed, now, caller=worker, call_key=call_key, parent=parent)
+
+    def _refuse_call(self, worker: WorkerRecord, call_key: bytes, code: int, message: str) -> None:
+        self.figures.errors[code] += 1
+        self.outbox.result(worker.identity, call_key, error_fragment(code, message))
+
+    def _remove_worker(self, worker: WorkerRecord, reason: str, now: float) -> None:
+        """Forget a worker; re-dispatch what it held, cancel the calls it made."""
+        if self.workers.remove(worker.identity) is None:
+            return
+        self.figures.counters["workers_left"] += 1
+        log.info("worker %s left (%s): %d requests to re-dispatch",
+                 worker.identity.hex(), reason, len(worker.in_flight))
+        for key in list(worker.calls):
+            orphan = self.requests.get(key)
+            if orphan is not None:
+                self._drop(orphan)
+        requests = self.requests
+        oldest_first = sorted(worker.in_flight, key=lambda key: _received_at(requests, key))
+        worker.in_flight.clear()
+        for key in oldest_first:
+            request = requests.get(key)
+            if request is None:
+                continue
+            request.worker = None
+            if request.adopted:   # no body to run again: its twins learn and retry
+                self._fail(request, ErrorCode.WORKER_LOST,
+                           "Worker lost: the worker that adopted it died", now)
+            elif request.attempts >= self.config.max_attempts:
+                self._fail(
+                    request, ErrorCode.WORKER_LOST,
+                    f"Worker lost: the request was dispatched {request.attempts} times and "
+                    f"each worker running it died",
+                    now, {"attempts": request.attempts},
+                )
+            else:
+                self.figures.counters["requeued"] += 1
+                self._route(request, now, requeue=True)
 
     def on_unreachable(self, identity: bytes, now: float) -> None:
         """A send to this worker failed (ROUTER_MANDATORY): it is gone."""
-        broker_workers.on_unreachable(self, identity, now)
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.breaker.on_failure(now)
+            self._remove_worker(worker, "unreachable", now)
 
-    def _forget(self, request: Request) -> None:
-        self.requests.pop(request.key, None)
-        if request.queued:
-            request.queued = False
-            self.queued -= 1
+    def heartbeat_message(self, now: float) -> list[bytes]:
+        return p.json_message(
+            p.HEARTBEAT, {"broker": self.run.instance, "grace_s": self.run.grace_s(now)}
+        )
 
-    def _drop(self, request: Request) -> None:
-        """Forget a request without answering (its caller is gone); cancel it if running."""
-        self._forget(request)
-        if request.worker is not None:
-            holder = self.workers.get(request.worker)
-            if holder is not None:
-                holder.in_flight.discard(request.key)
-                self._cancels_out[request.worker].append(request.key)
+    def disconnect_message(self, reason: str) -> list[bytes]:
+        return p.json_message(p.DISCONNECT, {"reason": reason, "broker": self.run.instance})
 
     # ================================================================ time
 
     def on_tick(self, now: float) -> None:
         """Heartbeats, dead workers, deadlines, circuit breakers, idempotency expiry."""
-        if self.config.collect_metrics:
-            requests = self.counters["requests"]
-            if requests > self._rated:
-                self.rate.add(now, requests - self._rated)
-                self._rated = requests
-        for worker in list(self.workers.values()):
-            if worker.heartbeat.expired(now):
-                worker.breaker.on_failure(now)
-                broker_workers.remove_worker(self, worker, "heartbeat lost", now)
-            elif worker.heartbeat.due(now):
-                self._control_out.append([worker.identity, *broker_workers.heartbeat(self, now)])
-        deadlines = self.deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _, key = heapq.heappop(deadlines)
-            request = self.requests.get(key) or self.joined.pop(key, None)
-            if request is not None:
-                self._expire(request, now)
-        if self.queued:   # e.g. a circuit that may close again, with nothing else happening
-            for worker in list(self.workers.values()):
-                if worker.credit > 0:
-                    self._serve_queue(worker, now)
+        self.figures.tick(now)
+        for worker in self.workers.silent(now):
+            worker.breaker.on_failure(now)
+            self._remove_worker(worker, "heartbeat lost", now)
+        for worker in self.workers.heartbeat_due(now):
+            self.outbox.control(worker.identity, self.heartbeat_message(now))
+        for request in self.requests.expired(now):
+            self._expire(request, now)
+        self.dispatcher.serve_all(now)   # e.g. a circuit that may close again
         self.idempotency.expire(now)
 
     def _expire(self, request: Request, now: float) -> None:
@@ -375,36 +421,28 @@ class BrokerState:
                 now,
             )
             return
-        worker = self.workers.get(request.worker) if request.worker is not None else None
-        if worker is not None:
-            worker.in_flight.discard(request.key)
-            self._cancels_out[worker.identity].append(request.key)
-        self._fail(
-            request, ErrorCode.TIMEOUT,
-            f"Timeout: no result within {timeout_ms} ms", now, {"timeout_ms": timeout_ms},
-        )
+        holder = self.workers.get(request.worker) if request.worker is not None else None
+        if holder is not None:
+            holder.in_flight.discard(request.key)
+            self.outbox.cancel(holder.identity, request.key)
+        self._fail(request, ErrorCode.TIMEOUT, f"Timeout: no result within {timeout_ms} ms",
+                   now, {"timeout_ms": timeout_ms})
 
     def next_deadline(self) -> float | None:
-        return self.deadlines[0][0] if self.deadlines else None
+        return self.requests.next_deadline()
 
     # ================================================================ output
 
     def take_sends(self) -> list[tuple[int, list[bytes]]]:
-        """Everything to send since the last call, as (socket, frames) pairs. Control
-        messages to a worker go first: the heartbeat that acknowledges a READY must reach
-        the worker before the first requests sent to it."""
-        sends: list[tuple[int, list[bytes]]] = [(BACKEND, f) for f in self._control_out]
-        self._control_out = []
-        sends.extend((FRONTEND, f) for f in self._frontend_out)
-        self._frontend_out = []
-        for table, command in (
-            (self._requests_out, p.REQUEST),
-            (self._results_out, p.RESULT),
-            (self._cancels_out, p.CANCEL),
-        ):
-            for identity, frames in table.items():
-                if frames:
-                    sends.append((BACKEND, [identity, p.TAG, command, *frames]))
-            table.clear()
-        return sends
+        """Everything to send since the last call, as (socket, frames) pairs."""
+        return self.outbox.take()
 
+    def goodbye_messages(self) -> list[list[bytes]]:
+        """A DISCONNECT for every registered worker (the broker is stopping)."""
+        return [[identity, *self.disconnect_message("shutting down")]
+                for identity in self.workers]
+
+
+def _received_at(requests: RequestTable, key: bytes) -> float:
+    request = requests.get(key)
+    return request.received_at if request is not None else 0.0

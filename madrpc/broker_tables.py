@@ -1,7 +1,8 @@
-"""The rows of the broker's tables: requests, batches, workers. Plain data."""
+"""The rows of the broker's tables: its run, requests, batches, workers. Plain data."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,15 +10,26 @@ from .jsonrpc import Call
 from .liveness import Heartbeat
 from .metrics import CallStats
 from .policy import CircuitBreaker
+from .protocol import NO_PARENT
 
-__all__ = ["Batch", "NO_PARENT", "Request", "WorkerRecord", "idempotency_scope"]
+__all__ = ["Batch", "BrokerRun", "Request", "WorkerRecord", "idempotency_scope"]
 
-NO_PARENT = bytes(8)
-"""The parent key of a request that no other request made."""
-CLIENT_MEMORY = 10_000
-"""Distinct client identities remembered for the 'clients seen' figure."""
-MAX_BREAKERS = 10_000
-"""Circuit breakers kept for worker processes (oldest forgotten first)."""
+
+@dataclass
+class BrokerRun:
+    """This run of the broker: clients and workers notice a restart by its ``instance``."""
+
+    started_at: float
+    adoption_until: float
+    """Until then, workers may still be handing over what they ran for a previous
+    broker; clients and workers that saw the restart wait so long before resending."""
+    instance: str = field(default_factory=lambda: os.urandom(8).hex())
+    draining: bool = False
+    """Shutting down: new requests are refused, running ones are answered."""
+
+    def grace_s(self, now: float) -> float:
+        """Time left in which re-registering workers may hand over what they hold."""
+        return round(max(0.0, self.adoption_until - now), 3)
 
 
 @dataclass(slots=True)
@@ -67,6 +79,15 @@ class WorkerRecord:
     stats: dict[str, Any] = field(default_factory=dict)
     served: CallStats = field(default_factory=CallStats)
     draining: bool = False
+
+    @property
+    def id(self) -> str:
+        """The worker's own name for itself (host:pid), else its socket identity in hex."""
+        return str(self.info.get("id") or self.identity.hex())
+
+    def add_credit(self, credit: int) -> None:
+        if not self.draining:
+            self.credit += credit
 
 
 def idempotency_scope(call: Call) -> str | None:

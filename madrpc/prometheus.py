@@ -1,23 +1,28 @@
 """The grid's figures in the Prometheus text exposition format (``--metrics-http``).
 
-:func:`exposition` is pure (state and ``now`` in, text out); the broker loop renders it
-about once a second and :class:`MetricsServer` (a small HTTP thread) serves the latest
-text, so scraping never touches the broker's tables from another thread.
+:func:`exposition` is pure: a ``_metrics`` snapshot (and the per-method latency
+histograms) in, text out. The broker loop renders it about once a second and
+:class:`MetricsServer` (a small HTTP thread) serves the latest text, so scraping never
+touches the broker's tables from another thread.
+
+Written by hand rather than with ``prometheus_client``: the format is a few lines of
+text, and the only subtle part, escaping label values that come from user scripts
+(method names) and workers (ids, hosts), is :func:`escape_label_value`, pinned by unit
+tests that read the output back with ``prometheus_client``'s own parser.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .metrics import Histogram, bucket_upper
+from .metrics import CallStats, Histogram, bucket_upper
 
-if TYPE_CHECKING:
-    from .broker_state import BrokerState
-
-__all__ = ["MetricsServer", "exposition"]
+__all__ = ["MetricsServer", "escape_help", "escape_label_value", "exposition"]
 
 log = logging.getLogger(__name__)
 
@@ -26,68 +31,73 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 """Histogram bounds exposed to Prometheus (the internal log buckets are summed into them)."""
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+Samples = list[tuple[dict[str, str], Any]]
 
-def exposition(state: BrokerState, now: float) -> str:
-    """Everything ``_metrics`` knows, as Prometheus metrics."""
-    from .broker_info import worker_id
+_BROKER_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    # (name, type, help, key in _metrics["broker"])
+    ("madrpc_requests_total", "counter", "Requests the broker received.", "requests"),
+    ("madrpc_in_flight", "gauge", "Requests held by workers.", "in_flight"),
+    ("madrpc_queue_depth", "gauge", "Requests waiting for a worker.", "queue_depth"),
+    ("madrpc_requeued_total", "counter", "Requests dispatched again after a worker died.",
+     "requeued"),
+    ("madrpc_late_replies_total", "counter",
+     "Replies from workers that no longer held the request.", "late_replies"),
+    ("madrpc_workers", "gauge", "Registered workers.", "workers"),
+    ("madrpc_uptime_seconds", "gauge", "Seconds since the broker started.", "uptime_s"),
+    ("madrpc_broker_cpu_percent", "gauge", "Broker process cpu percent.", "cpu_percent"),
+    ("madrpc_broker_rss_bytes", "gauge", "Broker process rss bytes.", "rss_bytes"),
+)
 
+_WORKER_METRICS: tuple[tuple[str, str, Any], ...] = (
+    # (name after madrpc_worker_, help, value from a _metrics["workers"] entry)
+    ("contexts", "V8 contexts.", lambda w: w.get("contexts")),
+    ("busy_contexts", "Contexts running a step.", lambda w: w.get("busy")),
+    ("credit", "Requests the broker may still send.", lambda w: w.get("credit")),
+    ("in_flight", "Requests the worker holds.", lambda w: w.get("in_flight")),
+    ("requests_total", "Requests the worker answered.", lambda w: w.get("requests")),
+    ("cpu_percent", "CPU of the worker and its engines.", lambda w: w.get("cpu_percent")),
+    ("rss_bytes", "Memory of the worker and its engines.", lambda w: w.get("rss_bytes")),
+    ("heartbeat_age_seconds", "Seconds since the worker was last heard.",
+     lambda w: w.get("heartbeat_age_s")),
+    ("circuit_open", "1 while the worker's circuit breaker is not closed.",
+     lambda w: int((w.get("circuit") or {}).get("state", "closed") != "closed")),
+)
+
+
+def exposition(snapshot: Mapping[str, Any], latency: Mapping[str, CallStats]) -> str:
+    """Everything a ``_metrics`` ``snapshot`` holds, as Prometheus metrics, plus a latency
+    histogram per method from ``latency`` (method -> its figures)."""
     out: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str,
-               samples: list[tuple[dict[str, str], float]]) -> None:
-        out.append(f"# HELP {name} {help_text}")
-        out.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            out.append(f"{name}{_labels(labels)} {_number(value)}")
-
-    counters = state.counters
-    metric("madrpc_requests_total", "counter", "Requests the broker received.",
-           [({}, counters["requests"])])
-    metric("madrpc_errors_total", "counter", "Error replies by JSON-RPC code.",
-           [({"code": str(code)}, n) for code, n in sorted(state.errors.items())])
-    metric("madrpc_in_flight", "gauge", "Requests held by workers.",
-           [({}, len(state.requests) - state.queued)])
-    metric("madrpc_queue_depth", "gauge", "Requests waiting for a worker.", [({}, state.queued)])
-    metric("madrpc_requeued_total", "counter", "Requests dispatched again after a worker died.",
-           [({}, counters["requeued"])])
-    metric("madrpc_dropped_frames_total", "counter", "Malformed or unroutable messages dropped.",
-           [({"reason": reason}, n) for reason, n in sorted(state.dropped.items())])
-    metric("madrpc_late_replies_total", "counter", "Replies from workers that no longer held "
-           "the request.", [({}, counters["late_replies"])])
-    metric("madrpc_workers", "gauge", "Registered workers.", [({}, len(state.workers))])
-    metric("madrpc_uptime_seconds", "gauge", "Seconds since the broker started.",
-           [({}, now - state.started_at)])
-    for key in ("cpu_percent", "rss_bytes"):
-        if key in state.process_stats:
-            metric(f"madrpc_broker_{key}", "gauge", f"Broker process {key.replace('_', ' ')}.",
-                   [({}, state.process_stats[key])])
-
-    workers = list(state.workers.values())
-    labels = [{"worker": worker_id(w), "host": str(w.info.get("host"))} for w in workers]
-    for name, help_text, value in (
-        ("contexts", "V8 contexts.", lambda w: w.info.get("contexts", 0)),
-        ("busy_contexts", "Contexts running a step.", lambda w: w.stats.get("busy", 0)),
-        ("credit", "Requests the broker may still send.", lambda w: w.credit),
-        ("in_flight", "Requests the worker holds.", lambda w: len(w.in_flight)),
-        ("requests_total", "Requests the worker answered.", lambda w: w.served.requests),
-        ("cpu_percent", "CPU of the worker and its engines.", lambda w: w.stats.get("cpu_percent")),
-        ("rss_bytes", "Memory of the worker and its engines.", lambda w: w.stats.get("rss_bytes")),
-        ("heartbeat_age_seconds", "Seconds since the worker was last heard.",
-         lambda w: now - w.heartbeat.last_heard),
-        ("circuit_open", "1 while the worker's circuit breaker is not closed.",
-         lambda w: 0 if w.breaker.to_dict(now)["state"] == "closed" else 1),
-    ):
+    broker = snapshot.get("broker", {})
+    for name, kind, help_text, key in _BROKER_METRICS:
+        if key in broker:
+            _metric(out, name, kind, help_text, [({}, broker[key])])
+    _metric(out, "madrpc_errors_total", "counter", "Error replies by JSON-RPC code.",
+            [({"code": code}, n) for code, n in broker.get("errors_by_code", {}).items()])
+    _metric(out, "madrpc_dropped_frames_total", "counter",
+            "Malformed or unroutable messages dropped.",
+            [({"reason": reason}, n)
+             for reason, n in sorted(broker.get("dropped_by_reason", {}).items())])
+    workers = snapshot.get("workers", [])
+    labels = [{"worker": str(w.get("id")), "host": str(w.get("host"))} for w in workers]
+    for name, help_text, value in _WORKER_METRICS:
         kind = "counter" if name.endswith("_total") else "gauge"
-        samples = [(lab, value(w)) for lab, w in zip(labels, workers, strict=True)]
-        metric(f"madrpc_worker_{name}", kind, help_text,
-               [(lab, v) for lab, v in samples if isinstance(v, (int, float))])
-
-    out.append("# HELP madrpc_request_duration_seconds Request latency seen by the broker.")
-    out.append("# TYPE madrpc_request_duration_seconds histogram")
-    for method, stats in sorted(state.methods.items()):
-        out.extend(_histogram("madrpc_request_duration_seconds", {"method": method},
-                              stats.latency))
+        _metric(out, f"madrpc_worker_{name}", kind, help_text,
+                [(label, value(w)) for label, w in zip(labels, workers, strict=True)])
+    name = "madrpc_request_duration_seconds"
+    out.append(f"# HELP {name} Request latency seen by the broker.")
+    out.append(f"# TYPE {name} histogram")
+    for method, stats in sorted(latency.items()):
+        out.extend(_histogram(name, {"method": method}, stats.latency))
     return "\n".join(out) + "\n"
+
+
+def _metric(out: list[str], name: str, kind: str, help_text: str, samples: Samples) -> None:
+    out.append(f"# HELP {name} {escape_help(help_text)}")
+    out.append(f"# TYPE {name} {kind}")
+    for labels, value in samples:
+        if isinstance(value, (int, float)):
+            out.append(f"{name}{_labels(labels)} {_number(value)}")
 
 
 def _histogram(name: str, labels: dict[str, str], histogram: Histogram) -> list[str]:
@@ -106,12 +116,21 @@ def _histogram(name: str, labels: dict[str, str], histogram: Histogram) -> list[
     return lines
 
 
+def escape_label_value(value: str) -> str:
+    """A label value as the exposition format writes it: backslash, double quote and
+    line feed escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_help(text: str) -> str:
+    """HELP text as the exposition format writes it: backslash and line feed escaped."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def _labels(labels: dict[str, str]) -> str:
     if not labels:
         return ""
-    escaped = (f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-               for k, v in labels.items())
-    return "{" + ",".join(escaped) + "}"
+    return "{" + ",".join(f'{k}="{escape_label_value(str(v))}"' for k, v in labels.items()) + "}"
 
 
 def _number(value: Any) -> str:
@@ -119,7 +138,12 @@ def _number(value: Any) -> str:
         return "1" if value else "0"
     if isinstance(value, int):
         return str(value)
-    return repr(float(value))
+    number = float(value)
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "+Inf" if number > 0 else "-Inf"
+    return repr(number)
 
 
 class MetricsServer:

@@ -12,7 +12,7 @@ dictionary keys without decoding.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,13 +21,18 @@ import orjson
 from .errors import ProtocolError
 
 __all__ = [
+    "ADOPT",
     "CALL",
     "CANCEL",
+    "COMMANDS",
     "CREDIT",
     "DISCONNECT",
     "DRAIN",
-    "ADOPT",
     "HEARTBEAT",
+    "KEY_SIZE",
+    "NO_PARENT",
+    "PROTOCOL_NAME",
+    "PROTOCOL_VERSION",
     "READY",
     "REPLY",
     "REQUEST",
@@ -35,11 +40,21 @@ __all__ = [
     "TAG",
     "Message",
     "RequestMeta",
+    "broker_run",
     "decode",
+    "decode_adopt_meta",
+    "decode_call_meta",
+    "decode_credit",
+    "decode_key",
+    "decode_request_meta",
+    "disconnect_reason",
+    "encode_adopt_meta",
     "encode_call_meta",
     "encode_credit",
     "encode_key",
     "encode_request_meta",
+    "json_message",
+    "message",
 ]
 
 PROTOCOL_NAME = b"MADRPC-W"
@@ -69,6 +84,8 @@ _REQUEST_META = struct.Struct(">QIIHI")  # key, timeout_ms, cpu_limit_ms, depth,
 _CALL_META = struct.Struct(">QQ")  # call key (worker's), parent request key (broker's)
 _ADOPT_META = struct.Struct(">QIH")  # request key (previous broker's), timeout_ms left, depth
 KEY_SIZE = _KEY.size
+NO_PARENT = bytes(KEY_SIZE)
+"""The parent key in a CALL's meta when no request made the call (code outside any)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,10 +250,6 @@ def message(command: bytes, *frames: bytes) -> list[bytes]:
 
 def json_message(command: bytes, body: Any) -> list[bytes]:
     return [TAG, command, orjson.dumps(body)]
-
-
-def flatten(pairs: Iterable[tuple[bytes, ...]]) -> list[bytes]:
-    return [frame for pair in pairs for frame in pair]
 
 
 def broker_run(message: Message) -> tuple[str | None, float]:

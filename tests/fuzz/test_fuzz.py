@@ -91,11 +91,11 @@ def test_the_broker_survives_any_worker_message(
     tag: list[bytes], command: bytes, body: list[bytes]
 ) -> None:
     state = fresh_broker()
-    dropped = sum(state.dropped.values())
+    dropped = sum(state.figures.dropped.values())
     state.on_worker_message(WORKER, [*tag, command, *body], 1.0)
     state.on_tick(2.0)
     state.take_sends()
-    assert sum(state.dropped.values()) >= dropped
+    assert sum(state.figures.dropped.values()) >= dropped
 
 
 def fresh_broker() -> BrokerState:
@@ -157,11 +157,11 @@ def test_the_broker_answers_every_client_frame_with_well_formed_json(document: A
 @given(st.lists(st.binary(max_size=60), min_size=0, max_size=4))
 def test_the_broker_answers_or_counts_random_client_frames(frames: list[bytes]) -> None:
     state = fresh_broker()
-    dropped = sum(state.dropped.values())
+    dropped = sum(state.figures.dropped.values())
     state.on_client_frame([CLIENT, *frames], 1.0)
     replies = answer_everything(state, 1.0)
     if not frames:
-        assert sum(state.dropped.values()) == dropped + 1
+        assert sum(state.figures.dropped.values()) == dropped + 1
         return
     for message in replies:
         orjson.loads(message[-1])

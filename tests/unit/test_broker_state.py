@@ -73,7 +73,7 @@ def reply(
     credit: int = 1,
     now: float = 0.0,
 ) -> None:
-    frames = p.message(p.REPLY, p.encode_credit(credit), *p.flatten(pairs))
+    frames = p.message(p.REPLY, p.encode_credit(credit), *[frame for pair in pairs for frame in pair])
     state.on_worker_message(identity, frames, now)
 
 
@@ -158,13 +158,13 @@ def check_invariants(state: BrokerState, issued: dict[bytes, int] | None = None)
     """The broker's documented invariants.
 
     Every live request is either queued (in its method's queue, held by nobody) or held
-    in the in_flight set of exactly one live worker; ``state.queued`` counts the queued
-    ones; a worker never holds more than the credit it issued (``issued``: credit units
+    in the in_flight set of exactly one live worker; ``state.requests.queued`` counts the
+    queued ones; a worker never holds more than the credit it issued (``issued``: credit units
     the worker granted and has not had back, i.e. its capacity).
     """
-    queued_entries = [r for q in state.queues.values() for r in q if r.queued]
+    queued_entries = state.requests.waiting()
     assert len(queued_entries) == len({id(r) for r in queued_entries}), "queued twice"
-    assert state.queued == len(queued_entries)
+    assert state.requests.queued == len(queued_entries)
     for request in queued_entries:
         assert state.requests.get(request.key) is request
         assert request.worker is None
@@ -185,7 +185,7 @@ def check_invariants(state: BrokerState, issued: dict[bytes, int] | None = None)
             assert key not in holders
         else:
             assert holders.get(key) == [request.worker], f"request {key.hex()} has no one owner"
-    assert sum(1 for r in state.requests.values() if r.queued) == state.queued
+    assert sum(1 for r in state.requests.values() if r.queued) == state.requests.queued
 
 
 # ---------------------------------------------------------------- registration and dispatch
@@ -196,7 +196,7 @@ def test_a_ready_worker_is_acknowledged_with_a_heartbeat() -> None:
     ready(state, W1)
     ((side, frames),) = state.take_sends()
     assert side == BACKEND and frames[:3] == [W1, p.TAG, p.HEARTBEAT]
-    assert orjson.loads(frames[3]) == {"broker": state.instance, "grace_s": 0.0}
+    assert orjson.loads(frames[3]) == {"broker": state.run.instance, "grace_s": 0.0}
 
 
 def test_a_client_request_is_dispatched_as_one_request_with_meta_method_and_body() -> None:
@@ -247,7 +247,7 @@ def test_a_worker_never_receives_more_requests_than_its_credit() -> None:
     for i in range(5):
         call(state, rid=i)
     assert len(sent(state).requests(W1)) == 2
-    assert state.queued == 3
+    assert state.requests.queued == 3
     assert state.workers[W1].credit == 0
 
 
@@ -261,7 +261,7 @@ def test_credit_returned_with_a_reply_releases_queued_requests() -> None:
     reply(state, W1, (first, RESULT), credit=1)
     out = sent(state)
     assert len(out.requests(W1)) == 1
-    assert state.queued == 2
+    assert state.requests.queued == 2
 
 
 def test_a_credit_message_releases_queued_requests() -> None:
@@ -273,14 +273,14 @@ def test_a_credit_message_releases_queued_requests() -> None:
     state.take_sends()
     state.on_worker_message(W1, p.message(p.CREDIT, p.encode_credit(2)), 0.1)
     assert len(sent(state).requests(W1)) == 2
-    assert state.queued == 1
+    assert state.requests.queued == 1
 
 
 def test_a_request_with_no_worker_waits_in_the_queue() -> None:
     state = new_state()
     call(state, timeout_ms=1000)
     state.on_tick(0.999)
-    assert state.queued == 1
+    assert state.requests.queued == 1
     assert sent(state).replies == []
 
 
@@ -289,7 +289,7 @@ def test_a_queued_request_is_dispatched_when_a_worker_joins() -> None:
     call(state, timeout_ms=1000)
     ready(state, W1, now=0.5)
     assert len(sent(state).requests(W1)) == 1
-    assert state.queued == 0
+    assert state.requests.queued == 0
 
 
 def test_a_request_with_no_worker_gets_no_worker_at_its_deadline() -> None:
@@ -299,7 +299,7 @@ def test_a_request_with_no_worker_gets_no_worker_at_its_deadline() -> None:
     [(client, response)] = sent(state).replies
     assert response["id"] == 9
     assert error_code(response) == ErrorCode.NO_WORKER  # -32001
-    assert state.queued == 0 and not state.requests
+    assert state.requests.queued == 0 and not state.requests
 
 
 def test_a_method_no_registered_worker_offers_gets_method_not_found_at_once() -> None:
@@ -311,17 +311,17 @@ def test_a_method_no_registered_worker_offers_gets_method_not_found_at_once() ->
     [(_, response)] = out.replies
     assert response["id"] == 4
     assert error_code(response) == ErrorCode.METHOD_NOT_FOUND  # -32601
-    assert out.backend == [] and state.queued == 0
+    assert out.backend == [] and state.requests.queued == 0
 
 
 def test_queued_requests_for_a_method_the_first_worker_lacks_fail_when_it_joins() -> None:
     state = new_state()
     call(state, "nope", rid=4)
-    assert state.queued == 1
+    assert state.requests.queued == 1
     ready(state, W1, methods=("add",))
     [(_, response)] = sent(state).replies
     assert error_code(response) == ErrorCode.METHOD_NOT_FOUND
-    assert state.queued == 0
+    assert state.requests.queued == 0
 
 
 def test_the_queue_bound_answers_overloaded_at_once() -> None:
@@ -331,7 +331,7 @@ def test_the_queue_bound_answers_overloaded_at_once() -> None:
     [(_, response)] = sent(state).replies
     assert response["id"] == 2
     assert error_code(response) == ErrorCode.OVERLOADED  # -32002
-    assert state.queued == 2
+    assert state.requests.queued == 2
 
 
 def test_an_in_flight_request_past_its_deadline_gets_timeout() -> None:
@@ -394,7 +394,7 @@ def test_the_requests_of_a_removed_worker_are_redispatched_to_another_worker() -
     assert W1 not in state.workers
     assert sorted(out.keys(W2)) == sorted(keys)
     assert out.replies == []
-    assert state.counters["requeued"] == 2
+    assert state.figures.counters["requeued"] == 2
 
 
 def test_the_requests_of_a_removed_worker_go_ahead_of_those_already_queued() -> None:
@@ -431,7 +431,7 @@ def test_a_request_whose_worker_died_fewer_than_max_attempts_times_is_requeued()
         state.take_sends()
         state.on_worker_message(identity, p.message(p.DISCONNECT), 1.0)
     assert sent(state).replies == []
-    assert state.queued == 1
+    assert state.requests.queued == 1
 
 
 def test_a_late_reply_from_a_removed_worker_is_dropped() -> None:
@@ -447,7 +447,7 @@ def test_a_late_reply_from_a_removed_worker_is_dropped() -> None:
     reply(state, W2, (key, RESULT), now=0.7)
     replies = sent(state).replies
     assert [r["result"] for _, r in replies] == [3]
-    assert state.counters["late_replies"] == 1
+    assert state.figures.counters["late_replies"] == 1
 
 
 def test_a_removed_worker_that_replies_is_told_to_disconnect() -> None:
@@ -460,7 +460,7 @@ def test_a_removed_worker_that_replies_is_told_to_disconnect() -> None:
     reply(state, W1, (key, RESULT), now=10.1)
     out = sent(state)
     [[body]] = out.to(W1, p.DISCONNECT)
-    assert orjson.loads(body) == {"reason": "unknown worker", "broker": state.instance}
+    assert orjson.loads(body) == {"reason": "unknown worker", "broker": state.run.instance}
     assert W1 not in state.workers
 
 
@@ -476,7 +476,7 @@ def test_a_reply_for_a_key_the_worker_does_not_hold_is_ignored() -> None:
     reply(state, other, (key, b'"result":"forged"'), (p.encode_key(12345), RESULT))
     assert sent(state).replies == []
     assert state.workers[holder].in_flight == {key}
-    assert state.counters["late_replies"] == 2
+    assert state.figures.counters["late_replies"] == 2
     reply(state, holder, (key, RESULT))
     assert [r["result"] for _, r in sent(state).replies] == [3]
 
@@ -668,7 +668,7 @@ def test_a_request_with_the_key_of_a_running_one_joins_it() -> None:
         (b"a", {"jsonrpc": "2.0", "id": 1, "result": 3}),
         (b"b", {"jsonrpc": "2.0", "id": 2, "result": 3}),
     ]
-    assert state.joined == {}
+    assert state.requests.joined == {}
 
 
 def test_a_finished_keyed_request_is_replayed_without_running_again() -> None:
@@ -683,7 +683,7 @@ def test_a_finished_keyed_request_is_replayed_without_running_again() -> None:
     out = sent(state)
     assert out.requests(W1) == []
     assert out.replies == [(b"b", {"jsonrpc": "2.0", "id": 2, "result": 3})]
-    assert state.counters["idempotent_hits"] == 1
+    assert state.figures.counters["idempotent_hits"] == 1
 
 
 def test_a_transient_failure_is_not_stored_for_its_idempotency_key() -> None:
@@ -717,7 +717,7 @@ def test_a_draining_worker_receives_no_more_requests_even_when_it_returns_credit
     out = sent(state)
     assert out.requests(W1) == []
     assert len(out.replies) == 1
-    assert state.queued == 3
+    assert state.requests.queued == 3
 
 
 def test_a_ready_update_keeps_held_requests_where_they_are() -> None:
@@ -797,7 +797,7 @@ def _open_circuit_with_queued_requests(state: BrokerState) -> None:
     for i in range(3):
         call(state, rid=100 + i, client=b"q%d" % i, now=0.5)
     assert sent(state).backend == []
-    assert state.queued == 3
+    assert state.requests.queued == 3
 
 
 def test_a_half_open_circuit_lets_one_new_request_through_as_a_trial() -> None:
@@ -810,7 +810,7 @@ def test_a_half_open_circuit_lets_one_new_request_through_as_a_trial() -> None:
     call(state, rid=100, now=1.2)
     call(state, rid=101, now=1.2)
     assert len(sent(state).requests(W1)) == 1
-    assert state.queued == 1
+    assert state.requests.queued == 1
 
 
 def test_a_half_open_circuit_takes_only_one_trial_from_the_queue() -> None:
@@ -915,7 +915,7 @@ def test_garbage_from_a_registered_worker_is_counted_as_dropped(frames: list[byt
     ready(state, W1, credit=3)
     state.take_sends()
     state.on_worker_message(W1, list(frames), 1.0)
-    assert sum(state.dropped.values()) == 1
+    assert sum(state.figures.dropped.values()) == 1
     assert state.workers[W1].credit == 3
     assert sent(state).replies == []
 
@@ -925,14 +925,14 @@ def test_garbage_from_a_registered_worker_is_counted_as_dropped(frames: list[byt
 def test_garbage_from_an_unknown_peer_is_counted_as_dropped(name: str) -> None:
     state = new_state()
     state.on_worker_message(b"stranger", list(GARBAGE[name]), 1.0)
-    assert sum(state.dropped.values()) == 1
+    assert sum(state.figures.dropped.values()) == 1
     assert not state.workers
 
 
 def test_a_ready_whose_body_is_not_json_is_counted_as_dropped() -> None:
     state = new_state()
     state.on_worker_message(W1, p.message(p.READY, b"{not json"), 0.0)
-    assert sum(state.dropped.values()) == 1
+    assert sum(state.figures.dropped.values()) == 1
     assert not state.workers
 
 
@@ -944,7 +944,7 @@ def test_a_client_message_without_a_body_frame_is_dropped_and_counted(
     ready(state, W1)
     state.take_sends()
     state.on_client_frame(frames, 0.0)
-    assert state.dropped["client message without body"] == 1
+    assert state.figures.dropped["client message without body"] == 1
     assert state.take_sends() == []
 
 
@@ -1125,7 +1125,7 @@ class Simulation:
             self.now += 100.0
             self.state.on_tick(self.now)
             self.deliver()
-        assert not self.state.requests and not self.state.joined
+        assert not self.state.requests and not self.state.requests.joined
         assert set(self.answers) == self.expected
 
 
@@ -1146,7 +1146,7 @@ def test_check_invariants_notices_a_request_held_by_two_workers() -> None:
 def test_check_invariants_notices_a_wrong_queued_count() -> None:
     state = new_state()
     call(state)
-    state.queued += 1
+    state.requests.queued += 1
     with pytest.raises(AssertionError):
         check_invariants(state)
 

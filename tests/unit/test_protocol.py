@@ -135,10 +135,6 @@ def test_json_message_builds_a_message_whose_body_reads_back_as_json() -> None:
     assert message.json() == {"contexts": 2, "methods": ["f"]}
 
 
-def test_flatten_lays_pairs_out_as_consecutive_frames() -> None:
-    assert p.flatten([(KEY, b"a"), (OTHER_KEY, b"b")]) == [KEY, b"a", OTHER_KEY, b"b"]
-
-
 # ================================================================ Message helpers
 
 

@@ -1,0 +1,86 @@
+"""Who runs what: the broker's dispatch policy over its request and worker tables.
+
+A request goes to the next worker in rotation that serves its method, has credit and
+whose circuit breaker allows it; otherwise it waits in its method's queue (a request
+dispatched again after its worker died waits at the front). A worker that gains credit
+takes the longest-waiting requests it can run. Pure: ``now`` in, REQUEST frames out
+(through the outbox); refusals are returned to the caller, which answers them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import protocol as p
+from .broker_outbox import Outbox
+from .broker_requests import RequestTable
+from .broker_tables import Request, WorkerRecord
+from .broker_workers import WorkerTable
+from .errors import ErrorCode
+
+__all__ = ["Dispatcher", "Refusal"]
+
+Refusal = tuple[ErrorCode, str]
+"""Why a request cannot even wait: (JSON-RPC code, message)."""
+
+
+class Dispatcher:
+    """Matches requests to workers with credit."""
+
+    def __init__(
+        self, requests: RequestTable, workers: WorkerTable, outbox: Outbox, max_queue: int
+    ) -> None:
+        self.requests = requests
+        self.workers = workers
+        self.outbox = outbox
+        self.max_queue = max_queue
+        """Requests that may wait for a worker; past this, new ones are refused."""
+
+    def route(self, request: Request, now: float, requeue: bool = False) -> Refusal | None:
+        """Dispatch now or queue; a refusal when no registered worker serves the method
+        or the queue is full (never for a request dispatched again: it was accepted)."""
+        method = request.call.method
+        worker = self.workers.pick(method, now)
+        if worker is not None:
+            self.dispatch(request, worker, now)
+        elif not requeue and self.workers and self.workers.serving(method) == 0:
+            return ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method}"
+        elif not requeue and self.requests.queued >= self.max_queue:
+            return (ErrorCode.OVERLOADED,
+                    f"Overloaded: {self.requests.queued} requests already wait for a worker")
+        else:
+            self.requests.enqueue(request, front=requeue)
+        return None
+
+    def dispatch(self, request: Request, worker: WorkerRecord, now: float) -> None:
+        worker.credit -= 1
+        worker.in_flight.add(request.key)
+        worker.breaker.on_dispatch(now)
+        request.worker = worker.identity
+        request.attempts += 1
+        request.dispatched_at = now
+        call = request.call
+        meta = p.encode_request_meta(
+            request.key,
+            (request.deadline - now) * 1000,
+            math.ceil(call.options.cpu_limit_ms or 0),
+            request.depth,
+            math.ceil(call.options.max_memory_mb or 0),
+        )
+        self.outbox.request(worker.identity, meta, call.method.encode(), call.encoded_body())
+
+    def serve(self, worker: WorkerRecord, now: float) -> None:
+        """Give a worker with credit the oldest queued requests it can run."""
+        requests = self.requests
+        while worker.credit > 0 and requests.queued and worker.breaker.allows(now):
+            request = requests.take_oldest(worker.methods)
+            if request is None:
+                return
+            self.dispatch(request, worker, now)
+
+    def serve_all(self, now: float) -> None:
+        """Every worker with credit takes what it can (e.g. after a circuit closed)."""
+        if self.requests.queued:
+            for worker in list(self.workers.values()):
+                if worker.credit > 0:
+                    self.serve(worker, now)

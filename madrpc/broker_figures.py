@@ -1,0 +1,73 @@
+"""The broker's own figures for ``_metrics``: counters, errors, drops, per-method latency,
+the request rate, clients seen. Pure: ``now`` in."""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, defaultdict
+from typing import Any
+
+from .metrics import CallStats, Histogram, RateMeter
+
+__all__ = ["CLIENT_MEMORY", "BrokerFigures"]
+
+CLIENT_MEMORY = 10_000
+"""Distinct client identities (and refused peers) remembered, oldest forgotten first."""
+
+
+class BrokerFigures:
+    """Counts and latencies of one broker run."""
+
+    def __init__(self, collect_metrics: bool = True) -> None:
+        self.collect_metrics = collect_metrics
+        """Keep latency histograms and rates (off only to measure their cost)."""
+        self.counters: Counter[str] = Counter()
+        self.errors: Counter[int] = Counter()
+        self.dropped: Counter[str] = Counter()
+        """Messages dropped, by reason."""
+        self.methods: defaultdict[str, CallStats] = defaultdict(CallStats)
+        self.rate = RateMeter()
+        self._rated = 0
+        """Requests already counted into ``rate`` (it is fed once per tick, not per request)."""
+        self.clients: OrderedDict[bytes, float] = OrderedDict()
+        self._refused_peers: OrderedDict[bytes, bool] = OrderedDict()
+        self.process_stats: dict[str, Any] = {}
+        """CPU% and RSS of the broker process, refreshed by the socket loop."""
+
+    def seen_client(self, identity: bytes, now: float) -> None:
+        clients = self.clients
+        clients[identity] = now
+        clients.move_to_end(identity)
+        if len(clients) > CLIENT_MEMORY:
+            clients.popitem(last=False)
+
+    def refused(self, identity: bytes) -> bool:
+        """Count a refused message; True the first time this peer is refused (lately)."""
+        self.dropped["bad worker frames"] += 1
+        peers = self._refused_peers
+        if identity in peers:
+            peers.move_to_end(identity)
+            return False
+        peers[identity] = True
+        if len(peers) > CLIENT_MEMORY:
+            peers.popitem(last=False)
+        return True
+
+    def record(self, method: str, latency_s: float, code: int | None) -> None:
+        """A request was answered (``code``: its error code, None for a result)."""
+        if self.collect_metrics:
+            self.methods[method].record(latency_s, code)
+
+    def tick(self, now: float) -> None:
+        """Feed the rate meter with the requests counted since the last tick."""
+        if self.collect_metrics:
+            requests = self.counters["requests"]
+            if requests > self._rated:
+                self.rate.add(now, requests - self._rated)
+                self._rated = requests
+
+    def latency(self) -> Histogram:
+        """All methods' latencies in one histogram."""
+        total = Histogram()
+        for stats in self.methods.values():
+            total.merge(stats.latency)
+        return total

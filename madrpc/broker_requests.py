@@ -1,0 +1,144 @@
+"""The broker's request table: live requests by key, one FIFO queue per method, the
+deadline heap, and requests that wait for a running twin (same idempotency key).
+
+A table with public methods and no policy: who gets a request is decided by
+:mod:`madrpc.broker_dispatch`, when it is answered by :mod:`madrpc.broker_state`.
+Pure: no sockets, no clocks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator, Mapping, ValuesView
+
+from . import protocol as p
+from .broker_tables import Request
+
+__all__ = ["RequestTable"]
+
+
+class RequestTable(Mapping[bytes, Request]):
+    """Live requests by key (a read-only mapping), their queues and their deadlines.
+
+    A live request is queued (waiting for a worker) or in flight (held by one). Queues
+    keep answered requests until they reach the head, where they are skipped: forgetting
+    a queued request costs nothing.
+    """
+
+    def __init__(self) -> None:
+        self._live: dict[bytes, Request] = {}
+        self._queues: defaultdict[str, deque[Request]] = defaultdict(deque)
+        self.queued = 0
+        """Live requests waiting in a queue."""
+        self._deadlines: list[tuple[float, bytes]] = []
+        self.joined: dict[bytes, Request] = {}
+        """Requests waiting for a running twin with the same idempotency key."""
+        self._next_key = random.getrandbits(62)
+
+    # ------------------------------------------------------------ mapping
+
+    def __getitem__(self, key: bytes) -> Request:
+        return self._live[key]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._live)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._live
+
+    def get(self, key: bytes, default: Request | None = None) -> Request | None:  # type: ignore[override]
+        return self._live.get(key, default)
+
+    def values(self) -> ValuesView[Request]:
+        return self._live.values()
+
+    @property
+    def in_flight(self) -> int:
+        """Live requests held by workers."""
+        return len(self._live) - self.queued
+
+    # ------------------------------------------------------------ changes
+
+    def new_key(self) -> bytes:
+        """A key no live request has (a counter from a random start)."""
+        key = p.encode_key(self._next_key)
+        self._next_key = (self._next_key + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        return key
+
+    def watch(self, request: Request) -> None:
+        """Expire the request at its deadline (see :meth:`expired`)."""
+        heapq.heappush(self._deadlines, (request.deadline, request.key))
+
+    def add(self, request: Request) -> None:
+        self._live[request.key] = request
+
+    def join(self, request: Request) -> None:
+        """The request waits for the twin running its idempotency key."""
+        self.joined[request.key] = request
+
+    def enqueue(self, request: Request, front: bool = False) -> None:
+        queue = self._queues[request.call.method]
+        if front:   # a re-dispatched request goes first
+            queue.appendleft(request)
+        else:
+            queue.append(request)
+        request.queued = True
+        self.queued += 1
+
+    def take_oldest(self, methods: Iterable[str]) -> Request | None:
+        """Dequeue the longest-waiting request for any of ``methods``."""
+        oldest: deque[Request] | None = None
+        for method in methods:
+            queue = self._queues.get(method)
+            while queue and not queue[0].queued:
+                queue.popleft()   # answered while it waited
+            if queue and (oldest is None or queue[0].received_at < oldest[0].received_at):
+                oldest = queue
+        if oldest is None:
+            return None
+        request = oldest.popleft()
+        request.queued = False
+        self.queued -= 1
+        return request
+
+    def forget(self, request: Request) -> None:
+        """No longer live (answered, dropped, or waiting for a twin)."""
+        self._live.pop(request.key, None)
+        if request.queued:
+            request.queued = False
+            self.queued -= 1
+
+    # ------------------------------------------------------------ queries
+
+    def queued_for(self, method: str) -> int:
+        return sum(1 for r in self._queues.get(method, ()) if r.queued)
+
+    def queued_methods(self) -> list[str]:
+        """Methods with something in their queue."""
+        return [method for method, queue in self._queues.items() if queue]
+
+    def waiting(self) -> list[Request]:
+        """Every queue entry still waiting, all methods (an entry twice would be a bug)."""
+        return [r for queue in self._queues.values() for r in queue if r.queued]
+
+    def never_dispatched(self, method: str) -> list[Request]:
+        """Queued requests for ``method`` that no worker ever held."""
+        return [r for r in self._queues.get(method, ()) if r.queued and r.attempts == 0]
+
+    def expired(self, now: float) -> Iterator[Request]:
+        """Live or joined requests whose deadline has passed, one at a time (a request
+        answered while an earlier one is handled is not yielded)."""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, key = heapq.heappop(deadlines)
+            request = self._live.get(key) or self.joined.pop(key, None)
+            if request is not None:
+                yield request
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines[0][0] if self._deadlines else None
