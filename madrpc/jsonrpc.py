@@ -27,6 +27,7 @@ __all__ = [
     "encode_request",
     "error_fragment",
     "error_response",
+    "fit_frame",
     "fragment_error_code",
     "json_dumps",
     "parse_frame",
@@ -229,6 +230,16 @@ def error_fragment(code: int, message: str | None = None, data: Any = None) -> b
     if data is not None:
         error["data"] = data
     return b'"error":' + json_dumps(error)
+
+
+def fit_frame(frame: bytes, limit: int, what: str) -> bytes:
+    """``frame``, or a -32008 error fragment in its place when it is over ``limit`` bytes."""
+    if len(frame) <= limit:
+        return frame
+    return error_fragment(
+        ErrorCode.MESSAGE_TOO_LARGE,
+        f"Message too large: the {what} is {len(frame)} bytes, the limit is {limit}",
+    )
 
 
 def _default_message(code: int) -> str:

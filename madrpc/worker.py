@@ -15,20 +15,20 @@ import threading
 import time
 from typing import Any
 
-import orjson
 import psutil
 import zmq
 
+from . import engine_protocol as ep
 from . import protocol as p
 from .__about__ import __version__
 from .config import WorkerConfig
 from .engine_pool import EnginePool, EngineProcess
-from .errors import ProtocolError
+from .errors import ProtocolError, WorkerStartError
 from .liveness import Backoff, Heartbeat
 from .sockets import make_socket, send_frames
 from .worker_state import WorkerState
 
-__all__ = ["Worker", "WorkerStartError"]
+__all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
 js_log = logging.getLogger("madrpc.js")
@@ -46,10 +46,6 @@ CLOSE_LINGER_MS = 200
 _JS_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
               "error": logging.ERROR}
 _OOM_SIGNALS = {-signal.SIGTRAP, -signal.SIGABRT, -signal.SIGKILL, -signal.SIGSEGV}
-
-
-class WorkerStartError(Exception):
-    """The worker could not start: the script failed to load or registers nothing."""
 
 
 class Worker:
@@ -226,19 +222,19 @@ class Worker:
         is a new broker, hand over what we hold at once, and send our pending nested calls
         again once the other workers have had the broker's grace to hand over theirs."""
         state = self.state
-        if state.requests or state.recent or state.call_bodies:
+        if state.requests or state.handover:
             if instance is not None and instance == self.broker_instance:
                 log.warning("the broker re-dispatched our %d requests; dropping them",
                             len(state.requests))
                 for slot in state.abandon_all():
-                    self.pool.send(slot, [b"ABORT"])
+                    self.pool.send(slot, [ep.ABORT])
             else:
                 adopt = state.adoption_frames(time.time() * 1000, now)
                 if adopt:
                     self._send_broker([p.TAG, p.ADOPT, *adopt])
                 self._resend_calls_at = now + grace_s
                 log.info("handed %d requests and %d results to the new broker",
-                         len(state.requests), len(state.recent))
+                         len(state.requests), len(state.handover.recent))
         self.broker_instance = instance
         self.connected.set()
         if self._reconnects:
@@ -310,27 +306,31 @@ class Worker:
     def _on_engine(
         self, proc: EngineProcess, frames: list[bytes], now: float, starting: bool
     ) -> None:
-        """What an engine said (see madrpc.engine for the messages)."""
-        command, index = frames[0], proc.slot
-        if command == b"OUT" and len(frames) == 4:
-            self.state.on_engine_output(index, frames[1] == b"S", frames[2], now, frames[3])
-        elif command == b"RESET" and len(frames) == 6:
-            self.state.on_engine_reset(
-                index, frames[1].decode(), int(frames[2]), frames[3],
-                frames[4].decode(errors="replace"), now, frames[5],
-            )
-        elif command == b"READY" and len(frames) == 2:
-            self._on_engine_ready(proc, orjson.loads(frames[1]), now)
-        elif command == b"LOADERR":
-            message = frames[1].decode(errors="replace") if len(frames) > 1 else "?"
+        """What an engine said (see madrpc.engine_protocol for the messages)."""
+        try:
+            message = ep.decode_engine_message(frames)
+        except ProtocolError as exc:
+            log.warning("engine %d: %s", proc.slot, exc)
+            return
+        index = proc.slot
+        if isinstance(message, ep.Output):
+            self.state.on_engine_output(index, message.step_done, message.outbox, now,
+                                        message.slot)
+        elif isinstance(message, ep.Reset):
+            self.state.on_engine_reset(index, message.reason, message.culprit, message.outbox,
+                                       message.detail, now, message.slot)
+        elif isinstance(message, ep.Ready):
+            self._on_engine_ready(proc, message.info, now)
+        else:
             if starting:
-                raise WorkerStartError(f"script failed to load: {message}")
+                raise WorkerStartError(f"script failed to load: {message.message}")
             if proc.replaces is not None:
-                log.error("the changed script failed to load; keeping the old one: %s", message)
+                log.error("the changed script failed to load; keeping the old one: %s",
+                          message.message)
                 self.pool.release(proc.slot)
                 self.state.remove_engine(proc.slot, now)
             else:
-                log.error("engine could not load the script: %s", message)
+                log.error("engine could not load the script: %s", message.message)
 
     def _on_engine_ready(self, proc: EngineProcess, info: dict[str, Any], now: float) -> None:
         methods = [str(m) for m in info.get("methods", [])]

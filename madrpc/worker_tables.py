@@ -1,4 +1,5 @@
-"""The rows of a worker's tables: its requests and its engine slots. Plain data."""
+"""The rows of a worker's tables: its requests and its engine slots. Pure data with the
+small transitions that touch one row only."""
 
 from __future__ import annotations
 
@@ -10,14 +11,19 @@ __all__ = ["EngineSlot", "LocalRequest", "Stage"]
 
 class Stage(Enum):
     QUEUED = "queued"
+    """Waiting for an engine."""
     RUNNING = "running"
+    """In the step an engine is running now."""
     PARKED = "parked"
+    """Started, now awaiting nested calls or timers: it holds no engine and no credit."""
 
 
 @dataclass(slots=True)
 class LocalRequest:
     local: int
+    """The worker's own key for it (the engines' key, in step payloads and outboxes)."""
     key: bytes
+    """The broker's key for it."""
     method: str
     body: bytes
     deadline_ms: float
@@ -32,26 +38,93 @@ class LocalRequest:
     holds_credit: bool = True
     cancelled: bool = False
     resets: int = 0
+    """Times its context was lost while it ran (it then runs again from the start)."""
     solo: bool = False
+    """Run it in a step of its own (a lowered memory limit, or a suspect in a crash)."""
+
+
+Settle = tuple[int, bytes]
+"""(JS call id, result fragment) of a nested call, for the next step."""
 
 
 @dataclass
 class EngineSlot:
-    """One engine process (one V8 context)."""
+    """One engine process (one V8 context, or one per request in fresh-context mode)."""
 
     index: int
     identity: bytes = b""
     ready: bool = False
     busy: bool = False
+    """Running a step now (one at a time)."""
     retiring: bool = False
     """Replaced by a newer engine (script reload): finishes what it holds, takes nothing new."""
     generation: int = 0
+    """Bumped whenever its contexts are lost: results for an older generation are moot."""
     restarts: int = 0
     step_requests: list[int] = field(default_factory=list)
     step_methods: set[str] = field(default_factory=set)
     step_started: float = 0.0
     held: set[int] = field(default_factory=set)
-    settles: dict[bytes, list[tuple[int, bytes]]] = field(default_factory=dict)
+    """Local keys of the requests started in its contexts and not finished."""
+    settles: dict[bytes, list[Settle]] = field(default_factory=dict)
     """Nested-call results waiting for the next step, by context slot."""
     cancels: dict[bytes, list[int]] = field(default_factory=dict)
+    """Cancelled parked requests to drop in the next step, by context slot."""
     served: int = 0
+
+    @property
+    def idle(self) -> bool:
+        return self.ready and not self.busy
+
+    @property
+    def has_input(self) -> bool:
+        """Results or cancellations wait for a step."""
+        return bool(self.settles or self.cancels)
+
+    @property
+    def drained(self) -> bool:
+        """Retiring and holding nothing any more: safe to stop."""
+        return self.retiring and not self.busy and not self.held and not self.settles
+
+    def settle(self, slot: bytes, js_call: int, fragment: bytes) -> None:
+        self.settles.setdefault(slot, []).append((js_call, fragment))
+
+    def cancel(self, slot: bytes, local: int) -> None:
+        self.cancels.setdefault(slot, []).append(local)
+
+    def input_slot(self) -> bytes:
+        """A context slot with results or cancellations waiting."""
+        return next(iter(self.settles), None) or next(iter(self.cancels), b"")
+
+    def take_input(self, slot: bytes) -> tuple[list[Settle], list[int]]:
+        """What waits for ``slot``: (settles, cancels), now handed to a step."""
+        return self.settles.pop(slot, []), self.cancels.pop(slot, [])
+
+    def begin_step(self, requests: list[LocalRequest], now: float) -> None:
+        for request in requests:
+            request.stage = Stage.RUNNING
+            request.engine = self.index
+            self.held.add(request.local)
+        self.busy = True
+        self.step_requests = [r.local for r in requests]
+        self.step_methods = {r.method for r in requests}
+        self.step_started = now
+
+    def end_step(self) -> list[int]:
+        """The step is over: the local keys it started."""
+        ran = self.step_requests
+        self.busy = False
+        self.step_requests = []
+        return ran
+
+    def lose_contexts(self) -> list[int]:
+        """Its contexts are gone (reset, crash, retirement): a new generation begins with
+        nothing held. Returns what it held, newest first."""
+        self.generation += 1
+        self.busy = False
+        self.step_requests = []
+        self.settles = {}
+        self.cancels = {}
+        held = sorted(self.held, reverse=True)
+        self.held.clear()
+        return held

@@ -11,8 +11,7 @@ import pytest
 from madrpc import protocol as p
 from madrpc.config import WorkerConfig
 from madrpc.errors import ErrorCode
-from madrpc.worker_recovery import MAX_ENGINE_RESETS
-from madrpc.worker_state import Stage, WorkerState
+from madrpc.worker_state import MAX_ENGINE_RESETS, Stage, WorkerState
 
 WALL_MS = 1_700_000_000_000.0
 """Wall clock (ms since the epoch) the tests pretend it is."""
@@ -53,7 +52,7 @@ def deliver(state: WorkerState, *numbers: int, method: str = "work", now: float 
 
 
 def local_of(state: WorkerState, number: int) -> int:
-    return state.by_key[key_of(number)]
+    return state.requests.by_key[key_of(number)]
 
 
 def steps(state: WorkerState, now: float = 0.0) -> dict[int, dict[str, Any]]:
@@ -109,7 +108,7 @@ def test_request_frames_become_queued_requests() -> None:
     state = new_state()
     frames = [*request_frames(1, "add", timeout_ms=5000, depth=2), *request_frames(2, "mul")]
     state.on_requests(frames, 3.0, WALL_MS)
-    assert [state.requests[local].method for local in state.queue] == ["add", "mul"]
+    assert [state.requests[local].method for local in state.requests.queue] == ["add", "mul"]
     request = state.requests[local_of(state, 1)]
     assert request.stage is Stage.QUEUED
     assert request.key == key_of(1)
@@ -153,7 +152,7 @@ def test_schedule_sends_nothing_to_a_busy_engine() -> None:
     steps(state)
     deliver(state, 2)
     assert steps(state) == {}
-    assert list(state.queue) == [local_of(state, 2)]
+    assert list(state.requests.queue) == [local_of(state, 2)]
 
 
 def test_quick_methods_are_batched_together_in_one_step() -> None:
@@ -211,7 +210,7 @@ def test_an_r_line_becomes_a_reply_with_the_broker_key_and_returned_credit() -> 
     local = local_of(state, 7)
     state.on_engine_output(0, True, b'R %d "result":42' % local, 0.1)
     assert reply_of(state) == (1, [(key_of(7), b'"result":42')])
-    assert local not in state.requests and key_of(7) not in state.by_key
+    assert local not in state.requests and key_of(7) not in state.requests.by_key
     assert state.engines[0].held == set()
 
 
@@ -294,7 +293,7 @@ def test_a_cancel_of_a_queued_request_frees_its_credit_without_a_reply() -> None
     deliver(state, 1)
     state.on_cancels([key_of(1)])
     assert reply_of(state) == (1, [])
-    assert state.requests == {} and state.by_key == {}
+    assert state.requests == {} and state.requests.by_key == {}
     assert steps(state) == {}
 
 
@@ -431,7 +430,7 @@ def test_an_engine_that_died_running_a_batch_blames_none_of_it() -> None:
     state.on_engine_died(0, "exit status 1", True, 1.5)
     assert broker_messages(state) == []
     assert all(state.requests[r].solo for r in (first, second))
-    assert list(state.queue) == [first, second]
+    assert list(state.requests.queue) == [first, second]
 
 
 def test_a_request_that_survived_more_than_max_engine_resets_fails_with_worker_lost() -> None:
@@ -479,25 +478,25 @@ def test_target_credit_after_slow_requests_is_contexts_times_two() -> None:
 
 def test_credit_is_topped_up_when_requests_turn_quick() -> None:
     state = new_state(engines=2, prefetch=4)
-    assert state.issued == 4
+    assert state.credit.issued == 4
     deliver(state, 1, method="quick")
     steps(state)
     state.on_engine_output(0, True, b'R %d "result":0' % local_of(state, 1), QUICK_S)
     credit, _ = reply_of(state)
     assert credit == 1 + (10 - 4)
-    assert state.issued == 10
+    assert state.credit.issued == 10
 
 
 def test_credit_is_withheld_when_requests_turn_slow() -> None:
     state = new_state(engines=2, prefetch=4)
     run(state, 1, "quick", QUICK_S, now=0.0)
     run(state, 2, "slow", SLOW_S, now=1.0)
-    assert state.issued == 10
+    assert state.credit.issued == 10
     deliver(state, 3, method="slow", now=2.0)
     steps(state, 2.0)
     state.on_engine_output(0, True, b'R %d "result":0' % local_of(state, 3), 2.0 + SLOW_S)
     assert reply_of(state) == (0, [(key_of(3), b'"result":0')])
-    assert state.issued == 9
+    assert state.credit.issued == 9
 
 
 def test_a_draining_worker_returns_no_credit() -> None:
@@ -507,7 +506,7 @@ def test_a_draining_worker_returns_no_credit() -> None:
     steps(state)
     state.on_engine_output(0, True, b'R %d "result":0' % local_of(state, 1), QUICK_S)
     assert reply_of(state) == (0, [(key_of(1), b'"result":0')])
-    assert state.issued == 3
+    assert state.credit.issued == 3
 
 
 # ---------------------------------------------------------------- reset, logs, figures
@@ -519,19 +518,19 @@ def test_drop_all_forgets_every_request_and_resets_credit() -> None:
     steps(state)
     state.on_engine_output(1, True, b"C 4 %d %b" % (local_of(state, 2), CALL_BODY), 0.1)
     state.drop_all()
-    assert state.requests == {} and state.by_key == {}
-    assert list(state.queue) == [] and state.calls == {}
+    assert state.requests == {} and state.requests.by_key == {}
+    assert list(state.requests.queue) == [] and state.calls == {}
     assert broker_messages(state) == []
 
 
 def test_drop_all_resets_issued_credit_to_the_initial_credit() -> None:
     state = new_state(engines=2, prefetch=4)
     run(state, 1, "quick", QUICK_S, now=0.0)
-    assert state.issued == 10
+    assert state.credit.issued == 10
     deliver(state, 2, 3, method="quick", now=1.0)
     state.drop_all()
-    assert state.issued == state.config.initial_credit == 4
-    assert state.credit_to_return == 0
+    assert state.credit.issued == state.config.initial_credit == 4
+    assert state.credit.to_return == 0
 
 
 def test_drop_all_tells_engines_to_forget_their_parked_requests() -> None:
@@ -602,5 +601,5 @@ def test_removing_an_idle_retired_engine_is_not_counted_as_a_restart() -> None:
     state.retire_engine(0)
     assert state.idle_retired() == [0]
     state.remove_engine(0, 1.0)
-    assert state.engine_restarts == 0
+    assert state.figures.engine_restarts == 0
     assert state.snapshot(1.0)["engine_restarts"] == 0
