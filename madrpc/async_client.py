@@ -12,7 +12,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from .client_core import _UNSET, CallBook, Params, PendingCall, check_params, client_config
+from .client_core import AUTO_KEY, CallBook, Params, PendingCall, check_params, client_config
 from .config import DEFAULT_FRONTEND, ClientConfig
 from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
@@ -76,7 +76,7 @@ class AsyncClient:
 
     async def call(
         self, method: str, params: Params = None, *, timeout: float | None = None,
-        idempotency_key: str | None | Any = _UNSET,
+        idempotency_key: str | None | Any = AUTO_KEY,
     ) -> Any:
         """Call ``method`` and return its result (see :meth:`Client.call`)."""
         self._ensure_started()

@@ -6,8 +6,9 @@ import logging
 import os
 import signal
 import sys
-import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -64,14 +65,49 @@ def _print_result(result: Any) -> None:
     click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
 
 
+def _error_object(error: MadrpcError) -> dict[str, Any]:
+    """The JSON-RPC error object of a failed call (transport errors have no code)."""
+    if not isinstance(error, RpcError):
+        return {"message": str(error)}
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.data is not None:
+        body["data"] = error.data
+    return body
+
+
 def _print_error(error: MadrpcError) -> None:
     if isinstance(error, RpcError):
-        body: dict[str, Any] = {"code": error.code, "message": error.message}
-        if error.data is not None:
-            body["data"] = error.data
-        click.echo(orjson.dumps({"error": body}, option=orjson.OPT_INDENT_2).decode(), err=True)
+        document = {"error": _error_object(error)}
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode(), err=True)
     else:
         click.echo(f"error: {error}", err=True)
+
+
+@contextmanager
+def _progress_bar(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A callback that advances click's progress bar on stderr (done/total, rate, ETA);
+    None when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    started = time.monotonic()
+    done = 0
+
+    def rate(_: object) -> str:
+        elapsed = time.monotonic() - started
+        return f"{done / elapsed:,.0f} calls/s" if elapsed > 0 else ""
+
+    bar: Any
+    with click.progressbar(
+        length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True,
+        item_show_func=rate,
+    ) as bar:
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            bar.update(n, done)
+
+        yield advance
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -266,8 +302,6 @@ def run_command(
 
     setup_logging(log_level, log_format)
     params = _parse_params(params_json)
-    interrupted = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
     try:
         with LocalGrid(script, contexts=contexts) as grid:
             try:
@@ -337,20 +371,14 @@ def map_command(method: str, params_jsonl: Any, broker: str, timeout: float,
             except click.BadParameter as exc:
                 raise click.BadParameter(f"line {number}: {exc.message}",
                                          param_hint="PARAMS_JSONL") from exc
-    with Client(broker, timeout=timeout) as client:
+    with Client(broker, timeout=timeout) as client, _progress_bar(len(items), method) as bar:
         results = client.map(method, items, return_exceptions=True,
-                             max_in_flight=max_in_flight, progress=True)
+                             max_in_flight=max_in_flight, progress=bar)
     failed = 0
     for result in results:
-        if isinstance(result, RpcError):
+        if isinstance(result, MadrpcError):
             failed += 1
-            error: dict[str, Any] = {"code": result.code, "message": result.message}
-            if result.data is not None:
-                error["data"] = result.data
-            click.echo(orjson.dumps({"error": error}).decode())
-        elif isinstance(result, MadrpcError):
-            failed += 1
-            click.echo(orjson.dumps({"error": {"message": str(result)}}).decode())
+            click.echo(orjson.dumps({"error": _error_object(result)}).decode())
         else:
             click.echo(orjson.dumps(result).decode())
     if failed:

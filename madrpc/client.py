@@ -7,18 +7,14 @@ retry transient failures within each call's timeout (see :mod:`madrpc.client_cor
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import click
 import zmq
-import zmq.asyncio
 
-from .client_core import _UNSET, CallBook, Params, PendingCall, check_params, client_config
+from .client_core import AUTO_KEY, CallBook, Params, PendingCall, check_params, client_config
 from .config import DEFAULT_FRONTEND, ClientConfig
 from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
@@ -28,32 +24,6 @@ __all__ = ["Client"]
 
 POLL_SLICE_S = 0.05
 """Longest a thread pumps the socket before letting another thread look."""
-
-@contextmanager
-def _progress_bar(total: int, enabled: bool, label: str) -> Iterator[Callable[[int], None]]:
-    """click's progress bar on stderr (done/total, rate, ETA), only when asked and stderr
-    is a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        yield lambda n: None
-        return
-    started = time.monotonic()
-    done = 0
-
-    def rate(_: object) -> str:
-        elapsed = time.monotonic() - started
-        return f"{done / elapsed:,.0f} calls/s" if elapsed > 0 else ""
-
-    bar: Any
-    with click.progressbar(
-        length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True,
-        item_show_func=rate,
-    ) as bar:
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            bar.update(n, done)
-
-        yield advance
 
 
 class Client:
@@ -89,7 +59,7 @@ class Client:
 
     def call(
         self, method: str, params: Params = None, *, timeout: float | None = None,
-        idempotency_key: str | None | Any = _UNSET,
+        idempotency_key: str | None | Any = AUTO_KEY,
     ) -> Any:
         """Call ``method`` and return its result; ``timeout`` (s) bounds retries too."""
         call = self._start(method, check_params(params), timeout, idempotency_key)
@@ -105,13 +75,14 @@ class Client:
     def map(
         self, method: str, params: Iterable[Params], *, timeout: float | None = None,
         return_exceptions: bool = False, max_in_flight: int | None = None,
-        progress: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> list[Any]:
         """Call ``method`` once per item of ``params``, many in flight; results in order.
 
         ``timeout`` applies to each call. The first error is raised unless
         ``return_exceptions`` is true (then errors take their call's place in the list).
-        ``progress`` shows a bar on stderr when it is a terminal.
+        ``progress``, if given, is called with the number of calls just completed each
+        time some complete (e.g. to advance a progress bar).
         """
         items = [check_params(item) for item in params]
         window = max_in_flight or self.config.max_in_flight
@@ -119,22 +90,23 @@ class Client:
         in_flight: dict[PendingCall, int] = {}
         next_item = 0
         completed = 0
-        with _progress_bar(len(items), progress, method) as advance:
-            while completed < len(items):
-                while next_item < len(items) and len(in_flight) < window:
-                    call = self._start(method, items[next_item], timeout, _UNSET)
-                    in_flight[call] = next_item
-                    next_item += 1
-                self._wait(lambda: any(c.done for c in in_flight))
-                for call in [c for c in in_flight if c.done]:
-                    index = in_flight.pop(call)
-                    completed += 1
-                    advance(1)
-                    if call.error is not None and not return_exceptions:
-                        for other in in_flight:
-                            self._book.abandon(other, call.error)
-                        raise call.error
-                    results[index] = call.error if call.error is not None else call.result
+        while completed < len(items):
+            while next_item < len(items) and len(in_flight) < window:
+                call = self._start(method, items[next_item], timeout, AUTO_KEY)
+                in_flight[call] = next_item
+                next_item += 1
+            self._wait(lambda: any(c.done for c in in_flight))
+            done = [c for c in in_flight if c.done]
+            for call in done:
+                index = in_flight.pop(call)
+                if call.error is not None and not return_exceptions:
+                    for other in in_flight:
+                        self._book.abandon(other, call.error)
+                    raise call.error
+                results[index] = call.error if call.error is not None else call.result
+            completed += len(done)
+            if progress is not None:
+                progress(len(done))
         return results
 
     def close(self) -> None:

@@ -31,9 +31,13 @@ from .jsonrpc import decode_response, encode_request
 from .liveness import Backoff
 from .policy import TRANSIENT_CODES
 
-__all__ = ["CallBook", "Params", "PendingCall", "check_params", "client_config"]
+__all__ = [
+    "AUTO_KEY", "RETRYABLE_CODES", "CallBook", "Params", "PendingCall", "check_params",
+    "client_config",
+]
 
-_UNSET = object()
+AUTO_KEY: Any = object()
+"""``idempotency_key`` default: the client makes a key of its own for the call."""
 Params = Sequence[Any] | dict[str, Any] | None
 """A call's params: positional (list or tuple), named (dict), or none."""
 
@@ -57,6 +61,8 @@ def client_config(endpoint: str, timeout: float | None, config: ClientConfig | N
     if timeout is None:
         return ClientConfig(endpoint=endpoint)
     return ClientConfig(endpoint=endpoint, timeout_s=timeout)
+
+
 RETRYABLE_CODES = frozenset(TRANSIENT_CODES - {ErrorCode.TIMEOUT})
 """Error replies worth another try (a timeout means the call's own time is spent)."""
 
@@ -109,13 +115,13 @@ class CallBook:
 
     def new_call(
         self, method: str, params: Any, timeout_s: float | None, now: float,
-        idempotency_key: str | None | object = _UNSET,
+        idempotency_key: str | None | object = AUTO_KEY,
     ) -> PendingCall:
         timeout = self.config.timeout_s if timeout_s is None else timeout_s
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         call_id = next(self._ids)
-        if idempotency_key is _UNSET:
+        if idempotency_key is AUTO_KEY:
             key = f"{self._prefix}-{call_id}" if self.config.idempotency else None
         else:
             key = idempotency_key  # type: ignore[assignment]

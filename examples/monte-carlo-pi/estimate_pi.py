@@ -20,7 +20,15 @@ SAMPLES_PER_JOB = 1_000_000
 
 def estimate(client: Client) -> float:
     params = [{"samples": SAMPLES_PER_JOB, "seed": seed} for seed in range(JOBS)]
-    results = client.map("monte_carlo_sample", params, progress=True)
+    done = 0
+
+    def progress(completed: int) -> None:   # called as jobs finish
+        nonlocal done
+        done += completed
+        print(f"\r{done}/{JOBS} jobs done", end="", file=sys.stderr, flush=True)
+
+    results = client.map("monte_carlo_sample", params, progress=progress)
+    print(file=sys.stderr)
     inside = sum(r["inside"] for r in results)
     total = sum(r["total"] for r in results)
     return 4 * inside / total

@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyte
@@ -301,13 +302,13 @@ def test_madrpc_map_reports_failed_lines_in_place_and_exits_1(shared_grid: Grid)
     assert "1 of 3 calls failed" in done.stderr
 
 
-def test_map_progress_bar_appears_on_a_terminal(shared_grid: Grid) -> None:
+def test_map_progress_bar_appears_on_a_terminal(shared_grid: Grid, tmp_path: Path) -> None:
+    lines = tmp_path / "params.jsonl"
+    lines.write_text("".join(f"[{i}, 1]\n" for i in range(200)))
     pid, fd = pty.fork()
     if pid == 0:
-        os.execvp(sys.executable, [sys.executable, "-c", (
-            "from madrpc import Client\n"
-            f"c = Client({shared_grid.frontend!r})\n"
-            "c.map('add', [[i, 1] for i in range(200)], progress=True)\n")])
+        os.execvp(sys.executable, [sys.executable, "-m", "madrpc.cli", "map", "add",
+                                   str(lines), "--broker", shared_grid.frontend])
     output = b""
     try:
         while True:
