@@ -10,6 +10,7 @@ takes the longest-waiting requests it can run. Pure: ``now`` in, REQUEST frames 
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 from . import protocol as p
 from .broker_outbox import Outbox
@@ -20,21 +21,28 @@ from .errors import ErrorCode
 
 __all__ = ["Dispatcher", "Refusal"]
 
-Refusal = tuple[ErrorCode, str]
-"""Why a request cannot even wait: (JSON-RPC code, message)."""
+class Refusal(NamedTuple):
+    """Why a request cannot run or wait: the error to answer it with."""
+
+    code: ErrorCode
+    message: str
+    data: Any = None
 
 
 class Dispatcher:
     """Matches requests to workers with credit."""
 
     def __init__(
-        self, requests: RequestTable, workers: WorkerTable, outbox: Outbox, max_queue: int
+        self, requests: RequestTable, workers: WorkerTable, outbox: Outbox, max_queue: int,
+        max_attempts: int,
     ) -> None:
         self.requests = requests
         self.workers = workers
         self.outbox = outbox
         self.max_queue = max_queue
         """Requests that may wait for a worker; past this, new ones are refused."""
+        self.max_attempts = max_attempts
+        """Dispatches of one request whose workers keep dying, before it fails."""
 
     def route(self, request: Request, now: float, requeue: bool = False) -> Refusal | None:
         """Dispatch now or queue; a refusal when no registered worker serves the method
@@ -44,13 +52,38 @@ class Dispatcher:
         if worker is not None:
             self.dispatch(request, worker, now)
         elif not requeue and self.workers and self.workers.serving(method) == 0:
-            return ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method}"
+            return Refusal(ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method}")
         elif not requeue and self.requests.queued >= self.max_queue:
-            return (ErrorCode.OVERLOADED,
-                    f"Overloaded: {self.requests.queued} requests already wait for a worker")
+            return Refusal(ErrorCode.OVERLOADED,
+                           f"Overloaded: {self.requests.queued} requests already wait for a "
+                           "worker")
         else:
             self.requests.enqueue(request, front=requeue)
         return None
+
+    def redispatch(self, request: Request, now: float) -> Refusal | None:
+        """The worker running ``request`` died: run it again elsewhere (first in line), or
+        refuse when it cannot run again."""
+        request.worker = None
+        if request.adopted:   # no body to run again: its twins learn and retry
+            return Refusal(ErrorCode.WORKER_LOST, "Worker lost: the worker that adopted it died")
+        if request.attempts >= self.max_attempts:
+            return Refusal(
+                ErrorCode.WORKER_LOST,
+                f"Worker lost: the request was dispatched {request.attempts} times and each "
+                "worker running it died", {"attempts": request.attempts},
+            )
+        return self.route(request, now, requeue=True)
+
+    def unservable(self) -> list[tuple[Request, Refusal]]:
+        """Queued requests for a method no registered worker offers any more, each with
+        its refusal. Only requests never dispatched: one whose worker died waits for its
+        deadline (a worker serving it may come back)."""
+        return [
+            (request, Refusal(ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method}"))
+            for method in self.requests.queued_methods() if self.workers.serving(method) == 0
+            for request in self.requests.never_dispatched(method)
+        ]
 
     def dispatch(self, request: Request, worker: WorkerRecord, now: float) -> None:
         worker.credit -= 1

@@ -2,12 +2,9 @@
 
 Each event is one method (:meth:`BrokerState.on_client_frame`, :meth:`on_worker_message`,
 :meth:`on_tick`); what must be sent is collected in an :class:`~madrpc.broker_outbox.Outbox`
-and handed to the socket loop by :meth:`take_sends`. The state is made of parts, each a
-module of its own with public methods: the request table (:mod:`madrpc.broker_requests`),
-the worker table (:mod:`madrpc.broker_workers`), the dispatch policy
-(:mod:`madrpc.broker_dispatch`), the idempotency table (:mod:`madrpc.policy`), the
-hand-over after a restart (:mod:`madrpc.broker_adoption`), the figures and the built-in
-methods (:mod:`madrpc.broker_figures`, :mod:`madrpc.broker_info`).
+and handed to the socket loop by :meth:`take_sends`. The state is made of parts with public
+methods, a module each (docs/architecture.md draws them): request and worker tables,
+dispatch, delivery, idempotency, adoption after a restart, figures and built-ins.
 
 Invariants (tested): a live request is either queued or held by exactly one live
 worker; requests in flight to a worker plus its remaining credit never exceed the credit
@@ -22,6 +19,7 @@ from typing import Any
 
 from . import protocol as p
 from .broker_adoption import Adoption
+from .broker_delivery import Delivery
 from .broker_dispatch import Dispatcher
 from .broker_figures import BrokerFigures
 from .broker_info import BUILTIN_METHODS, GridReport
@@ -31,15 +29,7 @@ from .broker_tables import Batch, BrokerRun, Request, WorkerRecord, idempotency_
 from .broker_workers import WorkerTable, ready_fields
 from .config import BrokerConfig
 from .errors import ErrorCode, ProtocolError
-from .jsonrpc import (
-    Call,
-    Invalid,
-    batch_response,
-    error_fragment,
-    fragment_error_code,
-    parse_frame,
-    response,
-)
+from .jsonrpc import Call, Invalid, error_fragment, fragment_error_code, parse_frame
 from .policy import IdempotencyTable
 
 __all__ = ["BACKEND", "FRONTEND", "BrokerState"]
@@ -59,10 +49,11 @@ class BrokerState:
         self.outbox = Outbox()
         self.requests = RequestTable()
         self.workers = WorkerTable(config)
-        self.dispatcher = Dispatcher(self.requests, self.workers, self.outbox, config.max_queue)
-        self.idempotency = IdempotencyTable(
-            config.idempotency_window_s, config.max_idempotency_entries
-        )
+        self.dispatcher = Dispatcher(self.requests, self.workers, self.outbox, config.max_queue,
+                                     config.max_attempts)
+        self.idempotency = IdempotencyTable(config.idempotency_window_s,
+                                            config.max_idempotency_entries)
+        self.delivery = Delivery(self.outbox, self.workers)
         self.figures = BrokerFigures(config.collect_metrics)
         self.adoption = Adoption(self.requests, self.idempotency, self.outbox,
                                  self.figures.counters)
@@ -88,24 +79,15 @@ class BrokerState:
             self._admit_batch(route, parsed, now)
 
     def _admit_batch(self, route: list[bytes], members: list[Call | Invalid], now: float) -> None:
-        batch = Batch(route, [None] * len(members), 0)
-        for index, member in enumerate(members):
-            if isinstance(member, Invalid):
-                self.figures.errors[member.code] += 1
-                batch.parts[index] = member.response()
-            elif not member.is_notification:
-                batch.waiting += 1
+        batch = self.delivery.open_batch(route, members)
         nothing_to_wait_for = batch.waiting == 0
         for index, member in enumerate(members):
             if isinstance(member, Call):
                 self._admit(member, now, route=route, batch=batch, index=index)
+            else:
+                self.figures.errors[member.code] += 1
         if nothing_to_wait_for:   # otherwise the last member to finish sends the batch
-            self._send_batch(batch)
-
-    def _send_batch(self, batch: Batch) -> None:
-        parts = [part for part in batch.parts if part is not None]
-        if parts:
-            self.outbox.reply(batch.route, batch_response(parts))
+            self.delivery.send_batch(batch)
 
     def _admit(
         self, call: Call, now: float, *, route: list[bytes] | None = None,
@@ -164,7 +146,7 @@ class BrokerState:
     def _route(self, request: Request, now: float, requeue: bool = False) -> None:
         refusal = self.dispatcher.route(request, now, requeue)
         if refusal is not None:
-            self._fail(request, *refusal, now)
+            self._fail(request, refusal.code, refusal.message, now)
 
     # ================================================================ completion
 
@@ -185,20 +167,7 @@ class BrokerState:
                     twin = self.requests.joined.pop(twin_key, None)
                     if twin is not None:
                         self._finish(twin, fragment, code, now, record=False)
-        if request.caller is not None:
-            caller = self.workers.get(request.caller)
-            if caller is not None:
-                caller.calls.discard(request.key)
-                self.outbox.result(request.caller, request.call_key, fragment)
-        elif request.batch is not None:
-            batch = request.batch
-            if request.call.id_json is not None:
-                batch.parts[request.index] = response(request.call.id_json, fragment)
-                batch.waiting -= 1
-                if batch.waiting == 0:
-                    self._send_batch(batch)
-        elif request.call.id_json is not None and request.route is not None:
-            self.outbox.reply(request.route, response(request.call.id_json, fragment))
+        self.delivery.deliver(request, fragment)
 
     def _fail(
         self, request: Request, code: int, message: str, now: float, data: Any = None
@@ -265,7 +234,7 @@ class BrokerState:
         if command in (p.REQUEST, p.RESULT, p.CANCEL):
             self.figures.dropped["broker-to-worker command from a worker"] += 1
         if command != p.DISCONNECT:
-            self.outbox.control(identity, self.disconnect_message("unknown worker"))
+            self.outbox.control(identity, self.run.disconnect("unknown worker"))
         if command == p.REPLY:
             self.figures.counters["late_replies"] += len(message.frames) // 2
 
@@ -281,7 +250,7 @@ class BrokerState:
         if old is not None:
             self._remove_worker(old, "registered again", now)
         worker = self.workers.add(identity, info, methods, credit, now)
-        self.outbox.control(identity, self.heartbeat_message(now))   # acknowledges READY
+        self.outbox.control(identity, self.run.heartbeat(now))   # acknowledges READY
         self.figures.counters["workers_joined"] += 1
         log.info(
             "worker %s joined: host=%s pid=%s contexts=%s credit=%d methods=%d",
@@ -289,18 +258,8 @@ class BrokerState:
             credit, len(methods),
         )
         self.dispatcher.serve(worker, now)
-        self._fail_unservable(now)
-
-    def _fail_unservable(self, now: float) -> None:
-        """Queued requests for a method no registered worker offers get -32601.
-
-        Only requests never dispatched: one whose worker died waits for its deadline.
-        """
-        for method in self.requests.queued_methods():
-            if self.workers.serving(method) == 0:
-                for request in self.requests.never_dispatched(method):
-                    self._fail(request, ErrorCode.METHOD_NOT_FOUND,
-                               f"Method not found: {method}", now)
+        for request, refusal in self.dispatcher.unservable():
+            self._fail(request, refusal.code, refusal.message, now)
 
     def _on_reply(self, worker: WorkerRecord, message: p.Message, now: float) -> None:
         worker.add_credit(message.credit())
@@ -367,20 +326,11 @@ class BrokerState:
             request = requests.get(key)
             if request is None:
                 continue
-            request.worker = None
-            if request.adopted:   # no body to run again: its twins learn and retry
-                self._fail(request, ErrorCode.WORKER_LOST,
-                           "Worker lost: the worker that adopted it died", now)
-            elif request.attempts >= self.config.max_attempts:
-                self._fail(
-                    request, ErrorCode.WORKER_LOST,
-                    f"Worker lost: the request was dispatched {request.attempts} times and "
-                    f"each worker running it died",
-                    now, {"attempts": request.attempts},
-                )
+            refusal = self.dispatcher.redispatch(request, now)
+            if refusal is not None:
+                self._fail(request, refusal.code, refusal.message, now, refusal.data)
             else:
                 self.figures.counters["requeued"] += 1
-                self._route(request, now, requeue=True)
 
     def on_unreachable(self, identity: bytes, now: float) -> None:
         """A send to this worker failed (ROUTER_MANDATORY): it is gone."""
@@ -388,14 +338,6 @@ class BrokerState:
         if worker is not None:
             worker.breaker.on_failure(now)
             self._remove_worker(worker, "unreachable", now)
-
-    def heartbeat_message(self, now: float) -> list[bytes]:
-        return p.json_message(
-            p.HEARTBEAT, {"broker": self.run.instance, "grace_s": self.run.grace_s(now)}
-        )
-
-    def disconnect_message(self, reason: str) -> list[bytes]:
-        return p.json_message(p.DISCONNECT, {"reason": reason, "broker": self.run.instance})
 
     # ================================================================ time
 
@@ -406,7 +348,7 @@ class BrokerState:
             worker.breaker.on_failure(now)
             self._remove_worker(worker, "heartbeat lost", now)
         for worker in self.workers.heartbeat_due(now):
-            self.outbox.control(worker.identity, self.heartbeat_message(now))
+            self.outbox.control(worker.identity, self.run.heartbeat(now))
         for request in self.requests.expired(now):
             self._expire(request, now)
         self.dispatcher.serve_all(now)   # e.g. a circuit that may close again
@@ -439,7 +381,7 @@ class BrokerState:
 
     def goodbye_messages(self) -> list[list[bytes]]:
         """A DISCONNECT for every registered worker (the broker is stopping)."""
-        return [[identity, *self.disconnect_message("shutting down")]
+        return [[identity, *self.run.disconnect("shutting down")]
                 for identity in self.workers]
 
 

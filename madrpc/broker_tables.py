@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import protocol as p
 from .jsonrpc import Call
 from .liveness import Heartbeat
 from .metrics import CallStats
@@ -30,6 +31,15 @@ class BrokerRun:
     def grace_s(self, now: float) -> float:
         """Time left in which re-registering workers may hand over what they hold."""
         return round(max(0.0, self.adoption_until - now), 3)
+
+    def heartbeat(self, now: float) -> list[bytes]:
+        """A HEARTBEAT to a worker: names this run and the grace left (it acknowledges
+        READY too)."""
+        return p.json_message(p.HEARTBEAT, {"broker": self.instance, "grace_s": self.grace_s(now)})
+
+    def disconnect(self, reason: str) -> list[bytes]:
+        """A DISCONNECT to a worker, with the reason and this run."""
+        return p.json_message(p.DISCONNECT, {"reason": reason, "broker": self.instance})
 
 
 @dataclass(slots=True)

@@ -73,7 +73,8 @@ def reply(
     credit: int = 1,
     now: float = 0.0,
 ) -> None:
-    frames = p.message(p.REPLY, p.encode_credit(credit), *[frame for pair in pairs for frame in pair])
+    body = [frame for pair in pairs for frame in pair]
+    frames = p.message(p.REPLY, p.encode_credit(credit), *body)
     state.on_worker_message(identity, frames, now)
 
 
