@@ -24,8 +24,7 @@ from .__about__ import __version__
 from .config import WorkerConfig
 from .engine_pool import EnginePool, EngineProcess
 from .errors import ProtocolError, WorkerStartError
-from .liveness import Backoff, Heartbeat
-from .sockets import make_socket, send_frames
+from .worker_link import BrokerLink
 from .worker_state import WorkerState
 
 __all__ = ["Worker"]
@@ -41,8 +40,6 @@ LOADERR_GRACE_MS = 1000
 """After an engine exits at start-up, how long its load error report may take to arrive."""
 WATCH_INTERVAL_S = 0.5
 """How often --watch looks at the script's modification time."""
-CLOSE_LINGER_MS = 200
-"""On shutdown, how long the DISCONNECT to the broker may take to leave."""
 _JS_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
               "error": logging.ERROR}
 _OOM_SIGNALS = {-signal.SIGTRAP, -signal.SIGABRT, -signal.SIGKILL, -signal.SIGSEGV}
@@ -65,20 +62,15 @@ class Worker:
         self.pool = EnginePool(self.context, config, self.script, engine_log_level)
         self.methods: list[str] = []
         self.v8 = ""
-        self.broker: zmq.Socket[Any] | None = None
-        self._broker_heartbeat = Heartbeat(1, 1, 0)
-        self.broker_instance: str | None = None
-        """The run of the broker we last registered with (tells a restart from a blip)."""
+        self.link = BrokerLink(self.context, config)
         self._resend_calls_at: float | None = None
-        self._reconnects = 0
-        self._reconnect_at: float | None = None
         self._stop_requested = threading.Event()
         self._drain = True
         self._drain_until: float | None = None
         self._script_mtime = self._mtime()
         self._process = psutil.Process(os.getpid())
-        self.connected = threading.Event()
-        """Set once the worker has registered with a broker (for tests and embedding)."""
+        self.connected = self.link.connected
+        """Set while the worker is registered with a broker (for tests and embedding)."""
 
     # ================================================================ lifecycle
 
@@ -131,10 +123,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         self.pool.close()
-        if self.broker is not None:
-            self._send_broker(p.message(p.DISCONNECT, b"worker stopping"))
-            self.broker.close(linger=CLOSE_LINGER_MS)
-            self.broker = None
+        self.link.close(p.message(p.DISCONNECT, b"worker stopping"))
         if self._own_context:
             self.context.term()
         log.info("worker %s stopped", self.worker_id)
@@ -142,18 +131,7 @@ class Worker:
     # ================================================================ broker link
 
     def _connect(self, now: float) -> None:
-        config = self.config
-        if self.broker is not None:
-            self.broker.close(linger=0)
-        broker = make_socket(
-            self.context, zmq.DEALER, hwm=config.hwm, max_message_bytes=config.max_message_bytes
-        )
-        broker.connect(config.broker)
-        self.broker = broker
-        self._broker_heartbeat = Heartbeat(
-            config.heartbeat_interval_s, config.heartbeat_liveness, now
-        )
-        self._reconnect_at = None
+        self.link.connect(now)
         self._send_ready()
 
     def _send_ready(self, update: bool = False) -> None:
@@ -169,31 +147,11 @@ class Worker:
             "script": self.script,
             "update": update,
         }
-        self._send_broker(p.json_message(p.READY, info))
-
-    def _send_broker(self, frames: list[bytes]) -> None:
-        if self.broker is None:
-            return
-        try:
-            send_frames(self.broker, frames)
-        except zmq.ZMQError as exc:
-            log.debug("send to broker failed: %s", exc)
+        self.link.send(p.json_message(p.READY, info))
 
     def _broker_lost(self, now: float, reason: str, at_once: bool = False) -> None:
-        """Reconnect after a back-off; at once when a live broker asked us to (once)."""
-        delay = Backoff(self.config.reconnect_initial_s, self.config.reconnect_max_s).delay(
-            self._reconnects
-        )
-        if at_once and self._reconnects == 0:
-            delay = 0.0
-        self._reconnects += 1
-        log.warning("broker %s: %s; reconnecting in %.2f s", self.config.broker, reason, delay)
-        self.connected.clear()
+        self.link.lost(now, reason, at_once)
         self.state.on_broker_lost()
-        if self.broker is not None:
-            self.broker.close(linger=0)
-            self.broker = None
-        self._reconnect_at = now + delay
 
     def _on_broker(self, frames: list[bytes], now: float) -> None:
         try:
@@ -201,7 +159,7 @@ class Worker:
         except ProtocolError as exc:
             log.warning("dropped a message from the broker: %s", exc)
             return
-        self._broker_heartbeat.heard(now)
+        self.link.heard(now)
         command = message.command
         if not self.connected.is_set() and command == p.HEARTBEAT:
             instance, grace_s = p.broker_run(message)
@@ -223,7 +181,7 @@ class Worker:
         again once the other workers have had the broker's grace to hand over theirs."""
         state = self.state
         if state.requests or state.handover:
-            if instance is not None and instance == self.broker_instance:
+            if instance is not None and instance == self.link.instance:
                 log.warning("the broker re-dispatched our %d requests; dropping them",
                             len(state.requests))
                 for slot in state.abandon_all():
@@ -231,15 +189,12 @@ class Worker:
             else:
                 adopt = state.adoption_frames(time.time() * 1000, now)
                 if adopt:
-                    self._send_broker([p.TAG, p.ADOPT, *adopt])
+                    self.link.send([p.TAG, p.ADOPT, *adopt])
                 self._resend_calls_at = now + grace_s
                 log.info("handed %d requests and %d results to the new broker",
                          len(state.requests), len(state.handover.recent))
-        self.broker_instance = instance
-        self.connected.set()
-        if self._reconnects:
+        if self.link.registered(instance):
             log.info("registered with broker %s again", self.config.broker)
-        self._reconnects = 0
 
     # ================================================================ the loop
 
@@ -250,20 +205,22 @@ class Worker:
         next_tick = 0.0
         next_watch = 0.0
         while True:
-            if self.broker is not registered:
+            broker = self.link.socket
+            if broker is not registered:
                 if registered is not None:
                     poller.unregister(registered)
-                if self.broker is not None:
-                    poller.register(self.broker, zmq.POLLIN)
-                registered = self.broker
+                if broker is not None:
+                    poller.register(broker, zmq.POLLIN)
+                registered = broker
             now = time.monotonic()
             if self._stop_requested.is_set() and self._finished_stopping(now):
                 return
             events = dict(poller.poll(max(0, int((next_tick - now) * 1000))))
             now = time.monotonic()
             try:
-                if self.broker is not None and self.broker in events:
-                    self._drain_broker(now)
+                if broker is not None and broker in events:
+                    for frames in self.link.receive():
+                        self._on_broker(frames, now)
                 if self.pool.socket in events:
                     self._drain_engines(now)
             except WorkerStartError:
@@ -286,18 +243,10 @@ class Worker:
                 return True
             self._drain_until = now + self.config.drain_timeout_s
             state.draining = True
-            self._send_broker(p.message(p.DRAIN))
+            self.link.send(p.message(p.DRAIN))
             log.info("worker draining: %d requests held, up to %.1f s",
                      len(state.requests), self.config.drain_timeout_s)
-        return not state.requests or now >= self._drain_until or self.broker is None
-
-    def _drain_broker(self, now: float) -> None:
-        while self.broker is not None:
-            try:
-                frames = self.broker.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._on_broker(frames, now)
+        return not state.requests or now >= self._drain_until or self.link.socket is None
 
     def _drain_engines(self, now: float, starting: bool = False) -> None:
         for process, frames in self.pool.receive():
@@ -352,15 +301,12 @@ class Worker:
             self._resend_calls_at = None
             if self.connected.is_set():
                 self.state.resend_calls()
-        if self.broker is None:
-            if self._reconnect_at is not None and now >= self._reconnect_at:
-                self._connect(now)
-            return
-        heartbeat = self._broker_heartbeat
-        if heartbeat.expired(now):
+        if self.link.reconnect_due(now):
+            self._connect(now)
+        elif self.link.silent(now):
             self._broker_lost(now, "silent for too long")
-        elif heartbeat.due(now):
-            self._send_broker(p.json_message(p.HEARTBEAT, self._snapshot(now)))
+        elif self.link.heartbeat_due(now):
+            self.link.send(p.json_message(p.HEARTBEAT, self._snapshot(now)))
 
     def _snapshot(self, now: float) -> dict[str, Any]:
         """Heartbeat body: the state's figures plus CPU and memory of us and our engines."""
@@ -418,7 +364,7 @@ class Worker:
             self.pool.send(slot, frames)
         if self.connected.is_set():   # else replies wait for the broker to acknowledge us
             for frames in state.take_broker_messages():
-                self._send_broker(frames)
+                self.link.send(frames)
         for level, method, request_id, text in state.logs:
             js_log.log(_JS_LEVELS.get(level, logging.INFO), "[%s id=%s] %s",
                        method or "-", request_id, text)

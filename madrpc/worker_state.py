@@ -152,8 +152,6 @@ class WorkerState:
             engine.held.discard(request.local)
         self._release_credit(request)
 
-    # ================================================================ credit
-
     def _release_credit(self, request: LocalRequest) -> None:
         if request.holds_credit:
             request.holds_credit = False
@@ -180,14 +178,14 @@ class WorkerState:
             if self.fresh and engine.has_input:
                 self._start_step(engine, [], now)   # resume one parked request
                 continue
-            batch: list[LocalRequest] = []
-            if self.requests.queue and not engine.retiring:
-                batch = self.requests.take_batch(
-                    self.run_times.by_method, self.config.batch_threshold_ms / 1000,
-                    self.config.max_batch, batching=not self.fresh,
-                )
+            batch = self._take_batch() if self.requests.queue and not engine.retiring else []
             if batch or engine.has_input:
                 self._start_step(engine, batch, now)
+
+    def _take_batch(self) -> list[LocalRequest]:
+        config = self.config
+        return self.requests.take_batch(self.run_times.by_method, config.batch_threshold_ms / 1000,
+                                        config.max_batch, batching=not self.fresh)
 
     def _start_step(self, engine: EngineSlot, batch: list[LocalRequest], now: float) -> None:
         """One step: the settles and cancels of one context slot, then new requests."""
