@@ -2,113 +2,27 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
 import orjson
 
 from . import config as cfg
-from .errors import MadrpcError, RpcError
-from .logs import LOG_FORMATS, setup_logging
+from .cli_support import (
+    error_object,
+    log_options,
+    on_signals,
+    parse_params,
+    print_error,
+    print_result,
+    progress_bar,
+)
+from .errors import MadrpcError
+from .logs import setup_logging
 
-log = logging.getLogger("madrpc.cli")
-
-_LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
-
-
-def _log_options(default_level: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        func = click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text",
-                            show_default=True, help="Log lines as text or as JSON objects.")(func)
-        return click.option("--log-level", type=_LOG_LEVELS, default=default_level,
-                            show_default=True, help="Least severe log level shown.")(func)
-    return decorate
-
-
-def _on_signals(stop: Callable[[bool], None]) -> None:
-    """First SIGINT/SIGTERM: stop gracefully (drain). Second: stop now."""
-    count = {"n": 0}
-
-    def handler(signum: int, frame: Any) -> None:
-        count["n"] += 1
-        name = signal.Signals(signum).name
-        if count["n"] == 1:
-            log.info("%s: stopping (again to stop at once)", name)
-            stop(True)
-        else:
-            stop(False)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _parse_params(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        params = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="PARAMS_JSON") from exc
-    if not isinstance(params, (list, dict)):
-        raise click.BadParameter("must be a JSON array or object", param_hint="PARAMS_JSON")
-    return params
-
-
-def _print_result(result: Any) -> None:
-    click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
-
-
-def _error_object(error: MadrpcError) -> dict[str, Any]:
-    """The JSON-RPC error object of a failed call (transport errors have no code)."""
-    if not isinstance(error, RpcError):
-        return {"message": str(error)}
-    body: dict[str, Any] = {"code": error.code, "message": error.message}
-    if error.data is not None:
-        body["data"] = error.data
-    return body
-
-
-def _print_error(error: MadrpcError) -> None:
-    if isinstance(error, RpcError):
-        document = {"error": _error_object(error)}
-        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode(), err=True)
-    else:
-        click.echo(f"error: {error}", err=True)
-
-
-@contextmanager
-def _progress_bar(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
-    """A callback that advances click's progress bar on stderr (done/total, rate, ETA);
-    None when stderr is not a terminal."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    started = time.monotonic()
-    done = 0
-
-    def rate(_: object) -> str:
-        elapsed = time.monotonic() - started
-        return f"{done / elapsed:,.0f} calls/s" if elapsed > 0 else ""
-
-    bar: Any
-    with click.progressbar(
-        length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True,
-        item_show_func=rate,
-    ) as bar:
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            bar.update(n, done)
-
-        yield advance
-
+__all__ = ["broker_main", "main", "worker_main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="madrpc")
@@ -155,7 +69,7 @@ def main() -> None:
 @click.option("--no-metrics", is_flag=True, help="Do not collect latency histograms and rates.")
 @click.option("--metrics-http", metavar="HOST:PORT", default=None,
               help="Serve Prometheus metrics on http://HOST:PORT/metrics.")
-@_log_options("info")
+@log_options("info")
 def broker_command(
     frontend: str, backend: str, heartbeat_interval: float, heartbeat_liveness: int,
     max_queue: int, default_timeout: float, max_message_bytes: int, max_attempts: int,
@@ -182,7 +96,7 @@ def broker_command(
         broker = Broker(config)
     except Exception as exc:  # noqa: BLE001 - zmq bind errors deserve one clear line
         raise click.ClickException(f"cannot start the broker: {exc}") from exc
-    _on_signals(lambda drain: broker.stop(drain))
+    on_signals(lambda drain: broker.stop(drain))
     broker.run()
 
 
@@ -226,7 +140,7 @@ def broker_command(
               help="ZeroMQ high-water mark (messages) of each socket.")
 @click.option("--v8-flag", multiple=True, help="Extra V8 flag for the engines (repeatable).")
 @click.option("--no-metrics", is_flag=True, help="Do not keep latency histograms and rates.")
-@_log_options("info")
+@log_options("info")
 def worker_command(
     script: str, broker: str, contexts: int | None, prefetch: int, cpu_limit: float,
     max_memory: int, fresh_context: bool, watch: bool, heartbeat_interval: float,
@@ -249,7 +163,7 @@ def worker_command(
         collect_metrics=not no_metrics,
     )
     worker = Worker(config, engine_log_level=log_level.upper())
-    _on_signals(lambda drain: worker.stop(drain))
+    on_signals(lambda drain: worker.stop(drain))
     sys.exit(worker.run())
 
 
@@ -270,14 +184,14 @@ def call_command(method: str, params_json: str | None, broker: str, timeout: flo
     """
     from .client import Client
 
-    params = _parse_params(params_json)
+    params = parse_params(params_json)
     with Client(broker, timeout=timeout) as client:
         try:
             result = client.call(method, params)
         except MadrpcError as exc:
-            _print_error(exc)
+            print_error(exc)
             sys.exit(1)
-    _print_result(result)
+    print_result(result)
 
 
 @click.command("run")
@@ -288,7 +202,7 @@ def call_command(method: str, params_json: str | None, broker: str, timeout: flo
               help="V8 contexts of the embedded worker.  [default: CPU count]")
 @click.option("--timeout", type=float, default=cfg.DEFAULT_TIMEOUT_MS / 1000, show_default=True,
               help="Seconds to wait for the result.")
-@_log_options("warning")
+@log_options("warning")
 def run_command(
     script: str, method: str, params_json: str | None, contexts: int | None, timeout: float,
     log_level: str, log_format: str,
@@ -301,18 +215,18 @@ def run_command(
     from .local import LocalGrid
 
     setup_logging(log_level, log_format)
-    params = _parse_params(params_json)
+    params = parse_params(params_json)
     try:
         with LocalGrid(script, contexts=contexts) as grid:
             try:
                 result = grid.client(timeout_s=timeout).call(method, params)
             except MadrpcError as exc:
-                _print_error(exc)
+                print_error(exc)
                 sys.exit(1)
     except MadrpcError as exc:
-        _print_error(exc)
+        print_error(exc)
         sys.exit(1)
-    _print_result(result)
+    print_result(result)
 
 
 @click.command("top")
@@ -335,7 +249,7 @@ def top_command(broker: str, interval: float, once: bool, width: int) -> None:
         try:
             click.echo(top.once(broker, width=width, timeout_s=max(5.0, interval)), nl=False)
         except MadrpcError as exc:
-            _print_error(exc)
+            print_error(exc)
             sys.exit(1)
         return
     if not sys.stdout.isatty():
@@ -367,18 +281,18 @@ def map_command(method: str, params_jsonl: Any, broker: str, timeout: float,
     for number, line in enumerate(params_jsonl, start=1):
         if line.strip():
             try:
-                items.append(_parse_params(line))
+                items.append(parse_params(line))
             except click.BadParameter as exc:
                 raise click.BadParameter(f"line {number}: {exc.message}",
                                          param_hint="PARAMS_JSONL") from exc
-    with Client(broker, timeout=timeout) as client, _progress_bar(len(items), method) as bar:
+    with Client(broker, timeout=timeout) as client, progress_bar(len(items), method) as bar:
         results = client.map(method, items, return_exceptions=True,
                              max_in_flight=max_in_flight, progress=bar)
     failed = 0
     for result in results:
         if isinstance(result, MadrpcError):
             failed += 1
-            click.echo(orjson.dumps({"error": _error_object(result)}).decode())
+            click.echo(orjson.dumps({"error": error_object(result)}).decode())
         else:
             click.echo(orjson.dumps(result).decode())
     if failed:

@@ -1,0 +1,115 @@
+"""What the ``madrpc`` commands share: log options, signal handling, reading params,
+printing results and errors, and the progress bar. Command-line code only."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import orjson
+
+from .errors import MadrpcError, RpcError
+from .logs import LOG_FORMATS
+
+__all__ = [
+    "error_object", "log_options", "on_signals", "parse_params", "print_error", "print_result",
+    "progress_bar",
+]
+
+log = logging.getLogger("madrpc.cli")
+
+LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+def log_options(default_level: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The --log-level and --log-format options of a command."""
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        func = click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text",
+                            show_default=True, help="Log lines as text or as JSON objects.")(func)
+        return click.option("--log-level", type=LOG_LEVELS, default=default_level,
+                            show_default=True, help="Least severe log level shown.")(func)
+    return decorate
+
+
+def on_signals(stop: Callable[[bool], None]) -> None:
+    """First SIGINT/SIGTERM: stop gracefully (drain). Second: stop now."""
+    count = {"n": 0}
+
+    def handler(signum: int, frame: Any) -> None:
+        count["n"] += 1
+        name = signal.Signals(signum).name
+        if count["n"] == 1:
+            log.info("%s: stopping (again to stop at once)", name)
+            stop(True)
+        else:
+            stop(False)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def parse_params(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        params = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="PARAMS_JSON") from exc
+    if not isinstance(params, (list, dict)):
+        raise click.BadParameter("must be a JSON array or object", param_hint="PARAMS_JSON")
+    return params
+
+
+def print_result(result: Any) -> None:
+    click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+def error_object(error: MadrpcError) -> dict[str, Any]:
+    """The JSON-RPC error object of a failed call (transport errors have no code)."""
+    if not isinstance(error, RpcError):
+        return {"message": str(error)}
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.data is not None:
+        body["data"] = error.data
+    return body
+
+
+def print_error(error: MadrpcError) -> None:
+    if isinstance(error, RpcError):
+        document = {"error": error_object(error)}
+        click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode(), err=True)
+    else:
+        click.echo(f"error: {error}", err=True)
+
+
+@contextmanager
+def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A callback that advances click's progress bar on stderr (done/total, rate, ETA);
+    None when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    started = time.monotonic()
+    done = 0
+
+    def rate(_: object) -> str:
+        elapsed = time.monotonic() - started
+        return f"{done / elapsed:,.0f} calls/s" if elapsed > 0 else ""
+
+    bar: Any
+    with click.progressbar(
+        length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True,
+        item_show_func=rate,
+    ) as bar:
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            bar.update(n, done)
+
+        yield advance
