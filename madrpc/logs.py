@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["LOG_FORMATS", "setup_logging"]
+__all__ = ["LOG_FORMATS", "JsonFormatter", "setup_logging"]
 
 LOG_FORMATS = ("text", "json")
 

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CallStats", "Histogram", "RateMeter"]
+__all__ = ["CallStats", "Histogram", "RateMeter", "bucket_of", "bucket_upper"]
 
 MIN_LATENCY_S = 1e-6
 """Upper edge of bucket 0; anything faster lands there."""

@@ -30,7 +30,8 @@ from py_mini_racer._dll import init_mini_racer, mr_callback_func
 from .errors import EngineError, ScriptError
 
 __all__ = [
-    "Event", "EventKind", "Runtime", "describe_script_error", "init_engine", "v8_version",
+    "ENGINE_FLAGS", "MINI_RACER_TYPES", "Event", "EventKind", "Runtime", "describe_script_error",
+    "init_engine", "v8_version",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,16 +42,23 @@ microtasks inside a step (one crossing per step even for async functions). mini-
 default ``--single-threaded`` is dropped on purpose: it disables concurrent optimisation
 and made the Monte Carlo loop ~6x slower (docs/performance.md)."""
 
-_STRING = 5
-_ARRAY = 6
-_FUNCTION = 100
-_SHARED_ARRAY_BUFFER = 101
-_UNDEFINED = 11
-_EXECUTE_EXCEPTION = 200
-_PARSE_EXCEPTION = 201
-_OOM_EXCEPTION = 202
-_TIMEOUT_EXCEPTION = 203
-_TERMINATED_EXCEPTION = 204
+MINI_RACER_TYPES: dict[str, int] = {
+    "str_utf8": 5, "array": 6, "undefined": 11, "function": 100, "shared_array_buffer": 101,
+    "execute_exception": 200, "parse_exception": 201, "oom_exception": 202,
+    "timeout_exception": 203, "terminated_exception": 204,
+}
+"""The value type numbers of mini-racer's native library this runtime relies on (its
+private ``_MiniRacerTypes``, by name). A unit test pins them against the installed
+mini-racer, so an upgrade that renumbers them fails in seconds, not in production."""
+_STRING = MINI_RACER_TYPES["str_utf8"]
+_ARRAY = MINI_RACER_TYPES["array"]
+_FUNCTION = MINI_RACER_TYPES["function"]
+_SHARED_ARRAY_BUFFER = MINI_RACER_TYPES["shared_array_buffer"]
+_UNDEFINED = MINI_RACER_TYPES["undefined"]
+_EXECUTE_EXCEPTION = MINI_RACER_TYPES["execute_exception"]
+_OOM_EXCEPTION = MINI_RACER_TYPES["oom_exception"]
+_TIMEOUT_EXCEPTION = MINI_RACER_TYPES["timeout_exception"]
+_TERMINATED_EXCEPTION = MINI_RACER_TYPES["terminated_exception"]
 _SETUP_ID = 1
 _STEP_ID = 2
 _NOTIFY_ID = 3
