@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SORT_KEYS", "ViewState", "plain", "render", "sparkline"]
+__all__ = ["SORT_KEYS", "ViewState", "plain", "render", "sparkline", "worker_health"]
 
 Segment = tuple[str, str]
 Line = list[Segment]
@@ -60,6 +60,8 @@ class ViewState:
 
 def sparkline(values: list[int], width: int, unicode: bool = True) -> str:
     """The last ``width`` values as a bar per value, scaled to the largest."""
+    if width <= 0:
+        return ""
     values = values[-width:]
     if not values:
         return ""
@@ -87,7 +89,7 @@ def render(
     if status is not None:
         lines.append([(_fit(status, width), "bad")])
     if snapshot is None:
-        lines.append([("waiting for the first snapshot ...", "dim")])
+        lines.append([(_fit("waiting for the first snapshot ...", width), "dim")])
         return _screen(lines, [], view, height, width)
     lines += _summary(snapshot, view, width)
     lines.append([])
@@ -131,11 +133,13 @@ def _summary(snapshot: dict[str, Any], view: ViewState, width: int) -> list[Line
     line3 = (f"latency p50 {_ms(latency.get('p50_ms'))}  p95 {_ms(latency.get('p95_ms'))}  "
              f"p99 {_ms(latency.get('p99_ms'))}   broker cpu {_pct(broker.get('cpu_percent'))}"
              f"  rss {_mib(broker.get('rss_bytes'))}")
+    errors_text, dropped_text = f"  errors {errors}", f"  dropped {dropped}"
+    room = max(0, width - len(errors_text) - len(dropped_text))
     return [
         [(label, "bold"), (spark, "spark")],
-        [(_fit(line2, width - 30), "normal"),
-         (f"  errors {errors}", "bad" if errors else "normal"),
-         (f"  dropped {dropped}", "warn" if dropped else "normal")],
+        [(_fit(line2, room), "normal"),
+         (errors_text, "bad" if errors else "normal"),
+         (dropped_text, "warn" if dropped else "normal")],
         [(_fit(line3, width), "normal")],
     ]
 
