@@ -103,6 +103,7 @@ class CallBook:
         self._backoff = Backoff(config.retry_backoff_initial_s, config.retry_backoff_max_s)
         self.last_heard = 0.0
         self.retries = 0
+        """Calls sent again (after a timer, a transient error, a reconnection or a restart)."""
         self.reconnects = 0
         self.broker_instance: str | None = None
         self.probe_id: str | None = None
@@ -173,7 +174,8 @@ class CallBook:
             if self.probe_id is not None and response.get("id") == self.probe_id:
                 self._on_probe_answer(response.get("result"), now)
                 continue
-            call = self.calls.get(response.get("id"))  # type: ignore[arg-type]
+            call_id = response.get("id")
+            call = self.calls.get(call_id) if type(call_id) is int else None
             if call is None:
                 continue   # a duplicate of a retried call, or a call we gave up on
             if "error" in response:
@@ -218,7 +220,6 @@ class CallBook:
         if now + delay >= call.deadline:
             return False
         call.resend_at = now + delay
-        self.retries += 1
         return True
 
     def _complete(
@@ -275,14 +276,20 @@ class CallBook:
         expired = self.expire(now)
         if self.broker_silent(now, connected_at):
             self.on_reconnect()
-            return True, list(self.calls.values()), expired
+            return True, self._resend_all(), expired
         if self.broker_restarted and now >= self.resend_after:
             self.broker_restarted = False
-            return False, list(self.calls.values()), expired
+            return False, self._resend_all(), expired
         return False, self.due_for_resend(now), expired
 
+    def _resend_all(self) -> list[PendingCall]:
+        calls = list(self.calls.values())
+        self.retries += len(calls)
+        return calls
+
     def abandon(self, call: PendingCall, error: BaseException) -> None:
-        if call.id in self.calls:
+        """Complete a call that will not be answered (a failed send) with ``error``."""
+        if not call.done:
             self._complete(call, error=error)
 
     def fail_all(self, error: Exception) -> None:
