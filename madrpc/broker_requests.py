@@ -11,15 +11,16 @@ from __future__ import annotations
 import heapq
 import random
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator, Mapping, ValuesView
+from collections.abc import Iterable, Iterator
 
 from . import protocol as p
 from .broker_tables import Request
+from .table_view import TableView
 
 __all__ = ["RequestTable"]
 
 
-class RequestTable(Mapping[bytes, Request]):
+class RequestTable(TableView[bytes, Request]):
     """Live requests by key (a read-only mapping), their queues and their deadlines.
 
     A live request is queued (waiting for a worker) or in flight (held by one). Queues
@@ -28,7 +29,7 @@ class RequestTable(Mapping[bytes, Request]):
     """
 
     def __init__(self) -> None:
-        self._live: dict[bytes, Request] = {}
+        super().__init__({})
         self._queues: defaultdict[str, deque[Request]] = defaultdict(deque)
         self.queued = 0
         """Live requests waiting in a queue."""
@@ -37,30 +38,10 @@ class RequestTable(Mapping[bytes, Request]):
         """Requests waiting for a running twin with the same idempotency key."""
         self._next_key = random.getrandbits(62)
 
-    # ------------------------------------------------------------ mapping
-
-    def __getitem__(self, key: bytes) -> Request:
-        return self._live[key]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._live)
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._live
-
-    def get(self, key: bytes, default: Request | None = None) -> Request | None:  # type: ignore[override]
-        return self._live.get(key, default)
-
-    def values(self) -> ValuesView[Request]:
-        return self._live.values()
-
     @property
     def in_flight(self) -> int:
         """Live requests held by workers."""
-        return len(self._live) - self.queued
+        return len(self._rows) - self.queued
 
     # ------------------------------------------------------------ changes
 
@@ -75,7 +56,7 @@ class RequestTable(Mapping[bytes, Request]):
         heapq.heappush(self._deadlines, (request.deadline, request.key))
 
     def add(self, request: Request) -> None:
-        self._live[request.key] = request
+        self._rows[request.key] = request
 
     def join(self, request: Request) -> None:
         """The request waits for the twin running its idempotency key."""
@@ -108,7 +89,7 @@ class RequestTable(Mapping[bytes, Request]):
 
     def forget(self, request: Request) -> None:
         """No longer live (answered, dropped, or waiting for a twin)."""
-        self._live.pop(request.key, None)
+        self._rows.pop(request.key, None)
         if request.queued:
             request.queued = False
             self.queued -= 1
@@ -136,7 +117,7 @@ class RequestTable(Mapping[bytes, Request]):
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, key = heapq.heappop(deadlines)
-            request = self._live.get(key) or self.joined.pop(key, None)
+            request = self._rows.get(key) or self.joined.pop(key, None)
             if request is not None:
                 yield request
 

@@ -8,7 +8,6 @@ decided by :mod:`madrpc.broker_state`. Pure: no sockets, no clocks.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping, ValuesView
 from typing import Any
 
 from .broker_tables import WorkerRecord
@@ -16,6 +15,7 @@ from .config import BrokerConfig
 from .errors import ProtocolError
 from .liveness import Heartbeat
 from .policy import CircuitBreaker
+from .table_view import TableView
 
 __all__ = ["MAX_BREAKERS", "WorkerTable", "ready_fields"]
 
@@ -38,38 +38,17 @@ def ready_fields(info: Any) -> tuple[frozenset[str], int]:
     return frozenset(methods), credit
 
 
-class WorkerTable(Mapping[bytes, WorkerRecord]):
+class WorkerTable(TableView[bytes, WorkerRecord]):
     """Workers by socket identity (a read-only mapping), in round-robin order."""
 
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self._workers: OrderedDict[bytes, WorkerRecord] = OrderedDict()
+        super().__init__(self._workers)
         self._serving: Counter[str] = Counter()
         """Method -> number of registered workers that serve it."""
         self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
         """Worker id -> its breaker; it outlives reconnections of the same process."""
-
-    # ------------------------------------------------------------ mapping
-
-    def __getitem__(self, identity: bytes) -> WorkerRecord:
-        return self._workers[identity]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._workers)
-
-    def __len__(self) -> int:
-        return len(self._workers)
-
-    def __contains__(self, identity: object) -> bool:
-        return identity in self._workers
-
-    def get(  # type: ignore[override]
-        self, identity: bytes, default: WorkerRecord | None = None
-    ) -> WorkerRecord | None:
-        return self._workers.get(identity, default)
-
-    def values(self) -> ValuesView[WorkerRecord]:
-        return self._workers.values()
 
     # ------------------------------------------------------------ membership
 

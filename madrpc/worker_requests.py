@@ -7,44 +7,25 @@ A table with its own small policy: which queued requests go into one engine step
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Mapping, ValuesView
+from collections.abc import Mapping
 
 from . import protocol as p
+from .table_view import TableView
 from .worker_tables import LocalRequest, Stage
 
 __all__ = ["RequestBook"]
 
 
-class RequestBook(Mapping[int, LocalRequest]):
+class RequestBook(TableView[int, LocalRequest]):
     """Requests by local key (a read-only mapping), plus lookups and the run queue."""
 
     def __init__(self) -> None:
-        self._requests: dict[int, LocalRequest] = {}
+        super().__init__({})
         self.by_key: dict[bytes, int] = {}
         """Broker key -> local key."""
         self.queue: deque[int] = deque()
         """Local keys waiting for an engine, oldest first (stale entries are skipped)."""
         self._next_local = 1
-
-    def __getitem__(self, local: int) -> LocalRequest:
-        return self._requests[local]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._requests)
-
-    def __len__(self) -> int:
-        return len(self._requests)
-
-    def __contains__(self, local: object) -> bool:
-        return local in self._requests
-
-    def get(  # type: ignore[override]
-        self, local: int, default: LocalRequest | None = None
-    ) -> LocalRequest | None:
-        return self._requests.get(local, default)
-
-    def values(self) -> ValuesView[LocalRequest]:
-        return self._requests.values()
 
     def add(
         self, meta: p.RequestMeta, method: str, body: bytes, now: float, wall_ms: float,
@@ -57,18 +38,18 @@ class RequestBook(Mapping[int, LocalRequest]):
             local, meta.key, method, body, wall_ms + meta.timeout_ms, cpu_limit_ms,
             meta.depth, now, memory_mb, solo=memory_mb > 0,
         )
-        self._requests[local] = request
+        self._rows[local] = request
         self.by_key[meta.key] = local
         self.queue.append(local)
         return request
 
     def find(self, broker_key: bytes) -> LocalRequest | None:
         local = self.by_key.get(broker_key)
-        return self._requests.get(local) if local is not None else None
+        return self._rows.get(local) if local is not None else None
 
     def pop(self, local: int) -> LocalRequest | None:
         """Remove and return the request (None if it is not held)."""
-        request = self._requests.pop(local, None)
+        request = self._rows.pop(local, None)
         if request is not None:
             self.by_key.pop(request.key, None)
         return request
@@ -90,7 +71,7 @@ class RequestBook(Mapping[int, LocalRequest]):
         batch: list[LocalRequest] = []
         spent = 0.0
         queue = self.queue
-        requests = self._requests
+        requests = self._rows
         while queue and len(batch) < max_batch:
             request = requests.get(queue[0])
             if request is None or request.stage is not Stage.QUEUED:
@@ -110,15 +91,15 @@ class RequestBook(Mapping[int, LocalRequest]):
 
     def holding_credit(self) -> int:
         """Requests that hold a unit of the worker's credit."""
-        return sum(1 for r in self._requests.values() if r.holds_credit)
+        return sum(1 for r in self._rows.values() if r.holds_credit)
 
     def count(self, stage: Stage) -> int:
-        return sum(1 for r in self._requests.values() if r.stage is stage)
+        return sum(1 for r in self._rows.values() if r.stage is stage)
 
     def clear(self) -> list[LocalRequest]:
         """Forget every request; returns them."""
-        held = list(self._requests.values())
-        self._requests.clear()
+        held = list(self._rows.values())
+        self._rows.clear()
         self.by_key.clear()
         self.queue.clear()
         return held
