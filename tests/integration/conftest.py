@@ -6,7 +6,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from grid_support import SIMPLE_JS, Grid, Spawner, wait_for_workers
+from grid_support import SIMPLE_JS, TIME_FACTOR, Grid, Spawner, scaled, wait_for_workers
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stretch pytest-timeout's per-test limit by TIME_FACTOR, as every other wait is."""
+    limit = float(config.getini("timeout") or 0)
+    if TIME_FACTOR == 1 or not limit:
+        return
+    for item in items:
+        if item.path.is_relative_to(HERE) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(scaled(limit)))
 
 
 @pytest.fixture

@@ -2,8 +2,11 @@
 
 Every process is started in its own session; teardown kills the whole process group
 (the worker's engine processes included) by PID, whether the test passed or not.
-Heartbeat timings are scaled by ``MADRPC_TEST_TIME_FACTOR`` (default 1) so a slow CI
-machine can stretch them without editing tests.
+Every wait is either a polled condition (:func:`wait_until`) or a duration scaled by
+``TIME_FACTOR`` (``MADRPC_TEST_TIME_FACTOR``, default 1), so a slow or loaded machine can
+stretch them without editing tests. The helpers here take unscaled seconds and scale
+them themselves; a test that hands a fixed duration to a client or a process scales it
+with :func:`scaled`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pytest
 from madrpc import Client
 
 TIME_FACTOR = float(os.environ.get("MADRPC_TEST_TIME_FACTOR", "1"))
+"""Stretches every fixed duration in the integration tests (zerorpc's TIME_FACTOR)."""
 HEARTBEAT_S = 0.2 * TIME_FACTOR
 """Heartbeat interval used by test grids (liveness 3: a dead peer is noticed in 0.6 s)."""
 LIVENESS = 3
@@ -40,6 +44,17 @@ NOTHING_LISTENS = "tcp://127.0.0.1:9"
 """An endpoint no broker answers on (the discard port, outside the ephemeral range)."""
 
 
+def scaled(seconds: float) -> float:
+    """``seconds`` stretched by ``TIME_FACTOR``: for fixed durations given to clients and
+    processes (timeouts, limits, jobs that must still run when something happens)."""
+    return seconds * TIME_FACTOR
+
+
+def scaled_ms(milliseconds: float) -> int:
+    """``milliseconds`` stretched by ``TIME_FACTOR``, as the whole number JSON params want."""
+    return round(milliseconds * TIME_FACTOR)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,14 +63,15 @@ def free_port() -> int:
 
 def wait_until(condition: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.05,
                message: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail the test on timeout."""
-    deadline = time.monotonic() + timeout_s * TIME_FACTOR
+    """Poll ``condition`` until it returns something truthy; fail the test after
+    ``timeout_s`` (scaled)."""
+    deadline = time.monotonic() + scaled(timeout_s)
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {message}")
+            pytest.fail(f"timed out after {scaled(timeout_s):g} s waiting for {message}")
         time.sleep(interval_s)
 
 
@@ -87,14 +103,24 @@ class Proc:
             os.kill(self.pid, signum)
 
     def wait(self, timeout_s: float = 10.0) -> int:
-        return self.popen.wait(timeout_s * TIME_FACTOR)
+        """Wait for the process to exit (``timeout_s`` scaled); return its exit status."""
+        return self.popen.wait(scaled(timeout_s))
+
+    def wait_for_log(self, text: str, timeout_s: float = 10.0) -> str:
+        """Wait until ``text`` appears in the process's stderr; return the stderr."""
+        def logged() -> str | None:
+            stderr = self.stderr()
+            return stderr if text in stderr else None
+
+        found: str = wait_until(logged, timeout_s, message=f"{text!r} in {self.name}'s stderr")
+        return found
 
     def kill_group(self) -> None:
         """SIGKILL the process and everything it started (its session)."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
+            self.popen.wait(scaled(10))
 
 
 @dataclass
@@ -126,10 +152,11 @@ class Spawner:
         base = self._sockets / str(self._count)
         return GridEndpoints(f"ipc://{base}-front", f"ipc://{base}-back")
 
-    def broker(self, grid: GridEndpoints, *extra: str) -> Proc:
+    def broker(self, grid: GridEndpoints, *extra: str, heartbeat_s: float = HEARTBEAT_S,
+               ) -> Proc:
         return self.run(
             "broker", "--frontend", grid.frontend, "--backend", grid.backend,
-            "--heartbeat-interval", str(HEARTBEAT_S), "--heartbeat-liveness", str(LIVENESS),
+            "--heartbeat-interval", str(heartbeat_s), "--heartbeat-liveness", str(LIVENESS),
             "--log-level", "debug", *extra, name="broker",
         )
 
@@ -149,7 +176,7 @@ class Spawner:
 
 
 def metrics(frontend: str) -> dict[str, Any]:
-    with Client(frontend, timeout=5) as client:
+    with Client(frontend, timeout=scaled(5)) as client:
         result: dict[str, Any] = client.call("_metrics")
         return result
 
@@ -164,6 +191,22 @@ def wait_for_workers(frontend: str, count: int, timeout_s: float = 30.0) -> dict
     return result
 
 
+def wait_for_in_flight(frontend: str, count: int = 1, timeout_s: float = 10.0,
+                       pid: int | None = None) -> dict[str, Any]:
+    """Wait until workers hold ``count`` requests (of worker ``pid`` if given), as the
+    broker's ``_metrics`` tells; return the snapshot."""
+    def held() -> dict[str, Any] | None:
+        snapshot = metrics(frontend)
+        if pid is None:
+            n = snapshot["broker"]["in_flight"]
+        else:
+            n = sum(w["in_flight"] for w in snapshot["workers"] if w["pid"] == pid)
+        return snapshot if n >= count else None
+
+    result: dict[str, Any] = wait_until(held, timeout_s, 0.02, f"{count} request(s) in flight")
+    return result
+
+
 @dataclass
 class Grid:
     endpoints: GridEndpoints
@@ -175,6 +218,8 @@ class Grid:
         return self.endpoints.frontend
 
     def client(self, timeout: float = 10.0, **options: Any) -> Client:
+        """A client of this grid whose default call timeout is ``timeout`` (scaled)."""
         from madrpc import ClientConfig
 
-        return Client(config=ClientConfig(endpoint=self.frontend, timeout_s=timeout, **options))
+        return Client(config=ClientConfig(endpoint=self.frontend, timeout_s=scaled(timeout),
+                                          **options))

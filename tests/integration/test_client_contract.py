@@ -8,9 +8,11 @@ from typing import Any
 import orjson
 import pytest
 import zmq
-from grid_support import Grid
+from grid_support import Grid, metrics, scaled_ms, wait_until
 
-REPLY_TIMEOUT_MS = 10_000
+REPLY_TIMEOUT_MS = scaled_ms(10_000)
+NO_REPLY_MS = scaled_ms(500)
+"""How long a reply that should not come is waited for, once the broker has finished."""
 
 
 class RawClient:
@@ -148,15 +150,36 @@ def test_a_batch_gets_one_array_with_a_reply_per_request(raw: RawClient) -> None
     assert len(replies) == 5
 
 
-def test_a_notification_gets_no_reply(dealer: RawClient) -> None:
+def echo_calls_finished(frontend: str) -> int:
+    """Calls to ``echo`` the broker has finished (notifications included)."""
+    snapshot = metrics(frontend)
+    if snapshot["broker"]["in_flight"] or snapshot["broker"]["queue_depth"]:
+        return 0
+    stats = snapshot["methods"].get("echo")
+    return int(stats["requests"]) if stats else 0
+
+
+def wait_for_echo_calls(frontend: str, count: int) -> None:
+    """Wait until the broker has finished ``count`` calls to ``echo`` and holds nothing:
+    a reply it would send has been sent by then."""
+    wait_until(lambda: echo_calls_finished(frontend) >= count, 10, 0.02,
+               f"the broker to finish {count} echo call(s)")
+
+
+def test_a_notification_gets_no_reply(shared_grid: Grid, dealer: RawClient) -> None:
+    before = metrics(shared_grid.frontend)["methods"].get("echo", {}).get("requests", 0)
     dealer.send({"jsonrpc": "2.0", "method": "echo", "params": ["x"]})
-    assert not dealer.socket.poll(500)
+    wait_for_echo_calls(shared_grid.frontend, before + 1)
+    assert not dealer.socket.poll(NO_REPLY_MS)
     assert dealer.rpc(request("echo", ["after"], id=2))["result"] == "after"
 
 
-def test_a_batch_of_only_notifications_gets_no_reply(dealer: RawClient) -> None:
+def test_a_batch_of_only_notifications_gets_no_reply(shared_grid: Grid,
+                                                     dealer: RawClient) -> None:
+    before = metrics(shared_grid.frontend)["methods"].get("echo", {}).get("requests", 0)
     dealer.send([{"jsonrpc": "2.0", "method": "echo", "params": [i]} for i in range(3)])
-    assert not dealer.socket.poll(500)
+    wait_for_echo_calls(shared_grid.frontend, before + 3)
+    assert not dealer.socket.poll(NO_REPLY_MS)
 
 
 def test_a_dealer_may_send_an_empty_delimiter_like_req_does(dealer: RawClient) -> None:

@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -19,6 +20,8 @@ from grid_support import (
     Grid,
     Spawner,
     metrics,
+    scaled,
+    scaled_ms,
     wait_for_workers,
     wait_until,
 )
@@ -58,25 +61,35 @@ def test_a_killed_worker_leaves_the_rotation_and_calls_go_to_the_other(start_gri
 
 def test_calls_in_flight_when_a_worker_dies_still_get_answers(start_grid) -> None:
     grid: Grid = start_grid(workers=2)
+    victim = grid.workers[0]
+    mapped = threading.Event()
+
+    def kill_the_victim_while_it_holds_calls() -> None:
+        while not mapped.is_set():
+            if any(w["pid"] == victim.pid and w["in_flight"]
+                   for w in metrics(grid.frontend)["workers"]):
+                victim.kill_group()
+                return
+            time.sleep(0.02)
+
     with grid.client(timeout=20) as client:
         params = [[i, 30] for i in range(40)]   # slow_square(i, 30 ms)
-        import threading
-
-        killer = threading.Timer(0.2, grid.workers[0].kill_group)
+        killer = threading.Thread(target=kill_the_victim_while_it_holds_calls)
         killer.start()
         try:
             assert client.map("slow_square", params) == [i * i for i in range(40)]
         finally:
-            killer.cancel()
+            mapped.set()
+            killer.join()
 
 
 def test_a_worker_started_before_its_broker_serves_once_the_broker_is_up(spawn: Spawner) -> None:
     grid = spawn.endpoints()
-    spawn.worker(grid, SIMPLE_JS, 1)
-    time.sleep(1.5)   # the worker retries with back-off meanwhile
+    worker = spawn.worker(grid, SIMPLE_JS, 1)
+    worker.wait_for_log("reconnecting in", 30)   # it found no broker and retries with back-off
     spawn.broker(grid)
     wait_for_workers(grid.frontend, 1)
-    with Client(grid.frontend, timeout=10) as client:
+    with Client(grid.frontend, timeout=scaled(10)) as client:
         assert client.call("add", [20, 22]) == 42
 
 
@@ -88,7 +101,7 @@ def test_workers_register_again_after_the_broker_restarts(spawn: Spawner) -> Non
     broker.kill_group()
     spawn.broker(grid)
     wait_for_workers(grid.frontend, 1)
-    with Client(grid.frontend, timeout=10) as client:
+    with Client(grid.frontend, timeout=scaled(10)) as client:
         assert client.call("echo", ["back"]) == "back"
 
 
@@ -114,7 +127,7 @@ def test_the_worker_stops_cleanly_with_its_engines_on_sigterm(spawn: Spawner) ->
     assert len(engines) == 2
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0
-    gone, alive = psutil.wait_procs(engines, timeout=5)
+    gone, alive = psutil.wait_procs(engines, timeout=scaled(5))
     assert not alive
 
 
@@ -139,8 +152,9 @@ def test_a_script_that_registers_nothing_stops_the_worker(spawn: Spawner) -> Non
 
 
 def madrpc(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to the end (at most ``timeout`` seconds, scaled)."""
     return subprocess.run([sys.executable, "-m", "madrpc.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=scaled(timeout))
 
 
 def test_madrpc_call_prints_the_json_result(shared_grid: Grid) -> None:
@@ -237,10 +251,12 @@ def test_a_sync_client_is_safe_to_share_between_threads(shared_grid: Grid) -> No
 
 
 def test_the_async_client_runs_calls_concurrently(shared_grid: Grid) -> None:
+    timer_ms = scaled_ms(200)
+
     async def main() -> tuple[list[int], float, list[int]]:
-        async with AsyncClient(shared_grid.frontend, timeout=10) as client:
+        async with AsyncClient(shared_grid.frontend, timeout=scaled(10)) as client:
             start = time.perf_counter()
-            squares = await asyncio.gather(*(client.call("slow_square", [i, 200])
+            squares = await asyncio.gather(*(client.call("slow_square", [i, timer_ms])
                                              for i in range(8)))
             elapsed = time.perf_counter() - start
             mapped = await client.map("add", [[i, 1] for i in range(20)])
@@ -248,13 +264,13 @@ def test_the_async_client_runs_calls_concurrently(shared_grid: Grid) -> None:
 
     squares, elapsed, mapped = asyncio.run(main())
     assert squares == [i * i for i in range(8)]
-    assert elapsed < 1.2   # eight 200 ms timers overlap instead of queueing
+    assert elapsed < scaled(1.2)   # eight 200 ms timers (scaled) overlap, not queue
     assert mapped == [i + 1 for i in range(20)]
 
 
 def test_the_async_client_raises_typed_errors(shared_grid: Grid) -> None:
     async def main() -> None:
-        async with AsyncClient(shared_grid.frontend, timeout=10) as client:
+        async with AsyncClient(shared_grid.frontend, timeout=scaled(10)) as client:
             with pytest.raises(JSError):
                 await client.call("fail")
             with pytest.raises(RpcTimeoutError):
@@ -282,7 +298,7 @@ def test_the_simple_test_example_client_runs_against_a_grid(shared_grid: Grid) -
 
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "simple-test" / "client.py"),
-         shared_grid.frontend], capture_output=True, text=True, timeout=60,
+         shared_grid.frontend], capture_output=True, text=True, timeout=scaled(60),
     )
     assert done.returncode == 0, done.stderr
     assert "add            -> 5" in done.stdout
@@ -297,7 +313,7 @@ def test_the_pi_example_driver_estimates_pi_on_an_embedded_grid() -> None:
 
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "monte-carlo-pi" / "estimate_pi.py")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=scaled(120),
     )
     assert done.returncode == 0, done.stderr
     estimate = float(done.stdout.split("pi ~ ")[1].split()[0])

@@ -30,6 +30,7 @@ from grid_support import (
     Spawner,
     free_port,
     metrics,
+    scaled,
     wait_until,
 )
 
@@ -40,8 +41,9 @@ RUNTIME_JS = SCRIPTS / "runtime.js"
 
 def madrpc(*args: str, stdin: str | None = None, timeout: float = 60,
            ) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to the end (at most ``timeout`` seconds, scaled)."""
     return subprocess.run([sys.executable, "-m", "madrpc.cli", *args], input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=scaled(timeout))
 
 
 # ------------------------------------------------------------------ _metrics / _info
@@ -72,7 +74,7 @@ def test_metrics_count_exactly_the_calls_made_under_load(start_grid) -> None:
     assert len(snapshot["rate_history"]) == 60
     for worker in workers:
         assert worker["circuit"]["state"] == "closed"
-        assert worker["heartbeat_age_s"] < 2
+        assert worker["heartbeat_age_s"] < scaled(2)
         assert {"contexts", "busy", "credit", "p99_ms", "cpu_percent", "rss_bytes"} <= set(worker)
 
 
@@ -146,7 +148,8 @@ class Terminal:
         os.kill(self.pid, signal.SIGWINCH)
 
     def wait_exit(self, timeout_s: float = 10) -> int:
-        deadline = time.monotonic() + timeout_s
+        """Wait (``timeout_s`` scaled) for top to exit; return its exit status."""
+        deadline = time.monotonic() + scaled(timeout_s)
         while time.monotonic() < deadline:
             self.pump(0.05)
             pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -174,7 +177,7 @@ def terminal() -> Iterator[list[Terminal]]:
 
 
 def steady_load(frontend: str, stop: threading.Event) -> None:
-    with Client(frontend, timeout=10) as client:
+    with Client(frontend, timeout=scaled(10)) as client:
         while not stop.is_set():
             client.map("add", [[i, 1] for i in range(50)])
 
@@ -236,7 +239,8 @@ def test_top_scrolls_through_many_workers(spawn: Spawner, terminal: list[Termina
     from madrpc import protocol as p
 
     endpoints = spawn.endpoints()
-    spawn.broker(endpoints)
+    # The fakes never send heartbeats: a slow heartbeat keeps them registered for the test.
+    spawn.broker(endpoints, heartbeat_s=scaled(10))
     context = zmq.Context.instance()
     fakes = []
     try:
@@ -312,7 +316,7 @@ def test_map_progress_bar_appears_on_a_terminal(shared_grid: Grid, tmp_path: Pat
     output = b""
     try:
         while True:
-            ready = select.select([fd], [], [], 20)[0]
+            ready = select.select([fd], [], [], scaled(20))[0]
             if not ready:
                 break
             try:
@@ -338,11 +342,12 @@ def test_the_broker_serves_prometheus_metrics(spawn: Spawner) -> None:
     spawn.broker(endpoints, "--metrics-http", f"127.0.0.1:{port}")
     spawn.worker(endpoints, SIMPLE_JS, 1)
     wait_until(lambda: len(metrics(endpoints.frontend)["workers"]) == 1, 30)
-    with Client(endpoints.frontend, timeout=10) as client:
+    with Client(endpoints.frontend, timeout=scaled(10)) as client:
         client.map("add", [[i, 1] for i in range(25)])
 
     def scrape() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                    timeout=scaled(5)) as reply:
             assert reply.headers["Content-Type"].startswith("text/plain")
             return str(reply.read().decode())
 
@@ -364,9 +369,9 @@ def test_json_logs_have_one_line_per_lifecycle_event_not_per_request(spawn: Spaw
                        name="worker")
     wait_until(lambda: len(metrics(endpoints.frontend)["workers"]) == 1, 30)
     before = len(broker.stderr().splitlines())
-    with Client(endpoints.frontend, timeout=10) as client:
+    with Client(endpoints.frontend, timeout=scaled(10)) as client:
         client.map("add", [[i, 1] for i in range(200)])
-    time.sleep(0.3)
+    time.sleep(scaled(0.3))   # a window for lines the calls would cause after their replies
     lines = broker.stderr().splitlines()
     assert len(lines) - before <= 2
     for line in lines + worker.stderr().splitlines():

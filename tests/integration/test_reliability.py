@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 import zmq
 from grid_support import (
-    HEARTBEAT_S,
-    LIVENESS,
     SCRIPTS,
     Grid,
     Spawner,
     metrics,
+    scaled,
+    scaled_ms,
+    wait_for_in_flight,
     wait_for_workers,
     wait_until,
 )
@@ -24,7 +27,12 @@ from grid_support import (
 from madrpc import Client, RpcError
 
 RUNTIME_JS = SCRIPTS / "runtime.js"
-DEAD_AFTER_S = HEARTBEAT_S * LIVENESS
+Replies = list[dict[str, Any]]
+
+
+def arrived(count: int) -> Callable[[Replies], bool]:
+    """For :meth:`Dealer.replies`: stop once ``count`` replies are in."""
+    return lambda replies: len(replies) >= count
 
 
 class Dealer:
@@ -43,13 +51,19 @@ class Dealer:
             request["madrpc"] = options
         self.socket.send(orjson.dumps(request))
 
-    def replies(self, wait_s: float) -> list[dict[str, Any]]:
-        """Every reply that arrives within ``wait_s``."""
-        out = []
-        deadline = time.monotonic() + wait_s
+    def replies(self, wait_s: float, until: Callable[[Replies], bool] | None = None,
+                ) -> Replies:
+        """Every reply that arrives within ``wait_s`` (scaled); with ``until``, stop as soon
+        as ``until(replies)`` holds, taking whatever else has already arrived too."""
+        out: Replies = []
+        deadline = time.monotonic() + scaled(wait_s)
         while (left := deadline - time.monotonic()) > 0:
             if self.socket.poll(int(left * 1000)):
                 out.append(orjson.loads(self.socket.recv()))
+                if until is not None and until(out):
+                    while self.socket.poll(0):
+                        out.append(orjson.loads(self.socket.recv()))
+                    break
         return out
 
     def close(self) -> None:
@@ -77,7 +91,7 @@ def test_a_request_whose_workers_keep_dying_fails_after_max_attempts(start_grid)
             victim.kill_group()
             wait_until(lambda v=victim: all(w["pid"] != v.pid
                                             for w in metrics(grid.frontend)["workers"]), 10)
-        (reply,) = dealer.replies(DEAD_AFTER_S + 3)
+        (reply,) = dealer.replies(10, arrived(1))   # sent when the third holder left
     finally:
         dealer.close()
     assert reply["error"]["code"] == -32005
@@ -89,18 +103,20 @@ def test_a_hung_worker_leaves_and_its_late_reply_is_dropped(start_grid) -> None:
     grid: Grid = start_grid(RUNTIME_JS, workers=2)
     dealer = Dealer(grid.frontend)
     try:
-        dealer.send("busy", {"ms": 1500}, id=7, timeout_ms=20_000)
+        dealer.send("busy", {"ms": 1500}, id=7, timeout_ms=scaled_ms(20_000))
         hung = wait_until(lambda: holder(grid.frontend, grid), 10, message="a holder")
-        import os
-
         os.killpg(hung.pid, signal.SIGSTOP)   # the whole machine hangs
         try:
             wait_until(lambda: len(metrics(grid.frontend)["workers"]) == 1, 10,
                        message="the hung worker to leave")
-            replies = dealer.replies(2.5)   # the other worker runs it again
+            replies = dealer.replies(10, arrived(1))   # the other worker runs it again
         finally:
             os.killpg(hung.pid, signal.SIGCONT)
-        replies += dealer.replies(2.5)      # the hung one finishes too, late
+        # The hung one finishes too, late: its reply (if it sends one rather than drop the
+        # request) reaches the broker before it registers again.
+        wait_until(lambda: any(w["pid"] == hung.pid for w in metrics(grid.frontend)["workers"]),
+                   10, message="the hung worker to register again")
+        replies += dealer.replies(0.5)
     finally:
         dealer.close()
     assert replies == [{"jsonrpc": "2.0", "id": 7, "result": 1500}]
@@ -115,12 +131,12 @@ def test_requests_with_one_idempotency_key_run_once(start_grid) -> None:
     dealer = Dealer(grid.frontend)
     try:
         for i in range(3):   # the same key three times while the first still runs
-            dealer.send("tally", {"ms": 300}, id=i, idempotency_key="job-1")
-        first = dealer.replies(2.0)
+            dealer.send("tally", {"ms": scaled_ms(300)}, id=i, idempotency_key="job-1")
+        first = dealer.replies(2.0, arrived(3))
         dealer.send("tally", {"ms": 0}, id=9, idempotency_key="job-1")   # after it finished
-        later = dealer.replies(1.0)
+        later = dealer.replies(1.0, arrived(1))
         dealer.send("tally_now", id=10)
-        (count,) = dealer.replies(1.0)
+        (count,) = dealer.replies(1.0, arrived(1))
     finally:
         dealer.close()
     assert sorted(r["id"] for r in first) == [0, 1, 2]
@@ -131,7 +147,7 @@ def test_requests_with_one_idempotency_key_run_once(start_grid) -> None:
 
 def test_without_a_key_each_request_runs(start_grid) -> None:
     grid: Grid = start_grid(RUNTIME_JS, contexts=1)
-    with Client(grid.frontend, timeout=10) as client:
+    with Client(grid.frontend, timeout=scaled(10)) as client:
         results = [client.call("tally", idempotency_key=None) for _ in range(3)]
     assert results == [1, 2, 3]
 
@@ -144,17 +160,18 @@ def test_the_client_rides_out_a_broker_restart(spawn: Spawner) -> None:
     broker = spawn.broker(endpoints)
     spawn.worker(endpoints, RUNTIME_JS, 1)
     wait_for_workers(endpoints.frontend, 1)
-    with Client(endpoints.frontend, timeout=30) as client:
+    with Client(endpoints.frontend, timeout=scaled(30)) as client:
         assert client.call("tally") == 1
         outcome: dict[str, Any] = {}
-        thread = threading.Thread(
-            target=lambda: outcome.setdefault("r", client.call("tally", {"ms": 2000})))
+        thread = threading.Thread(   # still running while the broker is away and back
+            target=lambda: outcome.setdefault("r", client.call("tally",
+                                                               {"ms": scaled_ms(2000)})))
         thread.start()
-        time.sleep(0.5)
+        wait_for_in_flight(endpoints.frontend)
         broker.kill_group()
-        time.sleep(0.3)
+        time.sleep(scaled(0.3))   # the broker stays down a moment
         spawn.broker(endpoints)
-        thread.join(30)
+        thread.join(scaled(30))
         assert outcome.get("r") == 2   # the running request was adopted, not run again
         assert client.call("tally_now") == 2
         assert client.call("noop", ["ok"]) == "ok"
@@ -164,14 +181,15 @@ def test_the_client_reconnects_to_a_broker_that_starts_late(spawn: Spawner) -> N
     endpoints = spawn.endpoints()
     spawn.worker(endpoints, RUNTIME_JS, 1)
     outcome: dict[str, Any] = {}
-    client = Client(endpoints.frontend, timeout=30)
+    client = Client(endpoints.frontend, timeout=scaled(30))
     try:
         thread = threading.Thread(target=lambda: outcome.setdefault(
             "r", client.call("noop", ["late"])))
         thread.start()
-        time.sleep(1.0)
+        wait_until(lambda: any(call.attempts for call in list(client._book.calls.values())),
+                   10, 0.02, "the call to be sent while no broker is up")
         spawn.broker(endpoints)
-        thread.join(30)
+        thread.join(scaled(30))
     finally:
         client.close()
     assert outcome.get("r") == "late"
@@ -179,7 +197,7 @@ def test_the_client_reconnects_to_a_broker_that_starts_late(spawn: Spawner) -> N
 
 def test_errors_that_are_not_transient_are_not_retried(start_grid) -> None:
     grid: Grid = start_grid(RUNTIME_JS, contexts=1)
-    with Client(grid.frontend, timeout=10) as client:
+    with Client(grid.frontend, timeout=scaled(10)) as client:
         with pytest.raises(RpcError):
             client.call("no_such_method")
         with pytest.raises(RpcError):
@@ -195,8 +213,6 @@ def test_a_flapping_worker_is_taken_out_of_rotation_and_tried_again_later(
     start_grid,
 ) -> None:
     grid: Grid = start_grid(RUNTIME_JS, workers=2, broker_args=("--breaker-threshold", "1"))
-    import os
-
     flapper = grid.workers[0]
     os.killpg(flapper.pid, signal.SIGSTOP)
     wait_until(lambda: len(metrics(grid.frontend)["workers"]) == 1, 10, message="removal")
@@ -210,7 +226,7 @@ def test_a_flapping_worker_is_taken_out_of_rotation_and_tried_again_later(
 
     assert wait_until(circuit_of_flapper, 10, message="the flapper to re-register") in (
         "open", "half-open")
-    with Client(grid.frontend, timeout=10) as client:
+    with Client(grid.frontend, timeout=scaled(10)) as client:
         assert client.map("noop", [[i] for i in range(10)]) == list(range(10))
 
         def closed_after_some_traffic() -> bool:
@@ -226,7 +242,7 @@ def test_a_flapping_worker_is_taken_out_of_rotation_and_tried_again_later(
 def test_sigterm_lets_a_worker_finish_what_it_holds_and_exit_0(start_grid) -> None:
     grid: Grid = start_grid(RUNTIME_JS, workers=2)
     leaving = grid.workers[0]
-    with Client(grid.frontend, timeout=30) as client:
+    with Client(grid.frontend, timeout=scaled(30)) as client:
         results: dict[str, Any] = {}
         thread = threading.Thread(target=lambda: results.setdefault(
             "r", client.map("sleep", [{"ms": 400} for _ in range(12)])))
@@ -235,7 +251,7 @@ def test_sigterm_lets_a_worker_finish_what_it_holds_and_exit_0(start_grid) -> No
                                for w in metrics(grid.frontend)["workers"]), 10)
         leaving.signal(signal.SIGTERM)
         assert leaving.wait(15) == 0
-        thread.join(30)
+        thread.join(scaled(30))
         assert results.get("r") == [400] * 12
     stats = metrics(grid.frontend)["broker"]
     assert stats["requeued"] == 0   # it finished its own requests: none ran twice
@@ -246,17 +262,18 @@ def test_sigterm_lets_the_broker_answer_in_flight_requests_then_refuse_new_ones(
     start_grid,
 ) -> None:
     grid: Grid = start_grid(RUNTIME_JS, workers=1)
+    job_ms = scaled_ms(800)   # still running when SIGTERM and the next request arrive
     dealer = Dealer(grid.frontend)
     try:
-        dealer.send("sleep", {"ms": 800}, id=1)
-        time.sleep(0.2)
+        dealer.send("sleep", {"ms": job_ms}, id=1)
+        wait_for_in_flight(grid.frontend)
         grid.broker.signal(signal.SIGTERM)
-        time.sleep(0.2)
+        grid.broker.wait_for_log("broker draining")
         dealer.send("noop", [1], id=2)
-        replies = {r["id"]: r for r in dealer.replies(3.0)}
+        replies = {r["id"]: r for r in dealer.replies(3.0, arrived(2))}
     finally:
         dealer.close()
-    assert replies[1]["result"] == 800
+    assert replies[1]["result"] == job_ms
     assert replies[2]["error"]["code"] == -32007
     assert grid.broker.wait(10) == 0
     wait_until(lambda: "shutting down" in grid.workers[0].stderr(), 5,
@@ -266,16 +283,20 @@ def test_sigterm_lets_the_broker_answer_in_flight_requests_then_refuse_new_ones(
 # ------------------------------------------------------------------ backpressure, bad input
 
 
+def is_overloaded(reply: dict[str, Any]) -> bool:
+    return bool(reply.get("error", {}).get("code") == -32002)
+
+
 def test_a_full_queue_answers_overloaded_at_once(start_grid) -> None:
     grid: Grid = start_grid(RUNTIME_JS, contexts=1, broker_args=("--max-queue", "3"))
     dealer = Dealer(grid.frontend)
     try:
         for i in range(12):
             dealer.send("sleep", {"ms": 300}, id=i)
-        replies = dealer.replies(1.0)
+        replies = dealer.replies(1.0, lambda got: any(map(is_overloaded, got)))
     finally:
         dealer.close()
-    overloaded = [r for r in replies if r.get("error", {}).get("code") == -32002]
+    overloaded = [r for r in replies if is_overloaded(r)]
     assert overloaded, replies
     assert all("Overloaded" in r["error"]["message"] for r in overloaded)
 
@@ -288,7 +309,7 @@ def test_an_oversized_message_is_refused_and_others_are_still_served(start_grid)
         assert big.replies(0.5) == []   # ZeroMQ disconnects the peer silently
     finally:
         big.close()
-    with Client(grid.frontend, timeout=10) as client:
+    with Client(grid.frontend, timeout=scaled(10)) as client:
         assert client.call("noop", ["small"]) == "small"
 
 
@@ -307,7 +328,7 @@ def test_garbage_from_a_fake_worker_is_dropped_and_counted(start_grid) -> None:
     finally:
         fake.close()
     assert "version mismatch" in grid.broker.stderr()
-    with Client(grid.frontend, timeout=10) as client:
+    with Client(grid.frontend, timeout=scaled(10)) as client:
         assert client.call("noop", [1]) == 1
 
 
@@ -315,7 +336,7 @@ def test_garbage_from_a_fake_worker_is_dropped_and_counted(start_grid) -> None:
                                   "(globalThis.x=1, 'noop')", "noop; globalThis.x = 1"])
 def test_method_names_are_looked_up_never_evaluated(start_grid, name: str) -> None:
     grid: Grid = start_grid(RUNTIME_JS, contexts=1)
-    with Client(grid.frontend, timeout=10) as client:
+    with Client(grid.frontend, timeout=scaled(10)) as client:
         with pytest.raises(RpcError) as info:
             client.call(name, [])
         assert info.value.code == -32601

@@ -9,7 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from grid_support import PI_JS, SCRIPTS, Grid, Spawner, metrics, wait_for_workers, wait_until
+from grid_support import (
+    PI_JS,
+    SCRIPTS,
+    Grid,
+    Spawner,
+    metrics,
+    scaled,
+    scaled_ms,
+    wait_for_in_flight,
+    wait_for_workers,
+    wait_until,
+)
 
 from madrpc import Client, RpcError, RpcTimeoutError
 
@@ -18,12 +29,13 @@ COMPAT_JS = SCRIPTS / "compat.js"
 
 
 def call_in_background(client: Client, method: str, params: Any, timeout: float) -> dict[str, Any]:
-    """Start a call on a thread; the returned dict gets 'result' or 'error' when it ends."""
+    """Start a call (``timeout`` scaled) on a thread; the returned dict gets 'result' or
+    'error' when it ends."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            outcome["result"] = client.call(method, params, timeout=timeout)
+            outcome["result"] = client.call(method, params, timeout=scaled(timeout))
         except Exception as exc:  # noqa: BLE001 - the test inspects it
             outcome["error"] = exc
 
@@ -71,10 +83,10 @@ def test_a_nested_chain_deeper_than_the_limit_fails_with_a_clear_error(start_gri
 def test_a_timeout_cuts_a_nested_chain_and_the_worker_serves_on(start_grid) -> None:
     grid: Grid = start_grid(RUNTIME_JS, contexts=2)
     with grid.client(timeout=30) as client:
-        started = time.monotonic()
+        started = time.monotonic()   # the whole chain would take 20 x 200 ms (all scaled)
         with pytest.raises(RpcTimeoutError):
-            client.call("slow_chain", {"depth": 20, "ms": 200}, timeout=1.0)
-        assert time.monotonic() - started < 3.0
+            client.call("slow_chain", {"depth": 20, "ms": scaled_ms(200)}, timeout=scaled(1.0))
+        assert time.monotonic() - started < scaled(3.0)
         wait_until(lambda: metrics(grid.frontend)["broker"]["in_flight"] == 0, 5,
                    message="the chain's nested calls to be cancelled")
         assert client.map("noop", [[i] for i in range(20)]) == list(range(20))
@@ -88,25 +100,27 @@ def test_runaway_js_is_stopped_by_the_deadline_while_another_context_keeps_worki
     start_grid,
 ) -> None:
     grid: Grid = start_grid(RUNTIME_JS, contexts=2)
+    neighbour_ms = scaled_ms(1500)   # still working while the runaway is stopped
     with grid.client(timeout=30) as client:
-        neighbour = call_in_background(client, "busy", {"ms": 1500}, timeout=30)
-        time.sleep(0.1)
+        neighbour = call_in_background(client, "busy", {"ms": neighbour_ms}, timeout=30)
+        wait_for_in_flight(grid.frontend)
         started = time.monotonic()
         with pytest.raises(RpcTimeoutError):
             client.call("spin", timeout=1.0)
-        assert time.monotonic() - started < 2.5
-        neighbour["thread"].join(30)
-        assert neighbour.get("result") == 1500
+        assert time.monotonic() - started < scaled(2.5)
+        neighbour["thread"].join(scaled(30))
+        assert neighbour.get("result") == neighbour_ms
         assert client.call("noop", ["after"]) == "after"
 
 
 def test_the_cpu_limit_terminates_runaway_js_with_a_timeout_error(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1, worker_args=("--cpu-limit", "0.5"))
+    grid: Grid = start_grid(RUNTIME_JS, contexts=1,
+                            worker_args=("--cpu-limit", str(scaled(0.5))))
     with grid.client(timeout=30) as client:
         started = time.monotonic()
         with pytest.raises(RpcTimeoutError) as info:
             client.call("spin")
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < scaled(3.0)
         assert "terminated" in info.value.message
         assert client.call("busy", {"ms": 100}) == 100   # under the limit: fine
 
@@ -115,8 +129,9 @@ def test_a_request_may_lower_its_cpu_limit(start_grid) -> None:
     grid: Grid = start_grid(RUNTIME_JS, contexts=1)
     started = time.monotonic()
     with pytest.raises(RpcTimeoutError):
-        raw_call(grid.frontend, "spin", {"cpu_limit_ms": 300, "timeout_ms": 20_000})
-    assert time.monotonic() - started < 3.0
+        raw_call(grid.frontend, "spin",
+                 {"cpu_limit_ms": scaled_ms(300), "timeout_ms": scaled_ms(20_000)})
+    assert time.monotonic() - started < scaled(3.0)
 
 
 def raw_call(frontend: str, method: str, options: dict[str, Any], params: Any = None) -> Any:
@@ -133,7 +148,7 @@ def raw_call(frontend: str, method: str, options: dict[str, Any], params: Any = 
         if params is not None:
             request["params"] = params
         socket.send(orjson.dumps(request))
-        assert socket.poll(30_000)
+        assert socket.poll(scaled_ms(30_000))
         reply = orjson.loads(socket.recv())
     finally:
         socket.close()
@@ -149,14 +164,15 @@ def test_unbounded_allocation_gets_out_of_memory_while_another_context_keeps_wor
     start_grid, method: str,
 ) -> None:
     grid: Grid = start_grid(RUNTIME_JS, contexts=2, worker_args=("--max-memory", "64"))
+    neighbour_ms = scaled_ms(2000)   # still working while the other context runs out
     with grid.client(timeout=60) as client:
-        neighbour = call_in_background(client, "busy", {"ms": 2000}, timeout=60)
-        time.sleep(0.1)
+        neighbour = call_in_background(client, "busy", {"ms": neighbour_ms}, timeout=60)
+        wait_for_in_flight(grid.frontend)
         with pytest.raises(RpcError) as info:
             client.call(method)
         assert info.value.code == -32004
-        neighbour["thread"].join(60)
-        assert neighbour.get("result") == 2000
+        neighbour["thread"].join(scaled(60))
+        assert neighbour.get("result") == neighbour_ms
         assert client.map("noop", [[i] for i in range(10)]) == list(range(10))
 
 
@@ -191,7 +207,8 @@ def test_contexts_are_reused_so_global_state_persists(start_grid) -> None:
 
 
 def test_a_context_is_rebuilt_after_it_was_terminated(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1, worker_args=("--cpu-limit", "0.3"))
+    grid: Grid = start_grid(RUNTIME_JS, contexts=1,
+                            worker_args=("--cpu-limit", str(scaled(0.3))))
     with grid.client(timeout=30) as client:
         assert client.call("counter") == 1
         with pytest.raises(RpcTimeoutError):
@@ -264,18 +281,19 @@ def test_an_edited_script_is_picked_up_by_watch_without_dropping_running_request
     spawn.broker(endpoints)
     spawn.worker(endpoints, script, 1, "--watch")
     wait_for_workers(endpoints.frontend, 1)
-    with Client(endpoints.frontend, timeout=30) as client:
+    running_ms = scaled_ms(1500)   # still running while the new script takes over
+    with Client(endpoints.frontend, timeout=scaled(30)) as client:
         assert client.call("version") == 1
-        running = call_in_background(client, "sleep", {"ms": 1500}, timeout=30)
-        time.sleep(0.2)
+        running = call_in_background(client, "sleep", {"ms": running_ms}, timeout=30)
+        wait_for_in_flight(endpoints.frontend)
         source = script.read_text().replace("madrpc.register('version', () => 1);",
                                             "madrpc.register('version', () => 2);\n"
                                             "madrpc.register('added', () => 'new');")
         script.write_text(source)
         wait_until(lambda: client.call("version") == 2, 15, 0.2, "the new script")
         assert client.call("added") == "new"
-        running["thread"].join(30)
-        assert running.get("result") == 1500
+        running["thread"].join(scaled(30))
+        assert running.get("result") == running_ms
 
 
 def test_a_broken_edit_keeps_the_old_script_serving(spawn: Spawner, tmp_path: Path) -> None:
@@ -287,5 +305,5 @@ def test_a_broken_edit_keeps_the_old_script_serving(spawn: Spawner, tmp_path: Pa
     wait_for_workers(endpoints.frontend, 1)
     script.write_text(script.read_text() + "\nfunction broken( {\n")
     wait_until(lambda: "failed to load" in worker.stderr(), 15, 0.2, "the load error")
-    with Client(endpoints.frontend, timeout=10) as client:
+    with Client(endpoints.frontend, timeout=scaled(10)) as client:
         assert client.call("version") == 1
