@@ -14,12 +14,9 @@ import chaos  # noqa: E402
 
 @pytest.mark.timeout(scaled(240))
 def test_no_request_is_lost_wrong_or_run_twice_while_the_grid_fails() -> None:
-    # The heartbeat is not scaled: chaos.py spaces its faults by requests sent, not by
-    # time, and a slower heartbeat lets the next SIGKILL hit a worker that has not yet
-    # handed its results to the restarted broker, so its calls would rightly run twice.
     settings = chaos.Settings(workers=4, requests=1500, clients=3, in_flight=12, kills=3,
                               hang=True, broker_restart=True, dropped_clients=2,
-                              heartbeat_s=0.2, timeout_s=scaled(60), seed=7)
+                              heartbeat_s=scaled(0.2), timeout_s=scaled(60), seed=7)
     report = chaos.run(settings)
     table = "\n" + report.table()
     assert report.sent == 1500, table
