@@ -2,7 +2,9 @@
 
 Mechanism only: the worker decides what to start and what an engine's message means.
 Each process runs ``python -m madrpc.engine`` (one V8 context, see :mod:`madrpc.engine`)
-and talks to the worker through one ROUTER socket on a private ``ipc://`` endpoint.
+and talks to the worker through one ROUTER socket on a private ``ipc://`` endpoint: a
+socket file in a directory only this user can enter (see
+:func:`madrpc.sockets.private_endpoint`), removed again by :meth:`EnginePool.close`.
 A context *slot* is the worker's name for a context; the process serving a slot changes
 when an engine dies or the script is reloaded.
 """
@@ -10,7 +12,6 @@ when an engine dies or the script is reloaded.
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import zmq
 
 from . import engine_protocol as ep
 from .config import WorkerConfig
-from .sockets import make_socket, private_endpoint, send_frames
+from .sockets import bind_private, make_socket, remove_private_directory, send_frames
 
 __all__ = ["EnginePool", "EngineProcess"]
 
@@ -51,9 +52,12 @@ class EnginePool:
         self.config = config
         self.script = script
         self.log_level = log_level
-        self.endpoint, self._tmpdir = private_endpoint("engines")
         self.socket = make_socket(context, zmq.ROUTER, hwm=config.hwm, router_mandatory=True)
-        self.socket.bind(self.endpoint)
+        try:
+            self.endpoint, self._directory = bind_private(self.socket, "engines")
+        except BaseException:
+            self.socket.close(linger=0)
+            raise
         self.processes: dict[bytes, EngineProcess] = {}
         self.current: dict[int, bytes] = {}
         """Slot -> identity of the process serving it now."""
@@ -139,17 +143,19 @@ class EnginePool:
         return out
 
     def close(self) -> None:
-        """Stop every process (killing those that do not exit in time) and the socket."""
-        for process in list(self.processes.values()):
-            self.stop(process)
-        deadline = time.monotonic() + ENGINE_STOP_TIMEOUT_S
-        for process in self.processes.values():
-            try:
-                process.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.popen.kill()
-                process.popen.wait()
-        self.processes.clear()
-        self.socket.close(linger=0)
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        """Stop every process (killing those that do not exit in time), close the socket and
+        remove its directory (whatever happens on the way; closing twice is harmless)."""
+        try:
+            for process in list(self.processes.values()):
+                self.stop(process)
+            deadline = time.monotonic() + ENGINE_STOP_TIMEOUT_S
+            for process in self.processes.values():
+                try:
+                    process.popen.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    process.popen.kill()
+                    process.popen.wait()
+            self.processes.clear()
+        finally:
+            self.socket.close(linger=0)
+            remove_private_directory(self._directory)

@@ -5,22 +5,25 @@ Used by ``madrpc run`` and handy in notebooks and tests::
     with LocalGrid("examples/monte-carlo-pi/scripts/pi.js") as grid:
         print(grid.client().call("aggregate", {"numNodes": 8}))
 
-The endpoints are private ``ipc://`` sockets (in Linux's abstract namespace: no files).
-JavaScript still runs in the worker's engine processes, one per context.
+The endpoints are private ``ipc://`` socket files in directories only the current user
+can enter (see :func:`madrpc.sockets.private_endpoint`); :meth:`LocalGrid.close` removes
+them, also when the grid fails to start. JavaScript still runs in the worker's engine
+processes, one per context.
 """
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .broker import Broker
 from .client import Client
 from .config import BrokerConfig, ClientConfig, WorkerConfig
 from .errors import WorkerStartError
-from .sockets import private_endpoint
+from .sockets import private_endpoint, remove_private_directory
 from .worker import Worker
 
 __all__ = ["LocalGrid"]
@@ -40,39 +43,65 @@ class LocalGrid:
         worker_options: dict[str, Any] | None = None,
         broker_options: dict[str, Any] | None = None,
     ) -> None:
-        self.frontend, self._front_dir = private_endpoint("frontend")
-        self.backend, self._back_dir = private_endpoint("backend")
-        self.broker = Broker(
-            BrokerConfig(frontend=self.frontend, backend=self.backend, **(broker_options or {}))
-        )
+        self._clients: list[Client] = []
+        self._worker_status: int | None = None
+        self._undo = contextlib.ExitStack()
+        """What :meth:`close` undoes, last started first: threads, sockets, directories."""
+        self._worker_thread: threading.Thread | None = None
         worker_kwargs: dict[str, Any] = dict(worker_options or {})
         if contexts is not None:
             worker_kwargs["contexts"] = contexts
-        self.worker = Worker(WorkerConfig(script=script, broker=self.backend, **worker_kwargs))
-        self._worker_status: int | None = None
-        self._broker_thread = threading.Thread(target=self.broker.run, name="madrpc-broker",
-                                               daemon=True)
-        self._worker_thread = threading.Thread(target=self._run_worker, name="madrpc-worker",
-                                               daemon=True)
-        self._clients: list[Client] = []
-        self._broker_thread.start()
-        self._worker_thread.start()
-        self._wait_ready()
+        try:
+            self.frontend = self._private_endpoint("frontend")
+            self.backend = self._private_endpoint("backend")
+            self.broker = Broker(
+                BrokerConfig(frontend=self.frontend, backend=self.backend,
+                             **(broker_options or {}))
+            )
+            self._start(self.broker.run, "madrpc-broker", self.broker.stop)
+            self.worker = Worker(WorkerConfig(script=script, broker=self.backend,
+                                              **worker_kwargs))
+            self._undo.callback(self._release_engines)
+            self._worker_thread = self._start(self._run_worker, "madrpc-worker",
+                                              self.worker.stop)
+            self._wait_ready(self._worker_thread)
+        except BaseException:
+            self.close()
+            raise
+
+    def _private_endpoint(self, name: str) -> str:
+        endpoint, directory = private_endpoint(name)
+        self._undo.callback(remove_private_directory, directory)
+        return endpoint
+
+    def _start(self, target: Callable[[], object], name: str,
+               stop: Callable[..., None]) -> threading.Thread:
+        """Run ``target`` in a daemon thread; :meth:`close` stops it without draining."""
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._undo.callback(thread.join)
+        self._undo.callback(stop, drain=False)
+        return thread
 
     def _run_worker(self) -> None:
         self._worker_status = self.worker.run()
 
-    def _wait_ready(self) -> None:
+    def _release_engines(self) -> None:
+        """Close the engine pool and remove its directory in case the worker's ``run()``
+        never did (its thread never started); never while that thread runs."""
+        if self._worker_thread is None or not self._worker_thread.is_alive():
+            self.worker.pool.close()
+
+    def _wait_ready(self, worker_thread: threading.Thread) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while self._worker_thread.is_alive() and time.monotonic() < deadline:
+        while worker_thread.is_alive() and time.monotonic() < deadline:
             if self.worker.connected.wait(0.05):
                 return
-        self._worker_thread.join(1.0)
-        status = self._worker_status
-        self.close()
+        worker_thread.join(1.0)
         raise WorkerStartError(
             "the embedded worker failed to start (see the log above)"
-            if status else f"the embedded worker did not register within {START_TIMEOUT_S:.0f} s"
+            if self._worker_status else
+            f"the embedded worker did not register within {START_TIMEOUT_S:.0f} s"
         )
 
     def client(self, **options: Any) -> Client:
@@ -82,15 +111,13 @@ class LocalGrid:
         return client
 
     def close(self) -> None:
-        for client in self._clients:
-            client.close()
-        self.worker.stop(drain=False)
-        self._worker_thread.join()
-        self.broker.stop(drain=False)
-        self._broker_thread.join()
-        for directory in (self._front_dir, self._back_dir):
-            if directory is not None:
-                shutil.rmtree(directory, ignore_errors=True)
+        """Close the clients, stop the worker and the broker, remove the socket directories.
+        Closing twice is harmless."""
+        try:
+            while self._clients:
+                self._clients.pop().close()
+        finally:
+            self._undo.close()
 
     def __enter__(self) -> LocalGrid:
         return self

@@ -1,13 +1,32 @@
-"""ZeroMQ socket helpers shared by every role: options in one place, and a fast send.
+"""ZeroMQ socket helpers shared by every role: options in one place, a fast send, and
+private endpoints.
 
 pyzmq's ``send_multipart`` combines enum flags for every frame (about 1.5 us each here);
 :func:`send_frames` passes plain integers and costs a quarter of that, which matters on
 the broker's per-request path.
+
+A *private endpoint* (:func:`private_endpoint`) is an ``ipc://`` socket file that only the
+current user can reach: it lives in a directory of its own, mode 0700, inside a per-user
+base directory that is itself 0700 and checked before use::
+
+    <tmp>/madrpc-<uid>/madrpc-<pid>-<start>-<random>/<name>
+
+(never Linux's abstract namespace, ``ipc://@...``: it has no permissions, and any local
+user who reads ``/proc/net/unix`` can connect). Whoever creates one removes its directory
+with :func:`remove_private_directory` when done. A process killed before it could do so
+leaves its directory behind; the next :func:`private_endpoint` call of the same user
+removes every directory whose creator (``<pid>`` started at ``<start>``) no longer runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import getpass
+import logging
 import os
+import re
+import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -15,10 +34,31 @@ from typing import Any
 
 import zmq
 
-__all__ = ["make_socket", "private_endpoint", "send_frames"]
+from .errors import TransportError
+
+__all__ = [
+    "bind_private",
+    "make_socket",
+    "private_endpoint",
+    "process_start",
+    "remove_private_directory",
+    "send_frames",
+]
+
+log = logging.getLogger(__name__)
 
 _DONTWAIT = int(zmq.DONTWAIT)
 _SNDMORE = int(zmq.SNDMORE)
+
+SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+"""The longest ipc path the kernel takes (``sun_path``, less its NUL): 108 bytes on Linux,
+104 on macOS and the BSDs."""
+SHORT_TMP = "/tmp"
+"""Where private endpoints go when the temporary directory's path is too long for one."""
+_RANDOM_CHARS = 8
+"""``tempfile.mkdtemp`` appends 8 characters of ``[a-z0-9_]`` to its prefix."""
+_ENDPOINT_DIR = re.compile(r"madrpc-(\d+)-(\d+)-[a-z0-9_]{8}")
+"""An endpoint directory's name: creator's pid, its start, mkdtemp's random part."""
 
 
 def make_socket(
@@ -55,15 +95,127 @@ def send_frames(socket: zmq.Socket[Any], frames: Sequence[Any], *, block: bool =
     send(frames[-1], base)
 
 
-def private_endpoint(name: str) -> tuple[str, str | None]:
-    """An ``ipc://`` endpoint only this machine can reach, and a directory to delete
-    afterwards (None when there is nothing to delete).
+# ==================================================================== private endpoints
 
-    On Linux the socket lives in the abstract namespace (``ipc://@...``): no file, so
-    nothing is left behind even by a process that is killed.
+
+def private_endpoint(name: str) -> tuple[str, str]:
+    """An ``ipc://`` endpoint only the current user can reach, and the directory to remove
+    (:func:`remove_private_directory`) once the socket is closed.
+
+    Also removes the directories that killed processes of this user left behind. Raises
+    :class:`~madrpc.errors.TransportError` when the per-user base directory is unsafe (a
+    symbolic link, another user's, open to others) or no path is short enough.
     """
-    unique = f"madrpc-{os.getpid()}-{os.urandom(6).hex()}-{name}"
-    if sys.platform.startswith("linux"):
-        return f"ipc://@{unique}", None
-    directory = tempfile.mkdtemp(prefix="madrpc-")
+    pid = os.getpid()
+    prefix = f"madrpc-{pid}-{process_start(pid)}-"
+    base = _user_base(_short_parent(prefix, name))
+    _remove_stale(base)
+    directory = tempfile.mkdtemp(prefix=prefix, dir=base)
     return f"ipc://{directory}/{name}", directory
+
+
+def bind_private(socket: zmq.Socket[Any], name: str) -> tuple[str, str]:
+    """Bind ``socket`` to a new :func:`private_endpoint`; the directory is removed again
+    if the bind fails."""
+    endpoint, directory = private_endpoint(name)
+    try:
+        socket.bind(endpoint)
+    except BaseException:
+        remove_private_directory(directory)
+        raise
+    return endpoint, directory
+
+
+def remove_private_directory(directory: str) -> None:
+    """Remove a directory made by :func:`private_endpoint` and its socket files. Never
+    follows a symbolic link; a directory that is already gone is fine."""
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, as a string that stays the same for its whole life
+    (unlike a wall-clock time, which moves with the clock); None when no process has this
+    pid or it has exited (a zombie). Raises ``OSError`` when that cannot be told."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as file:
+                fields = file.read().rpartition(b")")[2].split()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        # After the command name: state is field 3, starttime (clock ticks since boot) 22.
+        return None if fields[0] in (b"Z", b"X") else fields[19].decode()
+    import psutil  # only here: clients import this module and need no psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return str(round(process.create_time() * 1_000_000))
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error as exc:
+        raise PermissionError(f"cannot look up process {pid}: {exc}") from exc
+
+
+def _short_parent(prefix: str, name: str) -> str:
+    """The temporary directory, or :data:`SHORT_TMP` when the socket path would not fit."""
+    candidates = dict.fromkeys([tempfile.gettempdir(), SHORT_TMP])
+    for parent in candidates:
+        path = os.path.join(parent, _base_name(), prefix + "x" * _RANDOM_CHARS, name)
+        if len(os.fsencode(path)) <= SUN_PATH_MAX:
+            return parent
+    raise TransportError(
+        f"no ipc path for {name!r} fits in {SUN_PATH_MAX} bytes under "
+        f"{' or '.join(candidates)}: set TMPDIR to a shorter directory"
+    )
+
+
+def _base_name() -> str:
+    uid = getattr(os, "getuid", None)
+    return f"madrpc-{uid() if uid is not None else getpass.getuser()}"
+
+
+def _user_base(parent: str) -> str:
+    """``<parent>/madrpc-<uid>``, made 0700 if missing; refused unless it is a real
+    directory of the current user that nobody else may enter."""
+    base = os.path.join(parent, _base_name())
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(base, 0o700)
+    info = os.lstat(base)
+    problem = None
+    if stat.S_ISLNK(info.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory"
+    elif hasattr(os, "getuid") and info.st_uid != os.getuid():
+        problem = f"belongs to uid {info.st_uid}, not to uid {os.getuid()}"
+    elif hasattr(os, "getuid") and info.st_mode & 0o077:
+        problem = f"has mode {stat.S_IMODE(info.st_mode):04o}: others may enter it"
+    if problem is not None:
+        raise TransportError(
+            f"refusing to put private sockets in {base}: it {problem}; remove it, or set "
+            f"TMPDIR to a directory of your own"
+        )
+    return base
+
+
+def _remove_stale(base: str) -> None:
+    """Remove the endpoint directories under ``base`` whose creator no longer runs.
+
+    A directory's name holds its creator's pid and start time: a directory is stale when
+    that pid is gone, a zombie, or now a different process (same pid, another start), so a
+    reused pid never keeps a dead process's directory, and a live creator never loses its
+    own. A creator that cannot be looked up is assumed alive.
+    """
+    with os.scandir(base) as entries:
+        found = [(entry.path, match) for entry in entries
+                 if (match := _ENDPOINT_DIR.fullmatch(entry.name)) is not None
+                 and entry.is_dir(follow_symlinks=False)]
+    for path, match in found:
+        try:
+            alive = process_start(int(match[1])) == match[2]
+        except OSError:
+            continue
+        if not alive:
+            log.info("removing %s: the process that made it (pid %s) is gone", path, match[1])
+            remove_private_directory(path)
