@@ -9,6 +9,7 @@ from .async_client import AsyncClient
 from .client import Client
 from .config import BrokerConfig, ClientConfig, WorkerConfig
 from .errors import (
+    ConfigError,
     EngineError,
     ErrorCode,
     JSError,
@@ -28,6 +29,7 @@ __all__ = [
     "BrokerConfig",
     "Client",
     "ClientConfig",
+    "ConfigError",
     "EngineError",
     "ErrorCode",
     "JSError",

@@ -10,6 +10,7 @@ message; docs/protocol.md reproduces it. Exceptions raised to Python callers::
     ├── TransportError            the broker could not be reached / socket trouble
     │   └── MessageTooLargeError  a request larger than the broker accepts
     ├── ProtocolError             a peer sent frames we cannot decode
+    ├── ConfigError               settings that cannot work (a key file, a public bind)
     ├── ScriptError               a user script failed to load (file:line:column)
     ├── WorkerStartError          a worker could not start (its script, its engines)
     └── EngineError               V8 failed outside any request (a broken install or a bug)
@@ -23,6 +24,7 @@ from enum import IntEnum
 from typing import Any
 
 __all__ = [
+    "ConfigError",
     "ERROR_MESSAGES",
     "ErrorCode",
     "JSError",
@@ -57,6 +59,7 @@ class ErrorCode(IntEnum):
     SHUTTING_DOWN = -32007
     MESSAGE_TOO_LARGE = -32008
     RESULT_NOT_SERIALIZABLE = -32009
+    FORBIDDEN = -32010
 
 
 ERROR_MESSAGES: dict[ErrorCode, str] = {
@@ -75,6 +78,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.SHUTTING_DOWN: "Shutting down",
     ErrorCode.MESSAGE_TOO_LARGE: "Message too large",
     ErrorCode.RESULT_NOT_SERIALIZABLE: "Result not serializable",
+    ErrorCode.FORBIDDEN: "Forbidden",
 }
 
 
@@ -126,6 +130,10 @@ class MessageTooLargeError(TransportError):
 
 class ProtocolError(MadrpcError):
     """A peer sent frames that do not follow the protocol."""
+
+
+class ConfigError(MadrpcError):
+    """Settings that cannot work: an unreadable key file, a public bind without CURVE."""
 
 
 class ScriptError(MadrpcError):
