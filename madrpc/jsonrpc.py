@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import msgspec
 import orjson
 
 from .config import MAX_TIMEOUT_MS
@@ -22,7 +23,10 @@ __all__ = [
     "CallOptions",
     "Invalid",
     "Parsed",
+    "MAX_METHOD_LENGTH",
+    "NULL",
     "batch_response",
+    "checked_fragment",
     "decode_response",
     "encode_request",
     "error_fragment",
@@ -37,9 +41,12 @@ __all__ = [
 _ERROR_CODE = re.compile(rb'"code"\s*:\s*(-?\d+)')
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
 """Longest ``madrpc.idempotency_key`` accepted (characters)."""
+MAX_METHOD_LENGTH = 256
+"""Longest method name accepted (characters); longer ones get -32600."""
 MAX_MEMORY_MB = 1 << 20
 """Largest ``madrpc.max_memory_mb`` accepted (the worker's own limit applies anyway)."""
 NULL = b"null"
+"""The id of an error response to a request whose id could not be read."""
 
 
 class CallOptions(NamedTuple):
@@ -157,6 +164,8 @@ def _parse_member(member: Any, body: bytes | None) -> Call | Invalid:
     method = member.get("method")
     if not isinstance(method, str) or not method:
         return _invalid(error_id, "method must be a non-empty string")
+    if len(method) > MAX_METHOD_LENGTH:
+        return _invalid(error_id, f"method names are at most {MAX_METHOD_LENGTH} characters")
     params = member.get("params")
     if params is not None and not isinstance(params, (list, dict)):
         return _invalid(error_id, "params must be an array or an object")
@@ -255,6 +264,36 @@ def fragment_error_code(fragment: bytes) -> int | None:
         return None
     match = _ERROR_CODE.search(fragment)
     return int(match.group(1)) if match else int(ErrorCode.INTERNAL_ERROR)
+
+
+class _ErrorShape(msgspec.Struct):
+    code: int
+    message: str
+
+
+_VALUE = msgspec.json.Decoder(msgspec.Raw)
+_ERROR_OBJECT = msgspec.json.Decoder(_ErrorShape)
+_RESULT_PREFIX = b'"result":'
+_ERROR_PREFIX = b'"error":'
+
+
+def checked_fragment(fragment: bytes) -> tuple[int | None, bytes] | None:
+    """(error code or None, fragment) if ``fragment`` is exactly ``"result":<one JSON
+    value>`` or ``"error":{"code":<int>,"message":<string>,...}``; None otherwise.
+
+    A worker's fragment is spliced into a response as bytes (never decoded and encoded
+    again); this check is what keeps it from closing the value early and adding members
+    (a second ``id``). It validates the JSON without building Python objects."""
+    try:
+        if fragment.startswith(_RESULT_PREFIX):
+            _VALUE.decode(memoryview(fragment)[len(_RESULT_PREFIX):])
+            return None, fragment
+        if fragment.startswith(_ERROR_PREFIX):
+            error = _ERROR_OBJECT.decode(memoryview(fragment)[len(_ERROR_PREFIX):])
+            return error.code, fragment
+    except (msgspec.DecodeError, OverflowError):
+        pass
+    return None
 
 
 def response(id_json: bytes, fragment: bytes) -> bytes:

@@ -702,3 +702,45 @@ def test_decode_response_reads_back_a_batch() -> None:
 def test_decode_response_raises_value_error_for_a_frame_that_is_not_json() -> None:
     with pytest.raises(ValueError):
         decode_response(b"{oops")
+
+
+# ---------------------------------------------------------------- worker fragments
+
+
+@pytest.mark.parametrize(("fragment", "code"), [
+    (b'"result":1', None),
+    (b'"result":{"a":[1,"}",{"b":null}]}', None),
+    (b'"result":"with \\"quotes\\" and , commas"', None),
+    (b'"error":{"code":-32000,"message":"boom","data":{"stack":"x"}}', -32000),
+])
+def test_a_well_formed_fragment_passes_unchanged_with_its_code(
+    fragment: bytes, code: int | None
+) -> None:
+    from madrpc.jsonrpc import checked_fragment
+
+    assert checked_fragment(fragment) == (code, fragment)
+
+
+@pytest.mark.parametrize("fragment", [
+    b'"result":1,"id":"spoofed"', b'"result":{}}', b'"result":', b'"result":1 2',
+    b'"error":{"code":"x","message":"m"}', b'"error":{"code":1}', b'"error":1',
+    b'{"result":1}', b"", b'"result":[1',
+])
+def test_a_fragment_that_is_not_one_value_or_one_error_object_is_refused(
+    fragment: bytes,
+) -> None:
+    from madrpc.jsonrpc import checked_fragment
+
+    assert checked_fragment(fragment) is None
+
+
+def test_a_method_name_over_the_length_limit_is_an_invalid_request() -> None:
+    from madrpc.jsonrpc import MAX_METHOD_LENGTH
+
+    ok = parse_frame(orjson.dumps({"jsonrpc": "2.0", "method": "m" * MAX_METHOD_LENGTH,
+                                   "id": 1}))
+    long = parse_frame(orjson.dumps({"jsonrpc": "2.0", "method": "m" * (MAX_METHOD_LENGTH + 1),
+                                     "id": 1}))
+
+    assert isinstance(ok, Call)
+    assert isinstance(long, Invalid) and long.code == ErrorCode.INVALID_REQUEST
