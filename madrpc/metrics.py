@@ -23,6 +23,8 @@ BUCKETS_PER_OCTAVE = 8
 BUCKET_COUNT = 8 * 28
 """1 us * 2**28 is about 268 s; slower values land in the last bucket."""
 _LOG_BASE = math.log(2) / BUCKETS_PER_OCTAVE
+MAX_ERROR_CODES = 100
+"""Distinct error codes a CallStats counts one by one; the rest are counted under 0."""
 
 
 def bucket_upper(index: int) -> float:
@@ -168,7 +170,10 @@ class CallStats:
     def record(self, latency_s: float, error_code: int | None) -> None:
         self.requests += 1
         if error_code is not None:
-            self.errors[error_code] += 1
+            errors = self.errors
+            if error_code not in errors and len(errors) >= MAX_ERROR_CODES:
+                error_code = 0   # scripts choose codes: their number must stay bounded
+            errors[error_code] += 1
         self.latency.add(latency_s)
 
     def to_dict(self) -> dict[str, Any]:

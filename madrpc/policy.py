@@ -111,13 +111,24 @@ class IdempotencyTable:
 
     A key is *running* (a request executes for it; later requests with the key join it)
     or *done* (its outcome is replayed until ``window_s`` after it finished). Transient
-    failures (:data:`TRANSIENT_CODES`) are not stored, so a retry runs again. Running and
-    done keys live in separate tables, so expiry only ever looks at expired entries.
+    failures (:data:`TRANSIENT_CODES`) are not stored, so a retry runs again; nor are
+    outcomes over ``max_result_bytes``, and the stored ones hold at most ``max_bytes``
+    (the oldest are forgotten first). Running and done keys live in separate tables, so
+    expiry only ever looks at expired entries.
     """
 
-    def __init__(self, window_s: float, max_entries: int) -> None:
+    def __init__(self, window_s: float, max_entries: int, max_bytes: int | None = None,
+                 max_result_bytes: int | None = None) -> None:
         self.window_s = window_s
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.max_result_bytes = max_result_bytes
+        self.bytes = 0
+        """Bytes of the outcomes stored now."""
+        self.evicted = 0
+        """Stored outcomes forgotten before their window ended (to stay within bounds)."""
+        self.too_large = 0
+        """Outcomes not stored for being over ``max_result_bytes``."""
         self._running: OrderedDict[str, _Entry] = OrderedDict()
         self._done: OrderedDict[str, _Entry] = OrderedDict()
         """Finished keys, oldest first (so expiry stops at the first live one)."""
@@ -135,12 +146,17 @@ class IdempotencyTable:
             return None
         if entry.outcome is not None and now < entry.expires_at:
             return entry.outcome
-        del self._done[key]
+        self._forget_done(key)
         return None
 
+    def _forget_done(self, key: str) -> None:
+        entry = self._done.pop(key)
+        if entry.outcome is not None:
+            self.bytes -= len(entry.outcome[1])
+
     def start(self, key: str, request_key: bytes) -> None:
-        if self._done:
-            self._done.pop(key, None)
+        if self._done and key in self._done:
+            self._forget_done(key)
         running = self._running
         if key in running:
             running.move_to_end(key)
@@ -151,8 +167,9 @@ class IdempotencyTable:
 
     def _evict_one(self) -> None:
         """Forget the oldest finished entry (the oldest running one if none finished)."""
+        self.evicted += 1
         if self._done:
-            self._done.popitem(last=False)
+            self._forget_done(next(iter(self._done)))
         else:
             self._running.popitem(last=False)
 
@@ -175,18 +192,26 @@ class IdempotencyTable:
             return []
         del self._running[key]
         joined = entry.joined
-        code = outcome[0]
-        if code is None or code not in TRANSIENT_CODES:
+        code, fragment = outcome
+        size = len(fragment)
+        if self.max_result_bytes is not None and size > self.max_result_bytes:
+            self.too_large += 1
+        elif code is None or code not in TRANSIENT_CODES:
             entry.running, entry.joined = None, []
             entry.outcome, entry.expires_at = outcome, now + self.window_s
             self._done[key] = entry
+            self.bytes += size
+            if self.max_bytes is not None:
+                while self.bytes > self.max_bytes and self._done:
+                    self._forget_done(next(iter(self._done)))
+                    self.evicted += 1
         return joined
 
     def expire(self, now: float) -> None:
         """Drop finished entries older than the window (oldest first)."""
         done = self._done
         while done:
-            entry = next(iter(done.values()))
+            key, entry = next(iter(done.items()))
             if now < entry.expires_at:
                 return
-            done.popitem(last=False)
+            self._forget_done(key)

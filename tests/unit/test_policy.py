@@ -315,3 +315,36 @@ def test_a_key_started_again_after_its_window_runs_afresh() -> None:
     table.start("k", b"req-2")
 
     assert table.lookup("k", 20.0) == b"req-2"
+
+
+# ================================================================ IdempotencyTable bounds
+
+
+def test_outcomes_over_the_result_size_limit_are_not_kept() -> None:
+    table = IdempotencyTable(300.0, 100, max_bytes=1000, max_result_bytes=10)
+    table.start("big", b"k1")
+    table.finish("big", b"k1", (None, b"x" * 11), 0.0)
+
+    assert table.lookup("big", 1.0) is None and table.too_large == 1 and table.bytes == 0
+
+
+def test_stored_outcomes_stay_within_their_byte_bound_oldest_forgotten_first() -> None:
+    table = IdempotencyTable(300.0, 100, max_bytes=25, max_result_bytes=10)
+    for n in range(4):
+        table.start(f"k{n}", b"r%d" % n)
+        table.finish(f"k{n}", b"r%d" % n, (None, b"x" * 10), float(n))
+
+    assert table.bytes <= 25 and table.evicted == 2
+    assert [table.lookup(f"k{n}", 5.0) is not None for n in range(4)] == [False, False, True, True]
+
+
+def test_expired_and_replaced_outcomes_give_their_bytes_back() -> None:
+    table = IdempotencyTable(10.0, 100, max_bytes=100)
+    table.start("a", b"r1")
+    table.finish("a", b"r1", (None, b"x" * 10), 0.0)
+    table.start("a", b"r2")   # a retry after a transient problem starts it again
+    assert table.bytes == 0
+
+    table.finish("a", b"r2", (None, b"x" * 10), 0.0)
+    table.expire(11.0)
+    assert table.bytes == 0 and len(table) == 0
