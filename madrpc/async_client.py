@@ -14,6 +14,7 @@ import zmq.asyncio
 
 from .client_core import AUTO_KEY, CallBook, Params, PendingCall, check_params, client_config
 from .config import DEFAULT_FRONTEND, ClientConfig
+from .curve import apply_client, client_curve
 from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
 from .sockets import make_socket
@@ -35,8 +36,12 @@ class AsyncClient:
         timeout: float | None = None,
         config: ClientConfig | None = None,
         context: zmq.asyncio.Context | None = None,
+        curve_secret: Any = None,
+        server_key: Any = None,
     ) -> None:
-        self.config = client_config(endpoint, timeout, config)
+        """``curve_secret`` and ``server_key`` turn CURVE on (see :class:`Client`)."""
+        self.config = client_config(endpoint, timeout, config, curve_secret, server_key)
+        self._curve = client_curve(self.config.curve_secret, self.config.server_key)
         self._context = context or zmq.asyncio.Context.instance()
         self._book = CallBook(self.config)
         self._futures: dict[int, asyncio.Future[Any]] = {}
@@ -61,6 +66,8 @@ class AsyncClient:
         if self._socket is not None:
             self._socket.close(linger=0)
         socket: Any = make_socket(self._context, zmq.DEALER, hwm=self.config.hwm)
+        if self._curve is not None:
+            apply_client(socket, self._curve)
         socket.connect(self.config.endpoint)
         self._socket = socket
         self._io = zmq.Socket.shadow(socket.underlying)

@@ -1,7 +1,10 @@
 """The broker process: two ROUTER sockets around :class:`~madrpc.broker_state.BrokerState`.
 
 One poller loop: read everything waiting on each socket, let the state decide, send what
-it collected. No JavaScript and no payload decoding happen here.
+it collected. No JavaScript and no payload decoding happen here. With CURVE
+(:mod:`madrpc.curve`) both sockets encrypt and authenticate, each message comes with its
+sender's key, and ``SIGHUP`` (:meth:`Broker.reload_keys`) re-reads the key directories.
+Replies a client connection cannot take now wait in the state's reply backlog.
 """
 
 from __future__ import annotations
@@ -19,10 +22,21 @@ import zmq
 from .broker_outbox import BACKEND, FRONTEND
 from .broker_state import BrokerState
 from .config import BrokerConfig
+from .curve import (
+    BACKEND_DOMAIN,
+    FRONTEND_DOMAIN,
+    Gatekeeper,
+    KeyPair,
+    KeyRing,
+    apply_server,
+    load_keypair,
+)
+from .endpoints import is_private
+from .errors import ConfigError
 from .prometheus import MetricsServer, exposition
 from .sockets import make_socket, send_frames
 
-__all__ = ["Broker"]
+__all__ = ["Broker", "check_binds"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +47,8 @@ MAX_DRAIN = 2000
 PROCESS_STATS_INTERVAL_S = 1.0
 CLOSE_LINGER_MS = 200
 """On shutdown, how long DISCONNECT messages to workers may take to leave."""
+BACKLOG_RETRY_S = 0.005
+"""While replies wait for a client connection to read, how often sending is tried again."""
 
 
 class Broker:
@@ -46,11 +62,23 @@ class Broker:
         self._drain = True
         self.ready = threading.Event()
         """Set once both sockets are bound."""
-        self.state = BrokerState(config, time.monotonic())
+        self._reload_requested = threading.Event()
+        check_binds(config)
+        self.keys: KeyRing | None = None
+        self._server_keys: KeyPair | None = None
+        self.gatekeeper: Gatekeeper | None = None
+        if config.curve_secret is not None:
+            assert config.worker_keys is not None   # check_binds made sure
+            self._server_keys = load_keypair(config.curve_secret)
+            self.keys = KeyRing.from_dirs(config.client_keys, config.worker_keys,
+                                          config.admin_keys)
+            self.gatekeeper = Gatekeeper(self.context, self.keys)
+            self.gatekeeper.start()
+        self.state = BrokerState(config, time.monotonic(), self.keys)
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent()
-        self.frontend = self._router(config.frontend)
-        self.backend = self._router(config.backend)
+        self.frontend = self._router(config.frontend, FRONTEND_DOMAIN, config.client_hwm)
+        self.backend = self._router(config.backend, BACKEND_DOMAIN, config.hwm)
         self.metrics_server: MetricsServer | None = None
         if config.metrics_http:
             host, _, port = config.metrics_http.rpartition(":")
@@ -58,13 +86,31 @@ class Broker:
             self.metrics_server.start()
         self.ready.set()
 
-    def _router(self, endpoint: str) -> zmq.Socket[Any]:
+    def _router(self, endpoint: str, domain: str, send_hwm: int) -> zmq.Socket[Any]:
         socket = make_socket(
             self.context, zmq.ROUTER, hwm=self.config.hwm,
             max_message_bytes=self.config.max_message_bytes, router_mandatory=True,
         )
+        socket.setsockopt(zmq.SNDHWM, send_hwm)
+        if self._server_keys is not None:
+            apply_server(socket, self._server_keys, domain)
         socket.bind(endpoint)
         return socket
+
+    def reload_keys(self) -> None:
+        """Re-read the key directories (from any thread, e.g. a SIGHUP handler)."""
+        self._reload_requested.set()
+
+    def _reload(self, now: float) -> None:
+        if self.keys is None:
+            log.info("SIGHUP: the broker has no CURVE keys to reload")
+            return
+        try:
+            self.keys.reload()
+        except ConfigError as exc:
+            log.error("could not reload the CURVE keys, keeping the old ones: %s", exc)
+            return
+        self.state.on_keys_reloaded(now)
 
     def stop(self, drain: bool = True) -> None:
         """Ask the loop to finish: with ``drain``, answer in-flight requests first."""
@@ -91,8 +137,11 @@ class Broker:
                     now >= drain_until or len(state.requests) == 0
                 ):
                     break
-                timeout_ms = max(0, int((next_tick - now) * 1000))
-                events = dict(poller.poll(timeout_ms))
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self._reload(now)
+                wake = next_tick if not state.backlog else min(next_tick, now + BACKLOG_RETRY_S)
+                events = dict(poller.poll(max(0, int((wake - now) * 1000))))
                 now = time.monotonic()
                 if self.backend in events:
                     self._drain_socket(self.backend, BACKEND, now)
@@ -108,6 +157,8 @@ class Broker:
                                 state.report.metrics(now), state.figures.methods
                             )
                         next_stats = now + PROCESS_STATS_INTERVAL_S
+                if state.backlog:
+                    self._send_backlog()
                 self._flush(now)
         finally:
             self._close()
@@ -125,31 +176,63 @@ class Broker:
     def _drain_socket(self, socket: zmq.Socket[Any], side: int, now: float) -> None:
         state = self.state
         handle = state.on_worker_message if side == BACKEND else None
+        curve = self.keys is not None
+        peer: str | None = None
         for _ in range(MAX_DRAIN):
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
+                if curve:
+                    frames, peer = _receive_with_key(socket)
+                else:
+                    frames = socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
                 if handle is not None:
-                    handle(frames[0], frames[1:], now)
+                    handle(frames[0], frames[1:], now, peer)
                 else:
-                    state.on_client_frame(frames, now)
+                    state.on_client_frame(frames, now, peer)
             except Exception:  # noqa: BLE001 - a bug must cost one message, not the broker
                 state.figures.dropped["internal error"] += 1
                 log.exception("internal error handling a message; message dropped")
 
     def _flush(self, now: float) -> None:
-        for side, frames in self.state.take_sends():
-            socket = self.frontend if side == FRONTEND else self.backend
+        state = self.state
+        for side, frames in state.take_sends():
+            if side == FRONTEND:
+                self._reply(frames)
+                continue
             try:
-                send_frames(socket, frames)
-            except zmq.ZMQError as exc:
-                if side == BACKEND:
-                    self.state.on_unreachable(frames[0], now)
-                else:
-                    self.state.figures.dropped["reply to vanished client"] += 1
-                    log.debug("reply to client %s lost: %s", frames[0].hex(), exc)
+                send_frames(self.backend, frames)
+            except zmq.ZMQError:
+                state.on_unreachable(frames[0], now)
+
+    def _reply(self, frames: list[bytes]) -> None:
+        """Send a reply now, or keep it (in order) while its connection is not reading."""
+        backlog = self.state.backlog
+        if backlog.holds(frames[0]):
+            backlog.hold(frames)
+            return
+        try:
+            send_frames(self.frontend, frames)
+        except zmq.Again:
+            backlog.hold(frames)
+        except zmq.ZMQError as exc:
+            self.state.on_client_gone(frames[0])
+            log.debug("reply to client %s lost: %s", frames[0].hex(), exc)
+
+    def _send_backlog(self) -> None:
+        """Send what waits for each connection, oldest first, until its queue is full."""
+        backlog = self.state.backlog
+        for identity in backlog.identities():
+            while (frames := backlog.peek(identity)) is not None:
+                try:
+                    send_frames(self.frontend, frames)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:
+                    self.state.on_client_gone(identity)
+                    break
+                backlog.sent(identity)
 
     def _refresh_process_stats(self) -> None:
         try:
@@ -168,8 +251,45 @@ class Broker:
                 send_frames(self.backend, goodbye)
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
         self.frontend.close(linger=0)
         self.backend.close(linger=CLOSE_LINGER_MS)
         if self._own_context:
             self.context.term()
         log.info("broker stopped")
+
+
+def _receive_with_key(socket: zmq.Socket[Any]) -> tuple[list[bytes], str | None]:
+    """One message and its sender's CURVE key (the ZAP User-Id, z85)."""
+    first = socket.recv(zmq.NOBLOCK, copy=False)
+    frames = [first.bytes]
+    more = first.more
+    while more:
+        frames.append(socket.recv())
+        more = bool(socket.rcvmore)
+    key = first.get("User-Id")
+    return frames, key if isinstance(key, str) else None
+
+
+def check_binds(config: BrokerConfig) -> None:
+    """Refuse settings that would expose the grid: a public bind without CURVE (unless
+    ``insecure``), CURVE without worker keys, key directories without CURVE."""
+    curve = config.curve_secret is not None
+    if curve and config.worker_keys is None:
+        raise ConfigError("--curve-secret needs --worker-keys DIR: workers are always "
+                          "checked when CURVE is on")
+    if not curve and (config.client_keys or config.worker_keys or config.admin_keys):
+        raise ConfigError("key directories need --curve-secret FILE (the broker's own key)")
+    public = [] if curve else [e for e in (config.frontend, config.backend)
+                               if not is_private(e)]
+    if config.metrics_http and not is_private(config.metrics_http):
+        public.append(f"http://{config.metrics_http} (metrics: HTTP has no CURVE)")
+    if public and not config.insecure:
+        raise ConfigError(
+            f"refusing to expose {', '.join(public)} without CURVE: give --curve-secret "
+            "(see docs/security.md), or --insecure to allow it anyway"
+        )
+    if public:
+        log.warning("--insecure: %s reachable from other machines without authentication",
+                    ", ".join(public))

@@ -18,7 +18,7 @@ from . import protocol as p
 from .broker_outbox import Outbox
 from .broker_requests import RequestTable
 from .broker_tables import Request, WorkerRecord, idempotency_scope
-from .jsonrpc import Call, CallOptions, fragment_error_code
+from .jsonrpc import Call, CallOptions, checked_fragment
 from .policy import IdempotencyTable
 
 __all__ = ["Adoption"]
@@ -50,11 +50,15 @@ class Adoption:
                 self._take_over(worker, call, old_key, now + timeout_ms / 1000, depth, now)
 
     def _store(self, scope: str | None, old_key: bytes, fragment: bytes, now: float) -> None:
-        """A finished keyed request: its outcome, unless this run knows the key already."""
+        """A finished keyed request: its outcome, unless this run knows the key already
+        (or the fragment is not a well-formed result or error)."""
         idempotency = self.idempotency
-        if scope is not None and idempotency.lookup(scope, now) is None:
+        checked = checked_fragment(fragment)
+        if checked is None:
+            self.counters["malformed_replies"] += 1
+        elif scope is not None and idempotency.lookup(scope, now) is None:
             idempotency.start(scope, old_key)
-            idempotency.finish(scope, old_key, (fragment_error_code(fragment), fragment), now)
+            idempotency.finish(scope, old_key, checked, now)
             self.counters["adopted_results"] += 1
 
     def _take_over(

@@ -10,23 +10,17 @@ takes the longest-waiting requests it can run. Pure: ``now`` in, REQUEST frames 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
 
 from . import protocol as p
 from .broker_outbox import Outbox
 from .broker_requests import RequestTable
-from .broker_tables import Request, WorkerRecord
+from .broker_tables import Refusal, Request, WorkerRecord
 from .broker_workers import WorkerTable
+from .config import OVERLOAD_RETRY_AFTER_MS
 from .errors import ErrorCode
 
 __all__ = ["Dispatcher", "Refusal"]
 
-class Refusal(NamedTuple):
-    """Why a request cannot run or wait: the error to answer it with."""
-
-    code: ErrorCode
-    message: str
-    data: Any = None
 
 
 class Dispatcher:
@@ -56,7 +50,7 @@ class Dispatcher:
         elif not requeue and self.requests.queued >= self.max_queue:
             return Refusal(ErrorCode.OVERLOADED,
                            f"Overloaded: {self.requests.queued} requests already wait for a "
-                           "worker")
+                           "worker", {"retry_after_ms": OVERLOAD_RETRY_AFTER_MS})
         else:
             self.requests.enqueue(request, front=requeue)
         return None
@@ -105,7 +99,8 @@ class Dispatcher:
     def serve(self, worker: WorkerRecord, now: float) -> None:
         """Give a worker with credit the oldest queued requests it can run."""
         requests = self.requests
-        while worker.credit > 0 and requests.queued and worker.breaker.allows(now):
+        while (worker.credit > 0 and requests.queued and not worker.paused
+               and worker.breaker.allows(now)):
             request = requests.take_oldest(worker.methods)
             if request is None:
                 return

@@ -1,17 +1,17 @@
 """The broker's own figures for ``_metrics``: counters, errors, drops, per-method latency,
-the request rate, clients seen. Pure: ``now`` in."""
+the request rate. Pure: ``now`` in."""
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, defaultdict
 from typing import Any
 
-from .metrics import CallStats, Histogram, RateMeter
+from .metrics import MAX_ERROR_CODES, CallStats, Histogram, RateMeter
 
-__all__ = ["CLIENT_MEMORY", "BrokerFigures"]
+__all__ = ["REFUSED_PEER_MEMORY", "BrokerFigures"]
 
-CLIENT_MEMORY = 10_000
-"""Distinct client identities (and refused peers) remembered, oldest forgotten first."""
+REFUSED_PEER_MEMORY = 10_000
+"""Refused peers remembered (each is reported once), oldest forgotten first."""
 
 
 class BrokerFigures:
@@ -28,17 +28,16 @@ class BrokerFigures:
         self.rate = RateMeter()
         self._rated = 0
         """Requests already counted into ``rate`` (it is fed once per tick, not per request)."""
-        self.clients: OrderedDict[bytes, float] = OrderedDict()
         self._refused_peers: OrderedDict[bytes, bool] = OrderedDict()
         self.process_stats: dict[str, Any] = {}
         """CPU% and RSS of the broker process, refreshed by the socket loop."""
 
-    def seen_client(self, identity: bytes, now: float) -> None:
-        clients = self.clients
-        clients[identity] = now
-        clients.move_to_end(identity)
-        if len(clients) > CLIENT_MEMORY:
-            clients.popitem(last=False)
+    def error(self, code: int) -> None:
+        """Count an error answer of ``code``."""
+        errors = self.errors
+        if code not in errors and len(errors) >= MAX_ERROR_CODES:
+            code = 0
+        errors[code] += 1
 
     def refused(self, identity: bytes) -> bool:
         """Count a refused message; True the first time this peer is refused (lately)."""
@@ -48,7 +47,7 @@ class BrokerFigures:
             peers.move_to_end(identity)
             return False
         peers[identity] = True
-        if len(peers) > CLIENT_MEMORY:
+        if len(peers) > REFUSED_PEER_MEMORY:
             peers.popitem(last=False)
         return True
 

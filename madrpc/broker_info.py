@@ -1,8 +1,10 @@
-"""The broker's built-in methods ``_ping``, ``_metrics`` and ``_info``. Pure: ``now`` in.
+"""The broker's built-in methods ``_ping``, ``_metrics``, ``_info`` and the management
+method ``_drain``. Pure: ``now`` in.
 
 All are answered by the broker itself (no worker is involved) from its parts; a worker's
-figures come from the snapshot it sent with its last heartbeat. Response shapes are
-documented in docs/protocol.md.
+figures come from the snapshot it sent with its last heartbeat. ``_metrics`` stays small
+whatever clients send: it lists the busiest ``max_methods_reported`` methods besides the
+totals. Response shapes are documented in docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import zmq
 
 from .__about__ import __version__
+from .broker_clients import ClientTable, ReplyBacklog
 from .broker_figures import BrokerFigures
 from .broker_requests import RequestTable
 from .broker_tables import BrokerRun, WorkerRecord
@@ -24,19 +27,22 @@ from .jsonrpc import Call, error_fragment, json_dumps
 from .metrics import CallStats
 from .policy import IdempotencyTable
 
-__all__ = ["BUILTIN_METHODS", "RATE_HISTORY_S", "GridReport"]
+__all__ = ["ADMIN_METHODS", "BUILTIN_METHODS", "RATE_HISTORY_S", "GridReport"]
 
 RATE_HISTORY_S = 60
 """Seconds of req/s history in ``_metrics`` (for sparklines)."""
-BUILTIN_METHODS = frozenset({"_metrics", "_info", "_ping"})
+ADMIN_METHODS = frozenset({"_drain"})
+"""Built-in methods only admins may call (with CURVE: a key in the admin directory)."""
+BUILTIN_METHODS = frozenset({"_metrics", "_info", "_ping"}) | ADMIN_METHODS
 
 
 class GridReport:
-    """What the broker tells about itself and its grid."""
+    """What the broker tells about itself and its grid, and the management it allows."""
 
     def __init__(
         self, config: BrokerConfig, run: BrokerRun, figures: BrokerFigures,
         workers: WorkerTable, requests: RequestTable, idempotency: IdempotencyTable,
+        clients: ClientTable, backlog: ReplyBacklog,
     ) -> None:
         self.config = config
         self.run = run
@@ -44,9 +50,15 @@ class GridReport:
         self.workers = workers
         self.requests = requests
         self.idempotency = idempotency
+        self.clients = clients
+        self.backlog = backlog
 
-    def answer(self, call: Call, now: float) -> tuple[int | None, bytes]:
-        """(error code or None, fragment) for a call to a built-in method."""
+    def answer(self, call: Call, now: float, admin: bool = False) -> tuple[int | None, bytes]:
+        """(error code or None, fragment) for a call to a built-in method; ``admin`` may
+        call the management ones."""
+        if call.method in ADMIN_METHODS and not admin:
+            return ErrorCode.FORBIDDEN, error_fragment(
+                ErrorCode.FORBIDDEN, f"Forbidden: {call.method} needs an admin key")
         params = call.params
         worker_id = None
         if isinstance(params, dict):
@@ -68,7 +80,21 @@ class GridReport:
             if worker is not None:
                 return None, _result(self.worker_detail(worker, now))
             return None, _result(self.metrics(now))
+        if call.method == "_drain":
+            if worker is None:
+                return _invalid_params("name the worker to drain: {\"worker\": id}")
+            return self._drain(worker, params)
         return None, _result(worker.info if worker is not None else self.info())
+
+    @staticmethod
+    def _drain(worker: WorkerRecord, params: Any) -> tuple[int | None, bytes]:
+        """Take a worker out of rotation (it finishes what it holds), or put it back."""
+        resume = params.get("resume", False) if isinstance(params, dict) else False
+        if not isinstance(resume, bool):
+            return _invalid_params("resume must be true or false")
+        worker.paused = not resume
+        return None, _result({"worker": worker.id, "paused": worker.paused,
+                              "in_flight": len(worker.in_flight)})
 
     def metrics(self, now: float) -> dict[str, Any]:
         """The whole grid in one object: broker, workers, methods (``_metrics``)."""
@@ -89,7 +115,7 @@ class GridReport:
             "req_per_s": figures.rate.rate(now),
             "in_flight": requests.in_flight,
             "queue_depth": requests.queued,
-            "clients_seen": len(figures.clients),
+            "clients_seen": len(self.clients),
             "workers": len(self.workers),
             "contexts": sum(_int(w.info.get("contexts")) for w in workers),
             "dropped_frames": sum(figures.dropped.values()),
@@ -98,6 +124,7 @@ class GridReport:
             "requeued": counters["requeued"],
             "idempotent_hits": counters["idempotent_hits"],
             "idempotency_entries": len(self.idempotency),
+            "bounds": self.bounds(),
             "workers_joined": counters["workers_joined"],
             "workers_left": counters["workers_left"],
             "errors": sum(figures.errors.values()),
@@ -108,6 +135,22 @@ class GridReport:
             "adopted": counters["adopted"],
             "adopted_results": counters["adopted_results"],
             **figures.process_stats,
+        }
+
+    def bounds(self) -> dict[str, int]:
+        """How close the broker's bounded tables are to their limits, and what overflowed."""
+        idempotency, figures = self.idempotency, self.figures
+        return {
+            "idempotency_bytes": idempotency.bytes,
+            "idempotency_evicted": idempotency.evicted,
+            "idempotency_too_large": idempotency.too_large,
+            "client_refusals": self.clients.refused,
+            "backlog_bytes": self.backlog.total_bytes(),
+            "backlog_refusals": self.backlog.refused,
+            "backlog_dropped": self.backlog.dropped,
+            "methods_known": len(set(figures.methods) | set(self.workers.served_methods())),
+            "deadline_entries": self.requests.deadline_entries(),
+            "malformed_replies": figures.counters["malformed_replies"],
         }
 
     @staticmethod
@@ -132,6 +175,8 @@ class GridReport:
             "cpu_percent": stats.get("cpu_percent"),
             "rss_bytes": stats.get("rss_bytes"),
             "engine_restarts": stats.get("engine_restarts", 0),
+            "paused": worker.paused,
+            "draining": worker.draining,
             "heartbeat_age_s": round(now - heard, 3),
             "missed_heartbeats": max(0, int((now - heard) / worker.heartbeat.interval_s)),
             "circuit": worker.breaker.to_dict(now),
@@ -143,9 +188,14 @@ class GridReport:
         return {**self.worker_summary(worker, now), "info": worker.info, "stats": worker.stats}
 
     def method_summaries(self) -> dict[str, Any]:
+        """The busiest ``max_methods_reported`` methods (those served and those called)."""
         methods: dict[str, Any] = {}
         known = self.figures.methods
-        for name in sorted(set(known) | set(self.workers.served_methods())):
+        names = set(known) | set(self.workers.served_methods())
+        if len(names) > self.config.max_methods_reported:
+            busiest = sorted(names, key=lambda n: -(known[n].requests if n in known else 0))
+            names = set(busiest[:self.config.max_methods_reported])
+        for name in sorted(names):
             stats = known.get(name) or CallStats()
             methods[name] = {
                 **stats.to_dict(),

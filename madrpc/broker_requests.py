@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 
 from . import protocol as p
 from .broker_tables import Request
 from .table_view import TableView
 
-__all__ = ["RequestTable"]
+__all__ = ["DEADLINE_SLACK", "RequestTable"]
+
+DEADLINE_SLACK = 1024
+"""Deadline-heap entries of answered requests tolerated beyond twice the live ones; past
+that the heap is rebuilt from the live requests (answered ones leave it at once)."""
 
 
 class RequestTable(TableView[bytes, Request]):
@@ -25,12 +29,15 @@ class RequestTable(TableView[bytes, Request]):
 
     A live request is queued (waiting for a worker) or in flight (held by one). Queues
     keep answered requests until they reach the head, where they are skipped: forgetting
-    a queued request costs nothing.
+    a queued request costs nothing, and a method's queue goes when nothing live waits in
+    it. Answered requests stay in the deadline heap until it compacts itself.
     """
 
     def __init__(self) -> None:
         super().__init__({})
         self._queues: defaultdict[str, deque[Request]] = defaultdict(deque)
+        self._waiting: Counter[str] = Counter()
+        """Live requests in each method's queue (its deque also holds answered ones)."""
         self.queued = 0
         """Live requests waiting in a queue."""
         self._deadlines: list[tuple[float, bytes]] = []
@@ -53,7 +60,12 @@ class RequestTable(TableView[bytes, Request]):
 
     def watch(self, request: Request) -> None:
         """Expire the request at its deadline (see :meth:`expired`)."""
-        heapq.heappush(self._deadlines, (request.deadline, request.key))
+        deadlines = self._deadlines
+        if len(deadlines) > 2 * (len(self._rows) + len(self.joined)) + DEADLINE_SLACK:
+            deadlines[:] = [(r.deadline, r.key) for r in (*self._rows.values(),
+                                                          *self.joined.values())]
+            heapq.heapify(deadlines)
+        heapq.heappush(deadlines, (request.deadline, request.key))
 
     def add(self, request: Request) -> None:
         self._rows[request.key] = request
@@ -70,6 +82,7 @@ class RequestTable(TableView[bytes, Request]):
             queue.append(request)
         request.queued = True
         self.queued += 1
+        self._waiting[request.call.method] += 1
 
     def take_oldest(self, methods: Iterable[str]) -> Request | None:
         """Dequeue the longest-waiting request for any of ``methods``."""
@@ -83,16 +96,23 @@ class RequestTable(TableView[bytes, Request]):
         if oldest is None:
             return None
         request = oldest.popleft()
+        self._unqueue(request)
+        return request
+
+    def _unqueue(self, request: Request) -> None:
         request.queued = False
         self.queued -= 1
-        return request
+        method = request.call.method
+        self._waiting[method] -= 1
+        if self._waiting[method] == 0:   # only answered requests left in it: let it go
+            del self._waiting[method]
+            del self._queues[method]
 
     def forget(self, request: Request) -> None:
         """No longer live (answered, dropped, or waiting for a twin)."""
         self._rows.pop(request.key, None)
         if request.queued:
-            request.queued = False
-            self.queued -= 1
+            self._unqueue(request)
 
     # ------------------------------------------------------------ queries
 
@@ -100,8 +120,8 @@ class RequestTable(TableView[bytes, Request]):
         return sum(1 for r in self._queues.get(method, ()) if r.queued)
 
     def queued_methods(self) -> list[str]:
-        """Methods with something in their queue."""
-        return [method for method, queue in self._queues.items() if queue]
+        """Methods with something waiting in their queue."""
+        return list(self._waiting)
 
     def waiting(self) -> list[Request]:
         """Every queue entry still waiting, all methods (an entry twice would be a bug)."""
@@ -123,3 +143,7 @@ class RequestTable(TableView[bytes, Request]):
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None
+
+    def deadline_entries(self) -> int:
+        """Entries in the deadline heap (answered requests' included, until it compacts)."""
+        return len(self._deadlines)

@@ -4,16 +4,41 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import protocol as p
+from .errors import ErrorCode
 from .jsonrpc import Call
 from .liveness import Heartbeat
 from .metrics import CallStats
 from .policy import CircuitBreaker
 from .protocol import NO_PARENT
 
-__all__ = ["Batch", "BrokerRun", "Request", "WorkerRecord", "idempotency_scope"]
+__all__ = [
+    "Batch", "BrokerRun", "ClientRecord", "Refusal", "Request", "WorkerRecord",
+    "idempotency_scope",
+]
+
+
+class Refusal(NamedTuple):
+    """Why a request cannot run or wait: the error to answer it with."""
+
+    code: ErrorCode
+    message: str
+    data: Any = None
+
+
+@dataclass(slots=True)
+class ClientRecord:
+    """A client: what it has in the grid, and its rate-limit bucket."""
+
+    key: bytes
+    """The client's CURVE public key (z85), or its connection's routing identity."""
+    in_grid: int = 0
+    """Its requests queued, running or waiting for a twin."""
+    tokens: float = 0.0
+    refilled_at: float = 0.0
+    seen_at: float = 0.0
 
 
 @dataclass
@@ -72,6 +97,8 @@ class Request:
     queued: bool = False
     adopted: bool = False
     """Handed over by a worker after a broker restart: no body, no one to answer."""
+    client: ClientRecord | None = None
+    """The client whose share of the grid it takes (none for nested calls and built-ins)."""
 
 
 @dataclass(slots=True)
@@ -89,6 +116,11 @@ class WorkerRecord:
     stats: dict[str, Any] = field(default_factory=dict)
     served: CallStats = field(default_factory=CallStats)
     draining: bool = False
+    """The worker said it stops (DRAIN): it gets nothing new and returns no credit."""
+    paused: bool = False
+    """An admin drained it (``_drain``): it gets nothing new until resumed."""
+    key: str | None = None
+    """Its CURVE public key (z85) when the broker has CURVE: every message must carry it."""
 
     @property
     def id(self) -> str:

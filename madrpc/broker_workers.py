@@ -100,7 +100,8 @@ class WorkerTable(TableView[bytes, WorkerRecord]):
         """The next worker in rotation that serves ``method``, has credit and whose
         circuit allows a request; it moves to the back of the rotation."""
         for worker in self._workers.values():
-            if worker.credit > 0 and method in worker.methods and worker.breaker.allows(now):
+            if (worker.credit > 0 and method in worker.methods and not worker.paused
+                    and worker.breaker.allows(now)):
                 self._workers.move_to_end(worker.identity)
                 return worker
         return None

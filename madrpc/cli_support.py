@@ -14,10 +14,12 @@ from typing import Any
 import click
 import orjson
 
+from . import config as cfg
 from .errors import MadrpcError, RpcError
 from .logs import LOG_FORMATS
 
 __all__ = [
+    "client_options",
     "error_object", "log_options", "on_signals", "parse_params", "print_error", "print_result",
     "progress_bar",
 ]
@@ -35,6 +37,21 @@ def log_options(default_level: str) -> Callable[[Callable[..., Any]], Callable[.
         return click.option("--log-level", type=LOG_LEVELS, default=default_level,
                             show_default=True, help="Least severe log level shown.")(func)
     return decorate
+
+
+def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--broker, --curve-secret and --server-key, with their environment variables."""
+    for option in reversed([
+        click.option("--broker", envvar="MADRPC_BROKER", default=cfg.DEFAULT_FRONTEND,
+                     show_default=True, help="The broker's frontend endpoint [MADRPC_BROKER]."),
+        click.option("--curve-secret", metavar="FILE", envvar="MADRPC_CURVE_SECRET",
+                     default=None,
+                     help="Our key pair when the broker has CURVE [MADRPC_CURVE_SECRET]."),
+        click.option("--server-key", metavar="FILE", envvar="MADRPC_SERVER_KEY", default=None,
+                     help="The broker's public key (.key) [MADRPC_SERVER_KEY]."),
+    ]):
+        func = option(func)
+    return func
 
 
 def on_signals(stop: Callable[[bool], None]) -> None:

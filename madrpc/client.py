@@ -16,6 +16,7 @@ import zmq
 
 from .client_core import AUTO_KEY, CallBook, Params, PendingCall, check_params, client_config
 from .config import DEFAULT_FRONTEND, ClientConfig
+from .curve import apply_client, client_curve
 from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
 from .sockets import make_socket
@@ -40,8 +41,13 @@ class Client:
         timeout: float | None = None,
         config: ClientConfig | None = None,
         context: zmq.Context[Any] | None = None,
+        curve_secret: Any = None,
+        server_key: Any = None,
     ) -> None:
-        self.config = client_config(endpoint, timeout, config)
+        """``curve_secret`` (our key pair: a ``.key_secret`` file or a z85 secret) and
+        ``server_key`` (the broker's public key: a ``.key`` file or z85) turn CURVE on."""
+        self.config = client_config(endpoint, timeout, config, curve_secret, server_key)
+        self._curve = client_curve(self.config.curve_secret, self.config.server_key)
         self._context = context or zmq.Context.instance()
         self._lock = threading.Lock()
         self._book = CallBook(self.config)
@@ -51,6 +57,8 @@ class Client:
 
     def _new_socket(self) -> zmq.Socket[Any]:
         socket = make_socket(self._context, zmq.DEALER, hwm=self.config.hwm)
+        if self._curve is not None:
+            apply_client(socket, self._curve)
         socket.connect(self.config.endpoint)
         socket.send(self._book.probe(self._connected_at))   # learn which broker run this is
         return socket

@@ -26,14 +26,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ClientConfig
-from .errors import ErrorCode, MessageTooLargeError, RpcTimeoutError, rpc_error_from_object
+from .errors import (
+    ErrorCode,
+    MessageTooLargeError,
+    RpcError,
+    RpcTimeoutError,
+    rpc_error_from_object,
+)
 from .jsonrpc import decode_response, encode_request
 from .liveness import Backoff
 from .policy import TRANSIENT_CODES
 
 __all__ = [
-    "AUTO_KEY", "RETRYABLE_CODES", "CallBook", "Params", "PendingCall", "check_params",
-    "client_config",
+    "AUTO_KEY", "MAX_RETRY_AFTER_MS", "RETRYABLE_CODES", "CallBook", "Params", "PendingCall",
+    "check_params", "client_config",
 ]
 
 AUTO_KEY: Any = object()
@@ -53,16 +59,21 @@ def check_params(params: Any) -> Any:
     )
 
 
-def client_config(endpoint: str, timeout: float | None, config: ClientConfig | None
-                  ) -> ClientConfig:
+def client_config(
+    endpoint: str, timeout: float | None, config: ClientConfig | None,
+    curve_secret: Any = None, server_key: Any = None,
+) -> ClientConfig:
     """The configuration a client constructor's arguments describe."""
     if config is not None:
         return config
-    if timeout is None:
-        return ClientConfig(endpoint=endpoint)
-    return ClientConfig(endpoint=endpoint, timeout_s=timeout)
+    options: dict[str, Any] = {"curve_secret": curve_secret, "server_key": server_key}
+    if timeout is not None:
+        options["timeout_s"] = timeout
+    return ClientConfig(endpoint=endpoint, **options)
 
 
+MAX_RETRY_AFTER_MS = 60_000
+"""The longest ``retry_after_ms`` hint a client heeds (a broker cannot stall it longer)."""
 RETRYABLE_CODES = frozenset(TRANSIENT_CODES - {ErrorCode.TIMEOUT})
 """Error replies worth another try (a timeout means the call's own time is spent)."""
 
@@ -180,7 +191,8 @@ class CallBook:
                 continue   # a duplicate of a retried call, or a call we gave up on
             if "error" in response:
                 error = rpc_error_from_object(response["error"])
-                if error.code in RETRYABLE_CODES and self._retry_later(call, now):
+                if error.code in RETRYABLE_CODES and self._retry_later(call, now,
+                                                                        _retry_after_s(error)):
                     continue
                 self._complete(call, error=error)
             else:
@@ -213,10 +225,12 @@ class CallBook:
             and now - self.last_heard >= self.config.probe_interval_s
         )
 
-    def _retry_later(self, call: PendingCall, now: float) -> bool:
+    def _retry_later(self, call: PendingCall, now: float, at_least_s: float = 0.0) -> bool:
+        """Schedule a resend after a jittered back-off (at least ``at_least_s``, the
+        broker's ``retry_after_ms`` hint); False when retries or time are spent."""
         if call.attempts > self.config.max_retries:
             return False
-        delay = self._backoff.jittered(call.attempts - 1, self._rng)
+        delay = max(at_least_s, self._backoff.jittered(call.attempts - 1, self._rng))
         if now + delay >= call.deadline:
             return False
         call.resend_at = now + delay
@@ -295,3 +309,12 @@ class CallBook:
     def fail_all(self, error: Exception) -> None:
         for call in list(self.calls.values()):
             self._complete(call, error=error)
+
+
+def _retry_after_s(error: RpcError) -> float:
+    """The ``data.retry_after_ms`` an 'Overloaded' answer may carry, in seconds."""
+    data = error.data
+    hint = data.get("retry_after_ms") if isinstance(data, dict) else None
+    if isinstance(hint, (int, float)) and not isinstance(hint, bool) and hint > 0:
+        return min(float(hint), MAX_RETRY_AFTER_MS) / 1000
+    return 0.0

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "DEFAULT_BACKEND",
     "DEFAULT_FRONTEND",
     "DEFAULT_TIMEOUT_MS",
+    "OVERLOAD_RETRY_AFTER_MS",
     "BrokerConfig",
     "ClientConfig",
     "WorkerConfig",
@@ -34,6 +36,8 @@ DEFAULT_HEARTBEAT_LIVENESS = 3
 """A peer silent for ``liveness`` heartbeat intervals is dead."""
 DEFAULT_HWM = 100_000
 """ZeroMQ high-water mark (messages) on every socket: bounded, never unlimited."""
+OVERLOAD_RETRY_AFTER_MS = 100
+"""The ``retry_after_ms`` hint in an 'Overloaded' error that has no better estimate."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,19 @@ class BrokerConfig:
     heartbeat_liveness: int = DEFAULT_HEARTBEAT_LIVENESS
     max_queue: int = 10_000
     """Requests waiting for a worker; past this, new requests get 'Overloaded' at once."""
+    max_client_requests: int = 1_000
+    """Requests one client may have in the grid (queued, running, or waiting for a twin);
+    past this its new requests get 'Overloaded', so no client can fill the queue alone."""
+    client_rate: float | None = None
+    """Requests per second one client may send (a token bucket); None for no limit."""
+    client_burst: int | None = None
+    """Requests a client may send at once under ``client_rate``. Default: one second's worth."""
+    client_hwm: int = 64
+    """Replies ZeroMQ queues for one client connection; past it, replies wait in the
+    broker, counted in bytes (``max_client_backlog_bytes``)."""
+    max_client_backlog_bytes: int = 16 * 1024 * 1024
+    """Unread reply bytes the broker holds for one connection: past this, its new
+    requests get 'Overloaded'; past twice this, its replies are dropped (and counted)."""
     default_timeout_ms: int = DEFAULT_TIMEOUT_MS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_batch: int = 10_000
@@ -62,6 +79,14 @@ class BrokerConfig:
     idempotency_window_s: float = 300.0
     """How long a finished keyed request's reply is kept for retries of the same key."""
     max_idempotency_entries: int = 100_000
+    max_idempotency_bytes: int = 64 * 1024 * 1024
+    """Bytes of stored results the idempotency cache holds at most (oldest evicted first)."""
+    max_idempotent_result_bytes: int = 1024 * 1024
+    """Results bigger than this are not kept for retries: a retry of their key runs again."""
+    max_workers: int = 10_000
+    """Workers registered at once; more READYs are refused."""
+    max_methods_reported: int = 100
+    """Methods ``_metrics`` and the Prometheus page list (the busiest), besides the totals."""
     drain_timeout_s: float = 10.0
     """On SIGTERM: how long to keep answering in-flight requests before exiting."""
     adoption_grace_s: float | None = None
@@ -74,6 +99,17 @@ class BrokerConfig:
     """Keep latency histograms and rates (off only to measure their cost)."""
     metrics_http: str | None = None
     """``HOST:PORT`` to serve Prometheus metrics on (off by default)."""
+    curve_secret: str | None = None
+    """The broker's own key pair (a ``.key_secret`` file): turns CURVE on for both sockets."""
+    client_keys: str | None = None
+    """Directory of the public keys of allowed clients; None lets any client connect
+    (still encrypted) when CURVE is on."""
+    worker_keys: str | None = None
+    """Directory of the public keys of allowed workers (required with CURVE)."""
+    admin_keys: str | None = None
+    """Directory of the public keys of admins (management methods such as ``_drain``)."""
+    insecure: bool = False
+    """Allow binding non-loopback addresses without CURVE (a warning is logged)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +152,10 @@ class WorkerConfig:
     """Extra V8 flags for the engine processes (see docs/performance.md)."""
     collect_metrics: bool = True
     """Keep per-method latency histograms and rates for heartbeats (off only to measure)."""
+    curve_secret: Any = None
+    """This worker's key pair (a ``.key_secret`` file or a z85 secret key) for CURVE."""
+    server_key: Any = None
+    """The broker's public key (a ``.key`` file or z85) for CURVE."""
 
     @property
     def initial_credit(self) -> int:
@@ -146,3 +186,7 @@ class ClientConfig:
     idempotency: bool = True
     """Add an idempotency key to each call so retries run it at most once."""
     hwm: int = DEFAULT_HWM
+    curve_secret: Any = None
+    """This client's key pair (a ``.key_secret`` file or a z85 secret key) for CURVE."""
+    server_key: Any = None
+    """The broker's public key (a ``.key`` file or z85) for CURVE."""

@@ -66,7 +66,8 @@ _WORKER_METRICS: tuple[tuple[str, str, Any], ...] = (
 
 def exposition(snapshot: Mapping[str, Any], latency: Mapping[str, CallStats]) -> str:
     """Everything a ``_metrics`` ``snapshot`` holds, as Prometheus metrics, plus a latency
-    histogram per method from ``latency`` (method -> its figures)."""
+    histogram per method from ``latency`` (method -> its figures) for each method the
+    snapshot lists (it lists the busiest ones only, so the page stays small)."""
     out: list[str] = []
     broker = snapshot.get("broker", {})
     for name, kind, help_text, key in _BROKER_METRICS:
@@ -87,8 +88,10 @@ def exposition(snapshot: Mapping[str, Any], latency: Mapping[str, CallStats]) ->
     name = "madrpc_request_duration_seconds"
     out.append(f"# HELP {name} Request latency seen by the broker.")
     out.append(f"# TYPE {name} histogram")
+    listed = snapshot.get("methods")
     for method, stats in sorted(latency.items()):
-        out.extend(_histogram(name, {"method": method}, stats.latency))
+        if listed is None or method in listed:   # the snapshot's busiest methods only
+            out.extend(_histogram(name, {"method": method}, stats.latency))
     return "\n".join(out) + "\n"
 
 

@@ -35,9 +35,11 @@ _KEYS = {
 class SnapshotFetcher:
     """Polls ``_metrics`` every ``interval_s`` on its own thread; keeps the latest one."""
 
-    def __init__(self, endpoint: str, interval_s: float) -> None:
+    def __init__(self, endpoint: str, interval_s: float, **client_options: Any) -> None:
         self.endpoint = endpoint
         self.interval_s = interval_s
+        self.client_options = client_options
+        """Passed to each :class:`~madrpc.client.Client` (e.g. CURVE keys)."""
         self.snapshot: dict[str, Any] | None = None
         self.status: str | None = "connecting ..."
         self.version = 0
@@ -54,7 +56,7 @@ class SnapshotFetcher:
 
     def _run(self) -> None:
         timeout = max(1.0, self.interval_s)
-        client = Client(self.endpoint, timeout=timeout)
+        client = Client(self.endpoint, timeout=timeout, **self.client_options)
         try:
             while not self._stop.is_set():
                 started = time.monotonic()
@@ -69,16 +71,16 @@ class SnapshotFetcher:
                     self.status = (f"broker unreachable, retrying ({waited:.0f} s): "
                                    f"{getattr(exc, 'message', exc)}")
                     client.close()
-                    client = Client(self.endpoint, timeout=timeout)
+                    client = Client(self.endpoint, timeout=timeout, **self.client_options)
                 self.version += 1
                 self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
         finally:
             client.close()
 
 
-def once(endpoint: str, width: int = 160, timeout_s: float = 5.0) -> str:
+def once(endpoint: str, width: int = 160, timeout_s: float = 5.0, **client_options: Any) -> str:
     """One plain-text snapshot (``madrpc top --once``); raises MadrpcError if unreachable."""
-    with Client(endpoint, timeout=timeout_s) as client:
+    with Client(endpoint, timeout=timeout_s, **client_options) as client:
         snapshot = client.call("_metrics", idempotency_key=None)
     tall = 10_000   # everything, no scrolling
     workers = render(snapshot, ViewState(unicode=False), width, tall, endpoint,
@@ -89,10 +91,10 @@ def once(endpoint: str, width: int = 160, timeout_s: float = 5.0) -> str:
     return text + "\n"
 
 
-def run(endpoint: str, interval_s: float = 1.0) -> int:
+def run(endpoint: str, interval_s: float = 1.0, **client_options: Any) -> int:
     """The interactive monitor; returns when the user presses q."""
     locale.setlocale(locale.LC_ALL, "")
-    fetcher = SnapshotFetcher(endpoint, interval_s)
+    fetcher = SnapshotFetcher(endpoint, interval_s, **client_options)
     fetcher.start()
     try:
         curses.wrapper(_screen_loop, fetcher)

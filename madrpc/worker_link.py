@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 
 from .config import WorkerConfig
+from .curve import apply_client, client_curve
 from .liveness import Backoff, Heartbeat
 from .sockets import make_socket, send_frames
 
@@ -38,6 +39,8 @@ class BrokerLink:
         """Set while registered: the broker acknowledged our READY."""
         self.instance: str | None = None
         """The run of the broker we last registered with (tells a restart from a blip)."""
+        self.curve = client_curve(config.curve_secret, config.server_key)
+        """Our key pair and the broker's key when the broker has CURVE."""
         self._heartbeat = Heartbeat(config.heartbeat_interval_s, config.heartbeat_liveness, 0.0)
         self._backoff = Backoff(config.reconnect_initial_s, config.reconnect_max_s)
         self.reconnects = 0
@@ -52,6 +55,8 @@ class BrokerLink:
         self.socket = make_socket(
             self.context, zmq.DEALER, hwm=config.hwm, max_message_bytes=config.max_message_bytes
         )
+        if self.curve is not None:
+            apply_client(self.socket, self.curve)
         self.socket.connect(config.broker)
         self._heartbeat = Heartbeat(config.heartbeat_interval_s, config.heartbeat_liveness, now)
         self._reconnect_at = None

@@ -10,6 +10,7 @@ import pytest
 
 from madrpc import protocol as p
 from madrpc.__about__ import __version__
+from madrpc.broker_clients import ClientTable, ReplyBacklog
 from madrpc.broker_figures import BrokerFigures
 from madrpc.broker_info import RATE_HISTORY_S, GridReport
 from madrpc.broker_requests import RequestTable
@@ -35,7 +36,8 @@ def new_report(**overrides: Any) -> GridReport:
     config = BrokerConfig(**overrides)
     run = BrokerRun(started_at=STARTED, adoption_until=STARTED + 3.0, instance="cafe0001")
     return GridReport(config, run, BrokerFigures(), WorkerTable(config), RequestTable(),
-                      IdempotencyTable(config.idempotency_window_s, 100))
+                      IdempotencyTable(config.idempotency_window_s, 100),
+                      ClientTable(config.max_client_requests), ReplyBacklog(1 << 20))
 
 
 def register(
@@ -165,7 +167,7 @@ def test_the_broker_summary_counts_workers_and_their_contexts() -> None:
 def test_the_broker_summary_counts_clients_seen_and_idempotency_entries() -> None:
     report = new_report()
     for client in (b"c1", b"c2", b"c1"):
-        report.figures.seen_client(client, STARTED)
+        report.clients.seen(client, STARTED)
     report.idempotency.start("add\x00k1", p.encode_key(1))
     report.idempotency.start("add\x00k2", p.encode_key(2))
 

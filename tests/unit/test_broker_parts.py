@@ -11,8 +11,9 @@ import pytest
 
 from madrpc import protocol as p
 from madrpc.broker_adoption import Adoption
+from madrpc.broker_clients import CLIENT_MEMORY, ClientTable
 from madrpc.broker_dispatch import Dispatcher, Refusal
-from madrpc.broker_figures import CLIENT_MEMORY, BrokerFigures
+from madrpc.broker_figures import BrokerFigures
 from madrpc.broker_outbox import BACKEND, FRONTEND, Outbox
 from madrpc.broker_requests import RequestTable
 from madrpc.broker_tables import BrokerRun, Request, WorkerRecord
@@ -294,7 +295,8 @@ def test_a_full_queue_refuses_new_requests_but_never_a_requeued_one() -> None:
     dispatch.route(waiting, 0.0)
 
     assert dispatch.route(new, 0.0) == Refusal(
-        ErrorCode.OVERLOADED, "Overloaded: 1 requests already wait for a worker"
+        ErrorCode.OVERLOADED, "Overloaded: 1 requests already wait for a worker",
+        {"retry_after_ms": 100},
     )
     assert dispatch.route(again, 0.0, requeue=True) is None and requests.queued == 2
 
@@ -450,11 +452,11 @@ def test_a_queued_twin_joins_the_adopted_request_instead_of_running() -> None:
 
 
 def test_the_clients_seen_are_bounded() -> None:
-    figures = BrokerFigures()
+    clients = ClientTable(max_requests=10)
     for n in range(CLIENT_MEMORY + 10):
-        figures.seen_client(b"%d" % n, 0.0)
+        clients.seen(b"%d" % n, 0.0)
 
-    assert len(figures.clients) == CLIENT_MEMORY and b"0" not in figures.clients
+    assert len(clients) == CLIENT_MEMORY
 
 
 def test_a_refused_peer_is_reported_once_but_every_refusal_is_counted() -> None:

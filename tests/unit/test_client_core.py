@@ -498,3 +498,28 @@ def test_fail_all_completes_every_waiting_call_with_the_error() -> None:
 
     assert [(c.done, c.error) for c in calls] == [(True, reason), (True, reason)]
     assert book.calls == {}
+
+
+def test_an_overloaded_answer_is_retried_no_sooner_than_its_retry_after_hint() -> None:
+    book = make_book(random.Random(1), retry_backoff_initial_s=0.01)
+    call = sent(book, now=0.0, timeout=10.0)
+    book.on_frame(error(call.id, OVERLOADED, data={"retry_after_ms": 750}), 1.0)
+
+    assert not call.done and call.resend_at >= 1.75
+
+
+def test_a_retry_after_hint_longer_than_the_call_has_left_ends_the_call() -> None:
+    book = make_book()
+    call = sent(book, now=0.0, timeout=1.0)
+    book.on_frame(error(call.id, OVERLOADED, data={"retry_after_ms": 5000}), 0.5)
+
+    assert call.done and isinstance(call.error, RpcError) and call.error.code == OVERLOADED
+
+
+@pytest.mark.parametrize("hint", [-5, "soon", True, None, [100]])
+def test_a_malformed_retry_after_hint_is_ignored(hint: Any) -> None:
+    book = make_book(random.Random(1), retry_backoff_initial_s=0.01)
+    call = sent(book, now=0.0, timeout=10.0)
+    book.on_frame(error(call.id, OVERLOADED, data={"retry_after_ms": hint}), 1.0)
+
+    assert not call.done and call.resend_at <= 1.01

@@ -86,3 +86,4 @@ madrpc.register('tally', async ({ms = 0} = {}) => {
 });
 madrpc.register('tally_now', () => globalThis.tally || 0);
 madrpc.register('global_x', () => typeof globalThis.x);
+madrpc.register('blob', ({bytes}) => 'x'.repeat(bytes));

@@ -1,0 +1,81 @@
+"""The broker's frontend: what a client frame means. Pure: frames, the peer's CURVE key
+and ``now`` in; admissions into :class:`~madrpc.broker_core.BrokerCore` out.
+
+Who may ask (a key the :class:`~madrpc.curve.KeyRing` accepts now, in the client or the
+admin role), which client a request counts against (its key, else its connection), and
+whether that connection still reads its replies (:class:`~madrpc.broker_clients.ReplyBacklog`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .broker_core import BrokerCore
+from .curve import ADMIN, KeyRing
+from .errors import ErrorCode
+from .jsonrpc import NULL, Call, Invalid, Parsed, batch_response, error_response, parse_frame
+
+__all__ = ["Frontend"]
+
+log = logging.getLogger(__name__)
+
+
+class Frontend:
+    """Client frames in, admitted requests (or immediate answers) out."""
+
+    def __init__(self, core: BrokerCore, keys: KeyRing | None) -> None:
+        self.core = core
+        self.keys = keys
+        """None without CURVE: every client may call everything, management included."""
+
+    def on_frame(self, frames: list[bytes], now: float, peer: str | None = None) -> None:
+        """A message on the frontend: route frames, then one JSON-RPC frame; ``peer`` is
+        the sender's CURVE key (z85) when the broker has CURVE."""
+        core = self.core
+        if len(frames) < 2:
+            core.figures.dropped["client message without body"] += 1
+            return
+        route, body = frames[:-1], frames[-1]
+        parsed = parse_frame(body, max_batch=core.config.max_batch)
+        admin = True
+        if self.keys is not None:
+            role = self.keys.frontend_role(peer)
+            if role is None:   # revoked since it connected
+                self._forbid(route, parsed)
+                return
+            admin = role == ADMIN
+        client = core.clients.seen(peer.encode() if peer is not None else route[0], now)
+        refusal = core.backlog.refusal(route[0])
+        if isinstance(parsed, Call):
+            core.admit(parsed, now, route=route, client=client, admin=admin, refusal=refusal)
+        elif isinstance(parsed, Invalid):
+            core.figures.error(parsed.code)
+            core.outbox.reply(route, parsed.response())
+        else:
+            batch = core.delivery.open_batch(route, parsed)
+            nothing_to_wait_for = batch.waiting == 0
+            for index, member in enumerate(parsed):
+                if isinstance(member, Call):
+                    core.admit(member, now, route=route, batch=batch, index=index,
+                               client=client, admin=admin, refusal=refusal)
+                else:
+                    core.figures.error(member.code)
+            if nothing_to_wait_for:   # otherwise the last member to finish sends the batch
+                core.delivery.send_batch(batch)
+
+    def _forbid(self, route: list[bytes], parsed: Parsed) -> None:
+        """Answer every member of a frame from a key no longer allowed with -32010."""
+        members = parsed if isinstance(parsed, list) else [parsed]
+        parts = []
+        for member in members:
+            self.core.figures.error(ErrorCode.FORBIDDEN)
+            if isinstance(member, Invalid):
+                parts.append(member.response())
+            elif not member.is_notification:
+                parts.append(error_response(member.id_json or NULL, ErrorCode.FORBIDDEN,
+                                            "Forbidden: this client key is not allowed"))
+        if isinstance(parsed, list):
+            if parts:
+                self.core.outbox.reply(route, batch_response(parts))
+        elif parts:
+            self.core.outbox.reply(route, parts[0])
