@@ -297,6 +297,7 @@ class Worker:
 
     def _tick(self, now: float) -> None:
         self._check_engines(now)
+        self.link.check_handshakes()
         if self._resend_calls_at is not None and now >= self._resend_calls_at:
             self._resend_calls_at = None
             if self.connected.is_set():

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .config import WorkerConfig
 from .curve import apply_client, client_curve
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 CLOSE_LINGER_MS = 200
 """On shutdown, how long the last message to the broker may take to leave."""
+_REFUSED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+"""Handshake outcomes that mean the broker will not take our key."""
 
 
 class BrokerLink:
@@ -46,6 +49,9 @@ class BrokerLink:
         self.reconnects = 0
         """Reconnections since we were last registered."""
         self._reconnect_at: float | None = None
+        self._monitor: zmq.Socket[Any] | None = None
+        """Handshake events of the socket, with CURVE (a refused key is said once)."""
+        self._refusal_said = False
 
     def connect(self, now: float) -> None:
         """A new socket (the old one, if any, is dropped with what it had queued)."""
@@ -57,6 +63,9 @@ class BrokerLink:
         )
         if self.curve is not None:
             apply_client(self.socket, self.curve)
+            self._close_monitor()
+            self._monitor = self.socket.get_monitor_socket(
+                _REFUSED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.socket.connect(config.broker)
         self._heartbeat = Heartbeat(config.heartbeat_interval_s, config.heartbeat_liveness, now)
         self._reconnect_at = None
@@ -81,6 +90,25 @@ class BrokerLink:
     def heard(self, now: float) -> None:
         self._heartbeat.heard(now)
 
+    def check_handshakes(self) -> None:
+        """Say (once, until a handshake succeeds) that the broker refused our CURVE key:
+        otherwise a refused worker only sees silence."""
+        monitor = self._monitor
+        while monitor is not None and monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            if event & _REFUSED and not self._refusal_said:
+                self._refusal_said = True
+                log.error("the broker at %s refused our CURVE key: is our public key in its "
+                          "--worker-keys directory, and --server-key its public key?",
+                          self.config.broker)
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._refusal_said = False
+
+    def _close_monitor(self) -> None:
+        if self._monitor is not None:
+            self._monitor.close(linger=0)
+            self._monitor = None
+
     def registered(self, instance: str | None) -> bool:
         """The broker run ``instance`` acknowledged us; True if we had reconnected."""
         self.instance = instance
@@ -96,6 +124,7 @@ class BrokerLink:
         self.reconnects += 1
         log.warning("broker %s: %s; reconnecting in %.2f s", self.config.broker, reason, delay)
         self.connected.clear()
+        self._close_monitor()
         if self.socket is not None:
             self.socket.close(linger=0)
             self.socket = None
@@ -114,6 +143,7 @@ class BrokerLink:
 
     def close(self, goodbye: list[bytes]) -> None:
         """Send ``goodbye`` (it gets a moment to leave) and close."""
+        self._close_monitor()
         if self.socket is not None:
             self.send(goodbye)
             self.socket.close(linger=CLOSE_LINGER_MS)

@@ -285,6 +285,8 @@ def test_a_client_key_cannot_register_a_worker(spawn: Spawner, keys: Keys) -> No
 
     assert grid.metrics()["workers"] == []
     assert impostor.popen.poll() is None   # it keeps trying, and keeps being refused
+    log = impostor.wait_for_log("refused our CURVE key")
+    assert log.count("refused our CURVE key") == 1   # said once, not per attempt
 
 
 def test_a_revoked_worker_key_is_out_within_one_heartbeat_of_sighup(
