@@ -9,6 +9,7 @@ from .async_client import AsyncClient
 from .client import Client
 from .config import BrokerConfig, ClientConfig, WorkerConfig
 from .errors import (
+    CancelledError,
     ConfigError,
     EngineError,
     ErrorCode,
@@ -27,6 +28,7 @@ from .local import LocalGrid
 __all__ = [
     "AsyncClient",
     "BrokerConfig",
+    "CancelledError",
     "Client",
     "ClientConfig",
     "ConfigError",

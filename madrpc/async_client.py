@@ -83,12 +83,14 @@ class AsyncClient:
 
     async def call(
         self, method: str, params: Params = None, *, timeout: float | None = None,
-        idempotency_key: str | None | Any = AUTO_KEY,
+        idempotency_key: str | None | Any = AUTO_KEY, cpu_limit_ms: float | None = None,
+        max_memory_mb: float | None = None,
     ) -> Any:
         """Call ``method`` and return its result (see :meth:`Client.call`)."""
         self._ensure_started()
         now = time.monotonic()
-        call = self._book.new_call(method, check_params(params), timeout, now, idempotency_key)
+        call = self._book.new_call(method, check_params(params), timeout, now, idempotency_key,
+                                   cpu_limit_ms, max_memory_mb)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futures[call.id] = future
         try:

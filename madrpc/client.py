@@ -67,10 +67,13 @@ class Client:
 
     def call(
         self, method: str, params: Params = None, *, timeout: float | None = None,
-        idempotency_key: str | None | Any = AUTO_KEY,
+        idempotency_key: str | None | Any = AUTO_KEY, cpu_limit_ms: float | None = None,
+        max_memory_mb: float | None = None,
     ) -> Any:
-        """Call ``method`` and return its result; ``timeout`` (s) bounds retries too."""
-        call = self._start(method, check_params(params), timeout, idempotency_key)
+        """Call ``method`` and return its result; ``timeout`` (s) bounds retries too.
+        ``cpu_limit_ms`` and ``max_memory_mb`` lower the worker's limits for this call."""
+        call = self._start(method, check_params(params), timeout, idempotency_key,
+                           cpu_limit_ms, max_memory_mb)
         self._wait(lambda: call.done)
         return call.outcome()
 
@@ -83,7 +86,8 @@ class Client:
     def map(
         self, method: str, params: Iterable[Params], *, timeout: float | None = None,
         return_exceptions: bool = False, max_in_flight: int | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int], None] | None = None, cpu_limit_ms: float | None = None,
+        max_memory_mb: float | None = None,
     ) -> list[Any]:
         """Call ``method`` once per item of ``params``, many in flight; results in order.
 
@@ -100,7 +104,8 @@ class Client:
         completed = 0
         while completed < len(items):
             while next_item < len(items) and len(in_flight) < window:
-                call = self._start(method, items[next_item], timeout, AUTO_KEY)
+                call = self._start(method, items[next_item], timeout, AUTO_KEY,
+                                   cpu_limit_ms, max_memory_mb)
                 in_flight[call] = next_item
                 next_item += 1
             self._wait(lambda: any(c.done for c in in_flight))
@@ -133,13 +138,15 @@ class Client:
     # ------------------------------------------------------------ internals
 
     def _start(
-        self, method: str, params: Any, timeout: float | None, key: Any
+        self, method: str, params: Any, timeout: float | None, key: Any,
+        cpu_limit_ms: float | None = None, max_memory_mb: float | None = None,
     ) -> PendingCall:
         with self._lock:
             if self._closed:
                 raise TransportError("client is closed")
             now = time.monotonic()
-            call = self._book.new_call(method, params, timeout, now, key)
+            call = self._book.new_call(method, params, timeout, now, key, cpu_limit_ms,
+                                       max_memory_mb)
             self._send(self._book.encode(call, now))
             return call
 

@@ -88,6 +88,8 @@ class PendingCall:
     deadline: float
     idempotency_key: str | None
     timeout_s: float
+    limits: dict[str, float] = field(default_factory=dict)
+    """Lower limits for this call: ``cpu_limit_ms``, ``max_memory_mb`` (sent as given)."""
     sent_at: float = 0.0
     resend_at: float = 0.0
     attempts: int = 0
@@ -127,17 +129,24 @@ class CallBook:
 
     def new_call(
         self, method: str, params: Any, timeout_s: float | None, now: float,
-        idempotency_key: str | None | object = AUTO_KEY,
+        idempotency_key: str | None | object = AUTO_KEY, cpu_limit_ms: float | None = None,
+        max_memory_mb: float | None = None,
     ) -> PendingCall:
         timeout = self.config.timeout_s if timeout_s is None else timeout_s
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        limits = {name: value for name, value in (("cpu_limit_ms", cpu_limit_ms),
+                                                  ("max_memory_mb", max_memory_mb))
+                  if value is not None}
+        for name, value in limits.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a positive number")
         call_id = next(self._ids)
         if idempotency_key is AUTO_KEY:
             key = f"{self._prefix}-{call_id}" if self.config.idempotency else None
         else:
             key = idempotency_key  # type: ignore[assignment]
-        call = PendingCall(call_id, method, params, now + timeout, key, timeout)
+        call = PendingCall(call_id, method, params, now + timeout, key, timeout, limits)
         self.calls[call_id] = call
         return call
 
@@ -147,6 +156,8 @@ class CallBook:
         options: dict[str, Any] = {"timeout_ms": remaining_ms}
         if call.idempotency_key is not None:
             options["idempotency_key"] = call.idempotency_key
+        if call.limits:
+            options.update(call.limits)
         frame = encode_request(call.method, call.params, call.id, options)
         try:
             self.check_size(frame)
@@ -249,7 +260,7 @@ class CallBook:
         expired = [c for c in self.calls.values() if now >= c.deadline]
         for call in expired:
             self._complete(call, error=RpcTimeoutError(
-                ErrorCode.TIMEOUT,
+                ErrorCode.CLIENT_TIMEOUT,
                 f"Timeout: no reply to {call.method!r} within {call.timeout_s:g} s "
                 f"({call.attempts} attempt(s))",
             ))

@@ -202,14 +202,15 @@ class Engine:
             if self._mode is Mode.RECOVERING and now - self._flush_started > RESET_FLUSH_TIMEOUT_S:
                 runtime.terminate()
             return
-        sequence, key, budget_ms = runtime.marker()
+        sequence, key, budget_ms, cpu_bound = runtime.marker()
         if sequence != self._segment[0]:
             self._segment = (sequence, now)
             return
         elapsed_ms = (now - self._segment[1]) * 1000
         if key and elapsed_ms > budget_ms:
-            detail = f"ran {elapsed_ms:.0f} ms, budget {budget_ms:.0f} ms"
-            self._stopping = (ResetReason.TIMEOUT, int(key), detail)
+            reason = ResetReason.CPU_LIMIT if cpu_bound else ResetReason.TIMEOUT
+            detail = f"ran {elapsed_ms:.0f} ms of a {budget_ms:.0f} ms budget"
+            self._stopping = (reason, int(key), detail)
             runtime.terminate()
 
     def _on_outcome(self, slot: bytes, event: Event) -> None:

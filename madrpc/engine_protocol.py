@@ -69,7 +69,11 @@ class ResetReason(StrEnum):
     """Why an engine stopped a step and dropped its context."""
 
     TIMEOUT = "timeout"
-    """The watchdog terminated JavaScript that outlived its CPU budget."""
+    """The watchdog terminated JavaScript that ran into its request's deadline."""
+    CPU_LIMIT = "cpu"
+    """The watchdog terminated JavaScript that used up its request's CPU limit."""
+    CANCELLED = "cancelled"
+    """The worker asked to stop the request running now (INTERRUPT)."""
     OUT_OF_MEMORY = "oom"
     ERROR = "error"
     """The step itself failed (a runtime bug or a broken payload)."""

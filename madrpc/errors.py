@@ -5,7 +5,9 @@ message; docs/protocol.md reproduces it. Exceptions raised to Python callers::
 
     MadrpcError
     ├── RpcError                  the grid answered with a JSON-RPC error
-    │   ├── RpcTimeoutError       -32003, also a builtin TimeoutError
+    │   ├── RpcTimeoutError       -32003 (the grid's deadline) or -32013 (the client gave
+    │   │                         up waiting), also a builtin TimeoutError
+    │   ├── CancelledError        -32011, the call was cancelled
     │   └── JSError               -32000, a JavaScript exception (name, stack)
     ├── TransportError            the broker could not be reached / socket trouble
     │   └── MessageTooLargeError  a request larger than the broker accepts
@@ -24,6 +26,7 @@ from enum import IntEnum
 from typing import Any
 
 __all__ = [
+    "CancelledError",
     "ConfigError",
     "ERROR_MESSAGES",
     "ErrorCode",
@@ -60,6 +63,9 @@ class ErrorCode(IntEnum):
     MESSAGE_TOO_LARGE = -32008
     RESULT_NOT_SERIALIZABLE = -32009
     FORBIDDEN = -32010
+    CANCELLED = -32011
+    CPU_LIMIT = -32012
+    CLIENT_TIMEOUT = -32013
 
 
 ERROR_MESSAGES: dict[ErrorCode, str] = {
@@ -79,6 +85,9 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.MESSAGE_TOO_LARGE: "Message too large",
     ErrorCode.RESULT_NOT_SERIALIZABLE: "Result not serializable",
     ErrorCode.FORBIDDEN: "Forbidden",
+    ErrorCode.CANCELLED: "Cancelled",
+    ErrorCode.CPU_LIMIT: "CPU limit exceeded",
+    ErrorCode.CLIENT_TIMEOUT: "Client timeout",
 }
 
 
@@ -100,10 +109,21 @@ class RpcError(MadrpcError):
 
 
 class RpcTimeoutError(RpcError, TimeoutError):
-    """The call did not finish within its timeout (code -32003)."""
+    """The call did not finish in time: the grid's deadline passed (-32003), or the client
+    gave up waiting (-32013)."""
 
     def __init__(
         self, code: int = ErrorCode.TIMEOUT, message: str = "Timeout", data: Any = None
+    ) -> None:
+        super().__init__(code, message, data)
+
+
+class CancelledError(RpcError):
+    """The call was cancelled (code -32011): by its client, or because the request that
+    made it (a nested call's parent) failed or was cancelled."""
+
+    def __init__(
+        self, code: int = ErrorCode.CANCELLED, message: str = "Cancelled", data: Any = None
     ) -> None:
         super().__init__(code, message, data)
 
@@ -166,8 +186,10 @@ def rpc_error_from_object(error: Any) -> RpcError:
             message = "Server error"
     elif not isinstance(message, str):
         message = str(message)
-    if code == ErrorCode.TIMEOUT:
+    if code in (ErrorCode.TIMEOUT, ErrorCode.CLIENT_TIMEOUT):
         return RpcTimeoutError(code, message, data)
+    if code == ErrorCode.CANCELLED:
+        return CancelledError(code, message, data)
     if code == ErrorCode.JS_EXCEPTION:
         return JSError(code, message, data)
     return RpcError(code, message, data)

@@ -295,10 +295,11 @@ class Runtime:
         """Send later events to ``on_event`` (a spare context handed to a request)."""
         self._on_event = on_event
 
-    def marker(self) -> tuple[int, int, float]:
-        """(sequence, request key, budget in ms) of the JavaScript segment running now."""
+    def marker(self) -> tuple[int, int, float, bool]:
+        """(sequence, request key, budget in ms, whether the budget is what is left of the
+        request's CPU limit rather than of its deadline) of the segment running now."""
         marker = self._marker
-        return int(marker[0]), int(marker[1]), float(marker[2])
+        return int(marker[0]), int(marker[1]), float(marker[2]), marker[3] == 1.0
 
     def set_memory_limit(self, limit_bytes: int) -> None:
         """Hard heap limit from now on (0: none)."""

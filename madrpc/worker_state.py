@@ -278,13 +278,10 @@ class WorkerState:
         engine = self.engines[index]
         self._read_outbox(engine, outbox, now, slot)
         request = self.requests.get(culprit) if culprit else None
-        if request is not None and reason == ResetReason.TIMEOUT:
-            self._fail(request, ErrorCode.TIMEOUT,
-                       f"Timeout: JavaScript terminated after running too long ({detail})", now)
-        elif request is not None and reason == ResetReason.OUT_OF_MEMORY:
-            limit_mb = request.memory_mb or self.config.max_memory_mb
-            self._fail(request, ErrorCode.OUT_OF_MEMORY, "Out of memory: the request exceeded "
-                       f"the context memory limit ({limit_mb} MiB)", now)
+        stopped = request.stopped_by(reason, detail, self.config.max_memory_mb) \
+            if request is not None else None
+        if request is not None and stopped is not None:
+            self._fail(request, *stopped, now)
         if reason == ResetReason.ERROR:
             for local in list(engine.step_requests):
                 failed = self.requests.get(local)

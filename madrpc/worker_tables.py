@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .engine_protocol import ResetReason
+from .errors import ErrorCode
+
 __all__ = ["EngineSlot", "LocalRequest", "Stage"]
 
 
@@ -41,6 +44,21 @@ class LocalRequest:
     """Times its context was lost while it ran (it then runs again from the start)."""
     solo: bool = False
     """Run it in a step of its own (a lowered memory limit, or a suspect in a crash)."""
+
+    def stopped_by(self, reason: str, detail: str, max_memory_mb: int) -> tuple[int, str] | None:
+        """(code, message) of the error it gets for having made its engine stop a step;
+        None when the reason is not its own doing."""
+        if reason == ResetReason.CPU_LIMIT:
+            return ErrorCode.CPU_LIMIT, (f"CPU limit exceeded: JavaScript used "
+                                         f"{self.cpu_limit_ms:.0f} ms of CPU in all ({detail})")
+        if reason == ResetReason.TIMEOUT:
+            return ErrorCode.TIMEOUT, (f"Timeout: the request's deadline passed while its "
+                                       f"JavaScript ran ({detail})")
+        if reason == ResetReason.OUT_OF_MEMORY:
+            limit_mb = self.memory_mb or max_memory_mb
+            return ErrorCode.OUT_OF_MEMORY, (f"Out of memory: the request exceeded the context "
+                                             f"memory limit ({limit_mb} MiB)")
+        return None
 
 
 Settle = tuple[int, bytes]

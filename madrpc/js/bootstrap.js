@@ -10,12 +10,17 @@
 //   R <key> <fragment>            a request finished; fragment is "result":.. or "error":..
 //   C <call> <owner> <body>       a nested call made by request <owner>
 //   L <level> <owner> <json>      a console line: [method, id, text]
-// Code running outside a crossing (timers) calls notify() once; the engine then calls
-// flush() to collect what it produced.
+// User code runs only inside a crossing (a step or a flush), where the engine's watchdog
+// can stop it: a timer whose delay passed only records that it is due and calls notify()
+// once; the engine then calls flush(), which runs the due timers' callbacks and collects
+// what they produced.
 //
 // The marker (a shared Float64Array) tells the engine which request's code is running
-// and for how long it may run: [sequence, key, budget_ms]. The engine's watchdog
-// terminates a segment that outlives its budget.
+// and for how long it may run: [sequence, key, budget_ms, 1 if the budget is the CPU
+// limit's rest, 2 if the deadline's]. A request's budget is what is
+// left of its CPU limit (all its segments count: the first step, continuations after
+// nested calls, timers and promises) or of its deadline, whichever is less. The engine's
+// watchdog terminates a segment that outlives its budget.
 (function (notify, markerBuffer) {
   'use strict';
   const parse = JSON.parse;
@@ -43,12 +48,18 @@
   let logLines = 0;
   let droppedLogs = 0;
   let current = null;             // request whose code runs now
+  let enteredAt = 0;              // when current's segment began (ms)
   let nextCall = 1;
   let inCrossing = false;
   let notified = false;
 
   function emit(line) {
     out.push(line);
+    wake();
+  }
+
+  // Ask the engine for a crossing (a flush), once, when none is running.
+  function wake() {
     if (!inCrossing && !notified) {
       notified = true;
       notify();
@@ -56,13 +67,20 @@
   }
 
   function enter(req) {
+    const t = now();
+    if (current !== null) current.spent += t - enteredAt;
     current = req;
+    enteredAt = t;
     if (req === null) {
       marker[1] = 0;
       marker[2] = 0;
+      marker[3] = 0;
     } else {
+      const cpuLeft = req.cpu - req.spent;
+      const timeLeft = req.deadline - t;
       marker[1] = req.key;
-      marker[2] = Math.max(1, Math.min(req.cpu, req.deadline - now()));
+      marker[2] = Math.max(1, Math.min(cpuLeft, timeLeft));
+      marker[3] = cpuLeft <= timeLeft ? 1 : 2;
     }
     marker[0] = marker[0] + 1;
   }
@@ -119,9 +137,15 @@
       .filter((line) => !line.includes(RUNTIME_URL)).join('\n');
   }
 
+  // The request is over: forget it and the timers it set.
+  function forget(req) {
+    requests.delete(req.key);
+    for (const id of req.timers) timers.delete(id);
+  }
+
   function finish(req, value) {
     if (requests.get(req.key) !== req) return;   // cancelled meanwhile
-    requests.delete(req.key);
+    forget(req);
     let json;
     try {
       json = stringify(value === undefined ? null : value);
@@ -135,14 +159,15 @@
 
   function fail(req, e) {
     if (requests.get(req.key) !== req) return;
-    requests.delete(req.key);
+    forget(req);
     emit('R ' + req.key + ' ' + describe(e));
   }
 
   function start(entry) {
     const [key, deadline, cpu, depth, body] = entry;
     const method = body.method;
-    const req = {key, method, id: body.id, deadline, cpu, depth, calls: new Set()};
+    const req = {key, method, id: body.id, deadline, cpu, depth, calls: new Set(),
+                 timers: new Set(), spent: 0};
     requests.set(key, req);
     const fn = registry.get(method);
     if (fn === undefined) {
@@ -180,7 +205,7 @@
   function cancel(key) {
     const req = requests.get(key);
     if (req === undefined) return;
-    requests.delete(key);
+    forget(req);
     for (const id of req.calls) calls.delete(id);
   }
 
@@ -214,6 +239,23 @@
     }
   }
 
+  // Run the callbacks of the timers that were due when the crossing began (each as the
+  // request that set it, with its microtasks); timers that fall due meanwhile wait for
+  // the next crossing, so a chain of zero-delay timers cannot hold a crossing for ever.
+  function runDueTimers() {
+    if (due.length === 0) return;
+    const batch = due;
+    due = [];
+    for (const id of batch) {
+      const timer = timers.get(id);
+      if (timer === undefined) continue;
+      timers.delete(id);
+      const owner = timer.owner;
+      if (owner !== null && requests.get(owner.key) !== owner) continue;
+      runAs(owner, () => timer.fn(...timer.args));
+    }
+  }
+
   function drain() {
     if (droppedLogs > 0) {
       out.push('L warn 0 ' + stringify(['', null,
@@ -227,6 +269,13 @@
     return text;
   }
 
+  // After a crossing: if timers fell due meanwhile, ask for another one.
+  function afterCrossing() {
+    inCrossing = false;
+    enter(null);
+    if (due.length > 0) wake();
+  }
+
   function step() {
     inCrossing = true;
     try {
@@ -235,10 +284,10 @@
       if (payload.s !== undefined) settle(payload.s);
       if (payload.r !== undefined) for (const entry of payload.r) start(entry);
       checkpoint();
+      runDueTimers();
       return drain();
     } finally {
-      inCrossing = false;
-      enter(null);
+      afterCrossing();
     }
   }
 
@@ -246,9 +295,10 @@
     inCrossing = true;
     try {
       checkpoint();
+      runDueTimers();
       return drain();
     } finally {
-      inCrossing = false;
+      afterCrossing();
     }
   }
 
@@ -324,24 +374,26 @@
     };
   }
 
-  // Timers on the isolate's own loop (Atomics.waitAsync is standard ECMAScript); a
-  // callback runs as the request that scheduled it.
+  // Timers on the isolate's own loop (Atomics.waitAsync is standard ECMAScript). When a
+  // delay passes, the timer is only marked due; its callback runs in the next crossing
+  // (see runDueTimers), as the request that scheduled it, under that request's limits.
   let nextTimer = 1;
-  const timers = new Set();
+  const timers = new Map();       // id -> {owner, fn, args}
+  let due = [];                   // ids of timers whose delay passed
   function setTimeout(fn, delay, ...args) {
     if (typeof fn !== 'function') throw new TypeError('setTimeout: callback is not a function');
     const id = nextTimer++;
-    const owner = current;
-    timers.add(id);
-    const fire = () => {
-      if (!timers.delete(id)) return;
-      if (owner !== null && requests.get(owner.key) !== owner) return;
-      runAs(owner, () => fn(...args));
-    };
+    timers.set(id, {owner: current, fn, args});
+    if (current !== null) current.timers.add(id);
     const cell = new Int32Array(new SharedArrayBuffer(4));
     const wait = Atomics.waitAsync(cell, 0, 0, Math.max(0, Number(delay) || 0));
-    // A zero delay answers at once ({async: false}): run the callback as a task of its own.
-    (wait.async ? wait.value : Promise.resolve()).then(fire);
+    const fall = () => {
+      if (!timers.has(id)) return;
+      due.push(id);
+      wake();
+    };
+    // A zero delay answers at once ({async: false}): it is due after the current code.
+    (wait.async ? wait.value : Promise.resolve()).then(fall);
     return id;
   }
   function clearTimeout(id) { timers.delete(id); }

@@ -21,6 +21,7 @@ from madrpc.config import ClientConfig
 from madrpc.errors import JSError, MessageTooLargeError, RpcError, RpcTimeoutError, TransportError
 
 NO_WORKER, OVERLOADED, TIMEOUT, WORKER_LOST, SHUTTING_DOWN = -32001, -32002, -32003, -32005, -32007
+CLIENT_TIMEOUT = -32013
 
 
 class Highest(random.Random):
@@ -443,7 +444,7 @@ def test_a_call_past_its_deadline_expires_with_a_timeout_naming_method_timeout_a
     assert book.expire(1.999) == []
     assert book.housekeeping(2.0, 0.0) == (False, [], [call])
     assert isinstance(call.error, RpcTimeoutError) and isinstance(call.error, TimeoutError)
-    assert call.error.code == TIMEOUT
+    assert call.error.code == CLIENT_TIMEOUT
     assert "'slow' within 2 s (2 attempt(s))" in call.error.message
     assert book.calls == {}
 

@@ -87,3 +87,22 @@ madrpc.register('tally', async ({ms = 0} = {}) => {
 madrpc.register('tally_now', () => globalThis.tally || 0);
 madrpc.register('global_x', () => typeof globalThis.x);
 madrpc.register('blob', ({bytes}) => 'x'.repeat(bytes));
+// Runaway JavaScript in every phase of a request (each must meet its CPU limit).
+madrpc.register('spin_after_timer', async () => {
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  while (true) {}
+});
+madrpc.register('spin_after_call', async () => { await madrpc.call('noop', [1]); while (true) {} });
+madrpc.register('spin_after_promise', async () => {
+  await new Promise((resolve) => resolve(1));
+  while (true) {}
+});
+madrpc.register('spin_in_timer', () => new Promise(() => setTimeout(() => { while (true) {} }, 5)));
+madrpc.register('drip', async ({n, ms}) => {   // n slices of ms each, a timer between them
+  for (let i = 0; i < n; i++) {
+    const started = Date.now();
+    while (Date.now() - started < ms) {}
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  return n;
+});
