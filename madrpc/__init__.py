@@ -4,9 +4,11 @@ A broker routes JSON-RPC 2.0 requests over ZeroMQ to workers that run the functi
 V8. See README.md for the quick start and docs/ for the protocol.
 """
 
+from concurrent.futures import as_completed
+
 from .__about__ import __version__
 from .async_client import AsyncClient
-from .client import Client
+from .client import CallFuture, Client
 from .config import BrokerConfig, ClientConfig, WorkerConfig
 from .errors import (
     CancelledError,
@@ -28,6 +30,7 @@ from .local import LocalGrid
 __all__ = [
     "AsyncClient",
     "BrokerConfig",
+    "CallFuture",
     "CancelledError",
     "Client",
     "ClientConfig",
@@ -46,4 +49,5 @@ __all__ = [
     "WorkerConfig",
     "WorkerStartError",
     "__version__",
+    "as_completed",
 ]

@@ -103,8 +103,17 @@ class AsyncClient:
         self._wakeup.set()
         try:
             return await future
+        except asyncio.CancelledError:   # the awaiting task was cancelled: so is the call
+            self._cancel_on_grid(call)
+            raise
         finally:
             self._futures.pop(call.id, None)
+
+    def _cancel_on_grid(self, call: PendingCall) -> None:
+        frame = self._book.cancel(call)
+        if frame is not None and not self._closed:
+            with contextlib.suppress(MadrpcError):
+                self._send(frame)
 
     async def notify(self, method: str, params: Params = None) -> None:
         """Send a notification: the function runs, no reply comes back."""

@@ -75,6 +75,7 @@ class Broker:
             self.gatekeeper = Gatekeeper(self.context, self.keys)
             self.gatekeeper.start()
         self.state = BrokerState(config, time.monotonic(), self.keys)
+        self.state.report.curve = self.keys is not None
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent()
         self.frontend = self._router(config.frontend, FRONTEND_DOMAIN, config.client_hwm)
@@ -283,13 +284,19 @@ def check_binds(config: BrokerConfig) -> None:
         raise ConfigError("key directories need --curve-secret FILE (the broker's own key)")
     public = [] if curve else [e for e in (config.frontend, config.backend)
                                if not is_private(e)]
-    if config.metrics_http and not is_private(config.metrics_http):
-        public.append(f"http://{config.metrics_http} (metrics: HTTP has no CURVE)")
     if public and not config.insecure:
         raise ConfigError(
             f"refusing to expose {', '.join(public)} without CURVE: give --curve-secret "
             "(see docs/security.md), or --insecure to allow it anyway"
         )
+    if config.metrics_http and not is_private(config.metrics_http):
+        public.append(f"http://{config.metrics_http}")
+        if not config.insecure:
+            raise ConfigError(
+                f"refusing to serve metrics on http://{config.metrics_http}: HTTP has no "
+                "CURVE, so anyone who reaches it can read them; give --insecure to allow it, "
+                "or serve them on 127.0.0.1 behind your own proxy"
+            )
     if public:
         log.warning("--insecure: %s reachable from other machines without authentication",
                     ", ".join(public))

@@ -17,7 +17,7 @@ from collections import Counter
 from . import protocol as p
 from .broker_outbox import Outbox
 from .broker_requests import RequestTable
-from .broker_tables import Request, WorkerRecord, idempotency_scope
+from .broker_tables import ADOPTED, Request, WorkerRecord, idempotency_scope
 from .jsonrpc import Call, CallOptions, checked_fragment
 from .policy import IdempotencyTable
 
@@ -45,7 +45,7 @@ class Adoption:
             fragment = frames[i + 3]
             call = Call(method, None, None, CallOptions(idempotency_key=client_key))
             if fragment:
-                self._store(idempotency_scope(call), old_key, fragment, now)
+                self._store(idempotency_scope(call, ADOPTED), old_key, fragment, now)
             else:
                 self._take_over(worker, call, old_key, now + timeout_ms / 1000, depth, now)
 
@@ -66,12 +66,12 @@ class Adoption:
         now: float,
     ) -> None:
         """A request still running on ``worker``: a placeholder awaits its reply."""
-        scope = idempotency_scope(call)
+        scope = idempotency_scope(call, ADOPTED)
         if old_key in self.requests or not self._may_adopt(scope, old_key, now):
             self.outbox.cancel(worker.identity, old_key)   # runs elsewhere already
             return
         request = Request(old_key, call, deadline, depth, now, adopted=True, attempts=1,
-                          worker=worker.identity, dispatched_at=now)
+                          worker=worker.identity, dispatched_at=now, scope=scope)
         self.requests.add(request)
         self.requests.watch(request)
         worker.in_flight.add(old_key)
@@ -90,7 +90,7 @@ class Adoption:
         waiting = self.requests.get(owner) if isinstance(owner, bytes) else None
         if waiting is None or not waiting.queued:
             return False
-        self.requests.forget(waiting)
+        self.requests.set_aside(waiting)
         self.requests.join(waiting)
         self.idempotency.transfer(scope, old_key)
         return True

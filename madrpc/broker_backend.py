@@ -128,6 +128,9 @@ class Backend:
             log.info("worker %s updated: %d methods", identity.hex(), len(methods))
             core.dispatcher.serve(old, now)
             return
+        worker_id = str(info.get("id") or identity.hex())
+        if any(w.id == worker_id and w.identity != identity for w in core.workers.values()):
+            raise ProtocolError(f"READY refused: a worker with id {worker_id!r} is registered")
         if old is not None:
             self.remove_worker(old, "registered again", now)
         elif len(core.workers) >= core.config.max_workers:

@@ -20,6 +20,7 @@ from .broker_info import BUILTIN_METHODS, GridReport
 from .broker_outbox import Outbox
 from .broker_requests import RequestTable
 from .broker_tables import (
+    ADOPTED,
     Batch,
     BrokerRun,
     ClientRecord,
@@ -68,12 +69,13 @@ class BrokerCore:
     def admit(
         self, call: Call, now: float, *, route: list[bytes] | None = None,
         batch: Batch | None = None, index: int = 0, client: ClientRecord | None = None,
-        admin: bool = False, refusal: Refusal | None = None,
+        admin: bool = False, refusal: Refusal | None = None, origin: str = "",
         caller: WorkerRecord | None = None, call_key: bytes = b"", parent: Request | None = None,
     ) -> None:
-        """A client's request (``client``, maybe refused up front with ``refusal``), a
-        batch member, or a nested call a worker made (``caller``, ``parent``). Built-in
-        methods are answered at once (``admin`` may call the management ones)."""
+        """A client's request (``client``, maybe refused up front with ``refusal``; its
+        CURVE key is its ``origin``), a batch member, or a nested call a worker made
+        (``caller``, ``parent``). Built-ins are answered at once (``admin`` may call the
+        management ones)."""
         builtin = call.method in BUILTIN_METHODS
         if not builtin:
             self.figures.counters["requests"] += 1
@@ -87,10 +89,23 @@ class BrokerCore:
             caller.identity if caller is not None else None, call_key,
             parent.key if parent is not None else p.NO_PARENT,
         )
+        request.scope = idempotency_scope(
+            call, f"w{caller.key or ''}" if caller is not None else f"c{origin}")
         if builtin:
             code, fragment = self.report.answer(call, now, admin)
             self.finish(request, fragment, code, now, record=False)
             return
+        self._enter(request, call, now, client, refusal, caller)
+
+    def answer(self, call: Call, now: float, fragment: bytes, *, route: list[bytes] | None,
+               batch: Batch | None = None, index: int = 0) -> None:
+        """Answer a call at once with ``fragment`` (a built-in the caller handled)."""
+        request = Request(self.requests.new_key(), call, now, 0, now, route, batch, index)
+        self.finish(request, fragment, None, now, record=False)
+
+    def _enter(self, request: Request, call: Call, now: float, client: ClientRecord | None,
+              refusal: Refusal | None, caller: WorkerRecord | None) -> None:
+        """A request that is not a built-in: refused, joined to a twin, or routed."""
         if self.run.draining:
             refusal = Refusal(ErrorCode.SHUTTING_DOWN, "broker is shutting down")
         if refusal is None and client is not None:
@@ -100,18 +115,23 @@ class BrokerCore:
             return
         request.client = client
         self.requests.watch(request)
-        if call.options.idempotency_key is not None and not self._must_run(request, now):
+        if request.scope is not None and not self._must_run(request, request.scope, now):
             return
         self.requests.add(request)
         if caller is not None:
             caller.calls.add(request.key)
         self.route(request, now)
 
-    def _must_run(self, request: Request, now: float) -> bool:
-        """True if a keyed request must run; else it joined a running twin or got its reply."""
-        scope = idempotency_scope(request.call)
-        assert scope is not None
+    def _must_run(self, request: Request, scope: str, now: float) -> bool:
+        """True if a keyed request must run; else it joined a running twin or got its reply
+        (its own origin's, or one a worker handed over after a broker restart)."""
         stored = self.idempotency.lookup(scope, now)
+        if stored is None:
+            adopted = idempotency_scope(request.call, ADOPTED)
+            assert adopted is not None
+            stored = self.idempotency.lookup(adopted, now)
+            if stored is not None:
+                scope = request.scope = adopted
         if stored is None:
             self.idempotency.start(scope, request.key)
             return True
@@ -146,14 +166,36 @@ class BrokerCore:
         if record:
             if request.attempts:   # a worker served its method: worth a line in _metrics
                 self.figures.record(request.call.method, now - request.received_at, code)
-            scope = idempotency_scope(request.call)
+            scope = request.scope
             if scope is not None:
                 outcome = (code, fragment)
                 for twin_key in self.idempotency.finish(scope, request.key, outcome, now):
-                    twin = self.requests.joined.pop(twin_key, None)
+                    twin = self.requests.joined.get(twin_key)
                     if twin is not None:
                         self.finish(twin, fragment, code, now, record=False)
+        if code is not None:   # what it asked for is not wanted any more
+            for child in self.requests.children(request.key):
+                if child.deadline <= now:
+                    self._time_out(child, now)
+                else:
+                    self.cancel(child, now, "the request that made this call failed")
         self.delivery.deliver(request, fragment)
+
+    def cancel(self, request: Request, now: float, reason: str) -> None:
+        """Stop a request wherever it is (queued, running, waiting for a twin), answer it
+        with -32011, and cancel every nested call it made, at any depth. A request other
+        clients' requests have joined (same idempotency key) keeps running for them: only
+        its own client is answered."""
+        scope = request.scope
+        joined = self.idempotency.joined_to(scope, request.key) if scope is not None else []
+        if any(key in self.requests.joined for key in joined):
+            self.delivery.deliver(request, error_fragment(ErrorCode.CANCELLED,
+                                                          f"Cancelled: {reason}"))
+            self._release(request)
+            request.route, request.batch = None, None   # nobody of its own to answer
+            return
+        self._stop_on_worker(request)
+        self.fail(request, ErrorCode.CANCELLED, f"Cancelled: {reason}", now)
 
     def fail(
         self, request: Request, code: int, message: str, now: float, data: Any = None
@@ -167,10 +209,15 @@ class BrokerCore:
         """Forget a request without answering (its caller is gone); cancel it if running."""
         self.requests.forget(request)
         self._release(request)
+        self._stop_on_worker(request)
+
+    def _stop_on_worker(self, request: Request) -> None:
+        """The worker holding the request (if any) stops it (CANCEL)."""
         holder = self.workers.get(request.worker) if request.worker is not None else None
         if holder is not None:
             holder.in_flight.discard(request.key)
             self.outbox.cancel(holder.identity, request.key)
+            request.worker = None
 
     def _release(self, request: Request) -> None:
         if request.client is not None:
@@ -182,14 +229,14 @@ class BrokerCore:
     def expire_due(self, now: float) -> None:
         """Answer every request whose deadline has passed."""
         for request in self.requests.expired(now):
-            timeout_ms = round((request.deadline - request.received_at) * 1000)
-            if request.worker is None and request.queued:
-                self.fail(request, ErrorCode.NO_WORKER, "No worker available: no worker "
-                          f"could take the request within {timeout_ms} ms", now)
-                continue
-            holder = self.workers.get(request.worker) if request.worker is not None else None
-            if holder is not None:
-                holder.in_flight.discard(request.key)
-                self.outbox.cancel(holder.identity, request.key)
-            self.fail(request, ErrorCode.TIMEOUT, f"Timeout: no result within {timeout_ms} ms",
-                      now, {"timeout_ms": timeout_ms})
+            self._time_out(request, now)
+
+    def _time_out(self, request: Request, now: float) -> None:
+        timeout_ms = round((request.deadline - request.received_at) * 1000)
+        if request.worker is None and request.queued:
+            self.fail(request, ErrorCode.NO_WORKER, "No worker available: no worker "
+                      f"could take the request within {timeout_ms} ms", now)
+            return
+        self._stop_on_worker(request)
+        self.fail(request, ErrorCode.TIMEOUT, f"Timeout: no result within {timeout_ms} ms",
+                  now, {"timeout_ms": timeout_ms})

@@ -11,11 +11,25 @@ from __future__ import annotations
 import logging
 
 from .broker_core import BrokerCore
+from .broker_tables import Batch
 from .curve import ADMIN, KeyRing
 from .errors import ErrorCode
-from .jsonrpc import NULL, Call, Invalid, Parsed, batch_response, error_response, parse_frame
+from .jsonrpc import (
+    NULL,
+    Call,
+    Invalid,
+    Parsed,
+    batch_response,
+    error_fragment,
+    error_response,
+    json_dumps,
+    parse_frame,
+)
 
-__all__ = ["Frontend"]
+__all__ = ["CANCEL_METHOD", "Frontend"]
+
+CANCEL_METHOD = "_cancel"
+"""The built-in a client sends to cancel one of its requests: ``{"id": <its id>}``."""
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +60,13 @@ class Frontend:
             admin = role == ADMIN
         client = core.clients.seen(peer.encode() if peer is not None else route[0], now)
         refusal = core.backlog.refusal(route[0])
+        origin = peer or ""
         if isinstance(parsed, Call):
-            core.admit(parsed, now, route=route, client=client, admin=admin, refusal=refusal)
+            if parsed.method == CANCEL_METHOD:
+                self._cancel(parsed, now, route)
+                return
+            core.admit(parsed, now, route=route, client=client, admin=admin, refusal=refusal,
+                       origin=origin)
         elif isinstance(parsed, Invalid):
             core.figures.error(parsed.code)
             core.outbox.reply(route, parsed.response())
@@ -55,13 +74,32 @@ class Frontend:
             batch = core.delivery.open_batch(route, parsed)
             nothing_to_wait_for = batch.waiting == 0
             for index, member in enumerate(parsed):
-                if isinstance(member, Call):
+                if isinstance(member, Call) and member.method == CANCEL_METHOD:
+                    self._cancel(member, now, route, batch, index)
+                elif isinstance(member, Call):
                     core.admit(member, now, route=route, batch=batch, index=index,
-                               client=client, admin=admin, refusal=refusal)
+                               client=client, admin=admin, refusal=refusal, origin=origin)
                 else:
                     core.figures.error(member.code)
             if nothing_to_wait_for:   # otherwise the last member to finish sends the batch
                 core.delivery.send_batch(batch)
+
+    def _cancel(self, call: Call, now: float, route: list[bytes], batch: Batch | None = None,
+                index: int = 0) -> None:
+        """``_cancel {"id": X}``: cancel the request this connection sent with id X (and
+        every nested call it made); the answer says whether one was still running."""
+        params = call.params
+        target = params.get("id") if isinstance(params, dict) else (
+            params[0] if isinstance(params, list) and params else None)
+        if target is None or isinstance(target, (bool, dict, list)):
+            fragment = error_fragment(ErrorCode.INVALID_PARAMS,
+                                      'Invalid params: _cancel needs {"id": <request id>}')
+        else:
+            request = self.core.requests.find(route[0], json_dumps(target))
+            if request is not None:
+                self.core.cancel(request, now, "by its client")
+            fragment = b'"result":' + json_dumps({"cancelled": request is not None})
+        self.core.answer(call, now, fragment, route=route, batch=batch, index=index)
 
     def _forbid(self, route: list[bytes], parsed: Parsed) -> None:
         """Answer every member of a frame from a key no longer allowed with -32010."""

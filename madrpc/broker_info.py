@@ -52,6 +52,8 @@ class GridReport:
         self.idempotency = idempotency
         self.clients = clients
         self.backlog = backlog
+        self.curve = False
+        """Whether the broker has CURVE (set by the broker that owns this report)."""
 
     def answer(self, call: Call, now: float, admin: bool = False) -> tuple[int | None, bytes]:
         """(error code or None, fragment) for a call to a built-in method; ``admin`` may
@@ -86,13 +88,12 @@ class GridReport:
             return self._drain(worker, params)
         return None, _result(worker.info if worker is not None else self.info())
 
-    @staticmethod
-    def _drain(worker: WorkerRecord, params: Any) -> tuple[int | None, bytes]:
+    def _drain(self, worker: WorkerRecord, params: Any) -> tuple[int | None, bytes]:
         """Take a worker out of rotation (it finishes what it holds), or put it back."""
         resume = params.get("resume", False) if isinstance(params, dict) else False
         if not isinstance(resume, bool):
             return _invalid_params("resume must be true or false")
-        worker.paused = not resume
+        self.workers.set_paused(worker, not resume)
         return None, _result({"worker": worker.id, "paused": worker.paused,
                               "in_flight": len(worker.in_flight)})
 
@@ -235,7 +236,16 @@ class GridReport:
                 "max_attempts": config.max_attempts,
                 "max_call_depth": config.max_call_depth,
                 "idempotency_window_s": config.idempotency_window_s,
+                "max_idempotency_bytes": config.max_idempotency_bytes,
+                "max_idempotent_result_bytes": config.max_idempotent_result_bytes,
+                "max_client_requests": config.max_client_requests,
+                "client_rate": config.client_rate,
+                "client_hwm": config.client_hwm,
+                "max_client_backlog_bytes": config.max_client_backlog_bytes,
+                "max_workers": config.max_workers,
+                "max_methods_reported": config.max_methods_reported,
             },
+            "curve": self.curve,
             "methods": served,
             "workers": [
                 {"id": w.id, **{k: w.info.get(k) for k in ("host", "pid", "contexts",

@@ -43,6 +43,10 @@ class RequestTable(TableView[bytes, Request]):
         self._deadlines: list[tuple[float, bytes]] = []
         self.joined: dict[bytes, Request] = {}
         """Requests waiting for a running twin with the same idempotency key."""
+        self._by_origin: dict[tuple[bytes, bytes], Request] = {}
+        """(client connection, JSON-RPC id) -> its live or joined request (for _cancel)."""
+        self._children: dict[bytes, set[bytes]] = {}
+        """Parent key -> keys of the live or joined nested calls it made."""
         self._next_key = random.getrandbits(62)
 
     @property
@@ -69,10 +73,29 @@ class RequestTable(TableView[bytes, Request]):
 
     def add(self, request: Request) -> None:
         self._rows[request.key] = request
+        self._index(request)
 
     def join(self, request: Request) -> None:
         """The request waits for the twin running its idempotency key."""
         self.joined[request.key] = request
+        self._index(request)
+
+    def _index(self, request: Request) -> None:
+        if request.route is not None and request.call.id_json is not None:
+            self._by_origin[(request.route[0], request.call.id_json)] = request
+        if request.parent != p.NO_PARENT:
+            self._children.setdefault(request.parent, set()).add(request.key)
+
+    def _unindex(self, request: Request) -> None:
+        if request.route is not None and request.call.id_json is not None:
+            origin = (request.route[0], request.call.id_json)
+            if self._by_origin.get(origin) is request:
+                del self._by_origin[origin]
+        siblings = self._children.get(request.parent)
+        if siblings is not None:
+            siblings.discard(request.key)
+            if not siblings:
+                del self._children[request.parent]
 
     def enqueue(self, request: Request, front: bool = False) -> None:
         queue = self._queues[request.call.method]
@@ -109,10 +132,32 @@ class RequestTable(TableView[bytes, Request]):
             del self._queues[method]
 
     def forget(self, request: Request) -> None:
-        """No longer live (answered, dropped, or waiting for a twin)."""
-        self._rows.pop(request.key, None)
+        """No longer live nor joined (answered or dropped)."""
+        if (self._rows.pop(request.key, None) is not None
+                or self.joined.pop(request.key, None) is not None):
+            self._unindex(request)
         if request.queued:
             self._unqueue(request)
+
+    def set_aside(self, request: Request) -> None:
+        """No longer live: it will wait for a twin instead (see :meth:`join`)."""
+        self._rows.pop(request.key, None)
+        self._unindex(request)
+        if request.queued:
+            self._unqueue(request)
+
+    def find(self, identity: bytes, id_json: bytes) -> Request | None:
+        """The live or joined request a client connection sent with this id."""
+        return self._by_origin.get((identity, id_json))
+
+    def children(self, key: bytes) -> list[Request]:
+        """The live or joined nested calls the request ``key`` made."""
+        found = []
+        for child_key in self._children.get(key, ()):
+            child = self._rows.get(child_key) or self.joined.get(child_key)
+            if child is not None:
+                found.append(child)
+        return found
 
     # ------------------------------------------------------------ queries
 
@@ -137,7 +182,7 @@ class RequestTable(TableView[bytes, Request]):
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, key = heapq.heappop(deadlines)
-            request = self._rows.get(key) or self.joined.pop(key, None)
+            request = self._rows.get(key) or self.joined.get(key)
             if request is not None:
                 yield request
 

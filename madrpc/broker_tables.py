@@ -15,7 +15,7 @@ from .policy import CircuitBreaker
 from .protocol import NO_PARENT
 
 __all__ = [
-    "Batch", "BrokerRun", "ClientRecord", "Refusal", "Request", "WorkerRecord",
+    "ADOPTED", "Batch", "BrokerRun", "ClientRecord", "Refusal", "Request", "WorkerRecord",
     "idempotency_scope",
 ]
 
@@ -99,6 +99,8 @@ class Request:
     """Handed over by a worker after a broker restart: no body, no one to answer."""
     client: ClientRecord | None = None
     """The client whose share of the grid it takes (none for nested calls and built-ins)."""
+    scope: str | None = None
+    """Its idempotency key as the idempotency table knows it (see idempotency_scope)."""
 
 
 @dataclass(slots=True)
@@ -132,7 +134,15 @@ class WorkerRecord:
             self.credit += credit
 
 
-def idempotency_scope(call: Call) -> str | None:
-    """The idempotency table's key: the client's key, within the method it names."""
+ADOPTED = "a"
+"""The origin of requests and results a worker handed over after a broker restart: the
+worker cannot say whose they were, so a request of any origin with the same method and
+key may join or replay them (only within the adoption window are they taken)."""
+
+
+def idempotency_scope(call: Call, origin: str) -> str | None:
+    """The idempotency table's key: the call's key within its method and its ``origin``
+    ("c" + the client's CURVE key for a client, "w" + the worker's for a nested call,
+    :data:`ADOPTED`), so that nobody can reach another origin's keys."""
     key = call.options.idempotency_key
-    return None if key is None else f"{call.method}\x00{key}"
+    return None if key is None else f"{origin}\x00{call.method}\x00{key}"

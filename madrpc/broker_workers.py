@@ -49,6 +49,8 @@ class WorkerTable(TableView[bytes, WorkerRecord]):
         """Method -> number of registered workers that serve it."""
         self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
         """Worker id -> its breaker; it outlives reconnections of the same process."""
+        self._paused: set[str] = set()
+        """Ids of workers an admin drained: they stay drained when they register again."""
 
     # ------------------------------------------------------------ membership
 
@@ -63,9 +65,20 @@ class WorkerTable(TableView[bytes, WorkerRecord]):
             Heartbeat(config.heartbeat_interval_s, config.heartbeat_liveness, now), now,
             self._breaker_for(str(info.get("id") or identity.hex())),
         )
+        worker.paused = worker.id in self._paused
         self._workers[identity] = worker
         self._serving.update(methods)
         return worker
+
+    def set_paused(self, worker: WorkerRecord, paused: bool) -> None:
+        """Take a worker out of rotation (``_drain``) or put it back, also for later."""
+        worker.paused = paused
+        if paused:
+            self._paused.add(worker.id)
+            if len(self._paused) > MAX_BREAKERS:
+                self._paused.pop()
+        else:
+            self._paused.discard(worker.id)
 
     def update(
         self, worker: WorkerRecord, info: dict[str, Any], methods: frozenset[str], now: float

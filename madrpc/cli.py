@@ -17,8 +17,10 @@ import orjson
 from . import config as cfg
 from .cli_servers import broker_command, worker_command
 from .cli_support import (
+    call_limit_options,
     client_options,
     error_object,
+    exit_130_on_ctrl_c,
     log_options,
     parse_params,
     print_error,
@@ -45,27 +47,38 @@ def main() -> None:
 @client_options
 @click.option("--timeout", type=float, default=cfg.DEFAULT_TIMEOUT_MS / 1000, show_default=True,
               help="Seconds to wait for the result (retries included).")
+@call_limit_options
 def call_command(method: str, params_json: str | None, timeout: float,
+                 cpu_limit_s: float | None, max_memory_mb: int | None,
                  **connection: Any) -> None:
     """Call METHOD on a running grid and print the JSON result.
 
     PARAMS_JSON is a JSON array (positional) or object (named). Exit status 1 and the
-    JSON-RPC error on stderr when the call fails.
+    JSON-RPC error on stderr when the call fails; Ctrl-C cancels the call on the grid
+    and exits 130.
     """
     params = parse_params(params_json)
-    print_result(_one_call(method, params, timeout, **connection))
+    limits = _limits(cpu_limit_s, max_memory_mb)
+    print_result(_one_call(method, params, timeout, limits=limits, **connection))
 
 
-def _one_call(method: str, params: Any, timeout: float, broker: str, **curve: Any) -> Any:
-    """The result of one call, or exit 1 with the error on stderr."""
+def _limits(cpu_limit_s: float | None, max_memory_mb: int | None) -> dict[str, Any]:
+    return {"cpu_limit_ms": None if cpu_limit_s is None else cpu_limit_s * 1000,
+            "max_memory_mb": max_memory_mb}
+
+
+def _one_call(method: str, params: Any, timeout: float, broker: str,
+              limits: dict[str, Any] | None = None, **curve: Any) -> Any:
+    """The result of one call, or exit 1 with the error on stderr (130 on Ctrl-C)."""
     from .client import Client
 
-    try:
-        with Client(broker, timeout=timeout, **curve) as client:
-            return client.call(method, params)
-    except MadrpcError as exc:
-        print_error(exc)
-        sys.exit(1)
+    with exit_130_on_ctrl_c():
+        try:
+            with Client(broker, timeout=timeout, **curve) as client:
+                return client.call(method, params, **(limits or {}))
+        except MadrpcError as exc:
+            print_error(exc)
+            sys.exit(1)
 
 
 @click.command("drain")
@@ -121,16 +134,17 @@ def run_command(
 
     setup_logging(log_level, log_format)
     params = parse_params(params_json)
-    try:
-        with LocalGrid(script, contexts=contexts) as grid:
-            try:
-                result = grid.client(timeout_s=timeout).call(method, params)
-            except MadrpcError as exc:
-                print_error(exc)
-                sys.exit(1)
-    except MadrpcError as exc:
-        print_error(exc)
-        sys.exit(1)
+    with exit_130_on_ctrl_c():
+        try:
+            with LocalGrid(script, contexts=contexts) as grid:
+                try:
+                    result = grid.client(timeout_s=timeout).call(method, params)
+                except MadrpcError as exc:
+                    print_error(exc)
+                    sys.exit(1)
+        except MadrpcError as exc:
+            print_error(exc)
+            sys.exit(1)
     print_result(result)
 
 
@@ -171,8 +185,10 @@ def top_command(broker: str, interval: float, once: bool, width: int, **curve: A
 @click.option("--max-in-flight", type=click.IntRange(1, 1_000_000),
               default=cfg.ClientConfig.max_in_flight, show_default=True,
               help="Calls outstanding at once.")
+@call_limit_options
 def map_command(method: str, params_jsonl: Any, broker: str, timeout: float,
-                max_in_flight: int, **curve: Any) -> None:
+                max_in_flight: int, cpu_limit_s: float | None, max_memory_mb: int | None,
+                **curve: Any) -> None:
     """Call METHOD once per line of PARAMS_JSONL (a file, or - for stdin).
 
     Each line is a JSON array or object (blank lines are skipped). Results are printed
@@ -194,9 +210,10 @@ def map_command(method: str, params_jsonl: Any, broker: str, timeout: float,
     except MadrpcError as exc:
         print_error(exc)
         sys.exit(1)
-    with client, progress_bar(len(items), method) as bar:
+    with exit_130_on_ctrl_c(), client, progress_bar(len(items), method) as bar:
         results = client.map(method, items, return_exceptions=True,
-                             max_in_flight=max_in_flight, progress=bar)
+                             max_in_flight=max_in_flight, progress=bar,
+                             **_limits(cpu_limit_s, max_memory_mb))
     failed = 0
     for result in results:
         if isinstance(result, MadrpcError):

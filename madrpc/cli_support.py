@@ -19,7 +19,9 @@ from .errors import MadrpcError, RpcError
 from .logs import LOG_FORMATS
 
 __all__ = [
+    "call_limit_options",
     "client_options",
+    "exit_130_on_ctrl_c",
     "error_object", "log_options", "on_signals", "parse_params", "print_error", "print_result",
     "progress_bar",
 ]
@@ -52,6 +54,27 @@ def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ]):
         func = option(func)
     return func
+
+
+def call_limit_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--cpu-limit and --max-memory: lower the worker's limits for these calls."""
+    func = click.option("--max-memory", "max_memory_mb", type=click.IntRange(1), default=None,
+                        help="Heap limit (MiB) for these calls, below the worker's.")(func)
+    return click.option("--cpu-limit", "cpu_limit_s", type=click.FloatRange(min=0,
+                        min_open=True), default=None,
+                        help="Seconds of JavaScript these calls may use, below the "
+                             "worker's limit.")(func)
+
+
+@contextmanager
+def exit_130_on_ctrl_c() -> Iterator[None]:
+    """Ctrl-C (SIGINT) ends the command with status 130, as shells expect; the clients
+    have cancelled what they started on the grid by then."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo("cancelled", err=True)
+        sys.exit(130)
 
 
 def on_signals(stop: Callable[[bool], None]) -> None:

@@ -7,9 +7,11 @@ retry transient failures within each call's timeout (see :mod:`madrpc.client_cor
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from typing import Any
 
 import zmq
@@ -21,10 +23,41 @@ from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
 from .sockets import make_socket
 
-__all__ = ["Client"]
+__all__ = ["CANCEL_LINGER_MS", "CallFuture", "Client"]
 
 POLL_SLICE_S = 0.05
 """Longest a thread pumps the socket before letting another thread look."""
+FUTURES_POLL_SLICE_S = 0.005
+"""The same for the thread that settles submitted calls: short, because it holds the
+socket meanwhile and other threads wait for it to start their calls."""
+CANCEL_LINGER_MS = 1000
+"""After cancelling calls, how long closing the client may take to send the cancellations."""
+
+
+class CallFuture(Future[Any]):
+    """A call started by :meth:`Client.submit`. ``cancel()`` also cancels the call on the
+    grid (and every nested call it made), even while it runs."""
+
+    def __init__(self, client: Client, call: PendingCall) -> None:
+        super().__init__()
+        self._client = client
+        self._call = call
+        call.callbacks.append(self.settle)
+
+    def settle(self, call: PendingCall) -> None:
+        """Take the call's outcome (it completed)."""
+        if self.done():
+            return
+        if call.error is not None:
+            self.set_exception(call.error)
+        else:
+            self.set_result(call.result)
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        self._client.cancel_call(self._call)
+        return True
 
 
 class Client:
@@ -49,11 +82,16 @@ class Client:
         self.config = client_config(endpoint, timeout, config, curve_secret, server_key)
         self._curve = client_curve(self.config.curve_secret, self.config.server_key)
         self._context = context or zmq.Context.instance()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        """Held while sending or reading the socket; re-entrant, because a completed call's
+        callbacks (a Future's done-callbacks among them) may start new calls."""
         self._book = CallBook(self.config)
         self._connected_at = time.monotonic()
         self._socket = self._new_socket()
         self._closed = False
+        self._linger_ms = 0
+        self._pending_futures = 0
+        self._pumper: threading.Thread | None = None
 
     def _new_socket(self) -> zmq.Socket[Any]:
         socket = make_socket(self._context, zmq.DEALER, hwm=self.config.hwm)
@@ -74,8 +112,64 @@ class Client:
         ``cpu_limit_ms`` and ``max_memory_mb`` lower the worker's limits for this call."""
         call = self._start(method, check_params(params), timeout, idempotency_key,
                            cpu_limit_ms, max_memory_mb)
-        self._wait(lambda: call.done)
+        try:
+            self._wait(lambda: call.done)
+        except BaseException:   # e.g. KeyboardInterrupt: nobody waits for it any more
+            self.cancel_call(call)
+            raise
         return call.outcome()
+
+    def submit(
+        self, method: str, params: Params = None, *, timeout: float | None = None,
+        idempotency_key: str | None | Any = AUTO_KEY, cpu_limit_ms: float | None = None,
+        max_memory_mb: float | None = None,
+    ) -> CallFuture:
+        """Start a call and return a :class:`concurrent.futures.Future` of its result; a
+        thread of the client's settles it. ``future.cancel()`` cancels the call on the grid;
+        ``madrpc.as_completed(futures)`` yields them as they finish."""
+        call = self._start(method, check_params(params), timeout, idempotency_key,
+                           cpu_limit_ms, max_memory_mb)
+        future = CallFuture(self, call)
+        with self._lock:
+            self._pending_futures += 1
+            call.callbacks.append(self._future_settled)
+            if self._pumper is None:
+                self._pumper = threading.Thread(target=self._pump_futures, daemon=True,
+                                                name="madrpc-client-futures")
+                self._pumper.start()
+        if call.done:   # it failed before the callbacks were in place
+            future.settle(call)
+        return future
+
+    def _future_settled(self, call: PendingCall) -> None:
+        self._pending_futures -= 1   # (the lock is held: calls complete while pumping)
+
+    def _pump_futures(self) -> None:
+        """Read replies while submitted calls wait; stop when none do."""
+        while True:
+            with self._lock:
+                if self._closed or self._pending_futures <= 0:
+                    self._pumper = None
+                    return
+                self._pump(FUTURES_POLL_SLICE_S)
+            time.sleep(0)   # let a thread waiting for the lock take it
+
+    def cancel_all(self) -> int:
+        """Cancel every call in flight, here and on the grid; returns how many."""
+        calls = list(self._book.calls.values())
+        for call in calls:
+            self.cancel_call(call)
+        return len(calls)
+
+    def cancel_call(self, call: PendingCall) -> None:
+        """Cancel one of this client's calls, here and on the grid (if it has not ended)."""
+        with self._lock:
+            frame = self._book.cancel(call)
+            if frame is None or self._closed:
+                return
+            self._linger_ms = CANCEL_LINGER_MS   # let the cancellation leave on close
+            with contextlib.suppress(TransportError):
+                self._send(frame)
 
     def notify(self, method: str, params: Params = None) -> None:
         """Send a notification: the function runs, no reply comes back."""
@@ -98,8 +192,20 @@ class Client:
         """
         items = [check_params(item) for item in params]
         window = max_in_flight or self.config.max_in_flight
-        results: list[Any] = [None] * len(items)
         in_flight: dict[PendingCall, int] = {}
+        try:
+            return self._map(method, items, in_flight, window, timeout, return_exceptions,
+                             progress, cpu_limit_ms, max_memory_mb)
+        finally:
+            for call in in_flight:   # an error or an interrupt left these: cancel them
+                self.cancel_call(call)
+
+    def _map(
+        self, method: str, items: list[Any], in_flight: dict[PendingCall, int], window: int,
+        timeout: float | None, return_exceptions: bool, progress: Callable[[int], None] | None,
+        cpu_limit_ms: float | None, max_memory_mb: float | None,
+    ) -> list[Any]:
+        results: list[Any] = [None] * len(items)
         next_item = 0
         completed = 0
         while completed < len(items):
@@ -113,8 +219,6 @@ class Client:
             for call in done:
                 index = in_flight.pop(call)
                 if call.error is not None and not return_exceptions:
-                    for other in in_flight:
-                        self._book.abandon(other, call.error)
                     raise call.error
                 results[index] = call.error if call.error is not None else call.result
             completed += len(done)
@@ -127,7 +231,7 @@ class Client:
             if not self._closed:
                 self._closed = True
                 self._book.fail_all(TransportError("client closed"))
-                self._socket.close(linger=0)
+                self._socket.close(linger=self._linger_ms)
 
     def __enter__(self) -> Client:
         return self
@@ -169,12 +273,12 @@ class Client:
                     raise TransportError("client closed while waiting")
                 self._pump()
 
-    def _pump(self) -> None:
+    def _pump(self, slice_s: float = POLL_SLICE_S) -> None:
         """Read replies for up to one poll slice, then resend/expire/reconnect as due."""
         book = self._book
         now = time.monotonic()
         wake = book.next_wakeup(now)
-        timeout_s = POLL_SLICE_S if wake is None else min(POLL_SLICE_S, max(0.0, wake - now))
+        timeout_s = slice_s if wake is None else min(slice_s, max(0.0, wake - now))
         if self._socket.poll(int(timeout_s * 1000)):
             now = time.monotonic()
             while True:

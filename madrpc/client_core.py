@@ -21,12 +21,13 @@ from __future__ import annotations
 import itertools
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ClientConfig
 from .errors import (
+    CancelledError,
     ErrorCode,
     MessageTooLargeError,
     RpcError,
@@ -96,7 +97,8 @@ class PendingCall:
     done: bool = False
     result: Any = None
     error: BaseException | None = None
-    callbacks: list[Any] = field(default_factory=list)
+    callbacks: list[Callable[[PendingCall], None]] = field(default_factory=list)
+    """Called once with the call when it completes (e.g. to settle a Future)."""
 
     def outcome(self) -> Any:
         if self.error is not None:
@@ -254,6 +256,8 @@ class CallBook:
         call.done = True
         call.result = result
         call.error = error
+        for callback in call.callbacks:
+            callback(call)
 
     def expire(self, now: float) -> list[PendingCall]:
         """Calls past their deadline fail with :class:`RpcTimeoutError`."""
@@ -311,6 +315,16 @@ class CallBook:
         calls = list(self.calls.values())
         self.retries += len(calls)
         return calls
+
+    def cancel(self, call: PendingCall) -> bytes | None:
+        """Give up a call that has not completed: it ends with CancelledError here, and the
+        returned ``_cancel`` notification asks the broker to stop it on the grid (and every
+        nested call it made). None if the call had completed already."""
+        if call.done:
+            return None
+        self._complete(call, error=CancelledError(
+            ErrorCode.CANCELLED, f"Cancelled: the call to {call.method!r} was cancelled"))
+        return encode_request("_cancel", {"id": call.id}, None)
 
     def abandon(self, call: PendingCall, error: BaseException) -> None:
         """Complete a call that will not be answered (a failed send) with ``error``."""

@@ -74,6 +74,8 @@ class Engine:
         self._flush_started = 0.0
         self._stopping: tuple[ResetReason, int, str] | None = None
         """Why the running step is being stopped: (reason, culprit, detail)."""
+        self._interrupts: set[int] = set()
+        """Local keys of cancelled requests to stop if their code runs in this step."""
         self._parent = os.getppid()
         with open(script_path, encoding="utf-8") as handle:
             self.source = handle.read()
@@ -153,6 +155,10 @@ class Engine:
                 self._steps.append((slot, command.payload, command.memory_limit_bytes))
             elif isinstance(command, ep.Drop):
                 self._drop(command.slot)
+            elif isinstance(command, ep.Interrupt):
+                if self._running is not None and (command.slot == self._running
+                                                  or not self.fresh):
+                    self._interrupts.add(command.local)
             elif command == ep.ABORT:
                 self._abort()
             elif command == ep.STOP:
@@ -203,6 +209,10 @@ class Engine:
                 runtime.terminate()
             return
         sequence, key, budget_ms, cpu_bound = runtime.marker()
+        if key and key in self._interrupts:
+            self._stopping = (ResetReason.CANCELLED, int(key), "cancelled")
+            runtime.terminate()
+            return
         if sequence != self._segment[0]:
             self._segment = (sequence, now)
             return
@@ -227,6 +237,7 @@ class Engine:
                 return
             mode = self._mode or Mode.STEP
             self._running, self._mode = None, None
+            self._interrupts.clear()
             send_frames(self.socket, ep.output_message(mode, event.data, slot), block=True)
             if self.fresh and (ep.answered(event.data, slot) or self._dropping == slot):
                 self._dropping = None
@@ -255,6 +266,7 @@ class Engine:
         self._stopping = None
         self._running = None
         self._mode = None
+        self._interrupts.clear()
         self._flush_wanted.discard(slot)
         self.runtimes.pop(slot).close()
         if not self.fresh:

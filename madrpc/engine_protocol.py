@@ -10,6 +10,7 @@ has the full table; in short::
                     RESET <reason> <culprit> <outbox> <detail> <slot>
                                                           a step was stopped, context gone
   worker -> engine  STEP <payload> <slot> [<memory limit bytes>]
+                    INTERRUPT <local> <slot>              stop that request's code if it runs
                     DROP <slot>   ABORT   STOP
 
 A *slot* names a context: :data:`POOLED` (``b""``) for the shared one, the request's local
@@ -30,11 +31,12 @@ import orjson
 from .errors import ProtocolError
 
 __all__ = [
-    "ABORT", "DROP", "LOADERR", "OUT", "POOLED", "READY", "RESET", "STEP", "STOP",
-    "ConsoleLine", "Drop", "EngineMessage", "LoadError", "Mode", "NestedCall", "Output",
+    "ABORT", "DROP", "INTERRUPT", "LOADERR", "OUT", "POOLED", "READY", "RESET", "STEP",
+    "STOP", "ConsoleLine", "Drop", "EngineMessage", "Interrupt", "LoadError", "Mode",
+    "NestedCall", "Output",
     "Ready", "Reply", "Reset", "ResetReason", "Step", "StepEntry", "WorkerCommand",
     "answered", "decode_engine_message", "decode_worker_command", "drop_message",
-    "encode_step_payload",
+    "encode_step_payload", "interrupt_message",
     "load_error_message", "output_message", "parse_outbox", "ready_message", "reset_message",
     "step_message",
 ]
@@ -46,6 +48,7 @@ OUT = b"OUT"
 RESET = b"RESET"
 # worker -> engine
 STEP = b"STEP"
+INTERRUPT = b"INTERRUPT"
 DROP = b"DROP"
 ABORT = b"ABORT"
 STOP = b"STOP"
@@ -171,7 +174,16 @@ class Drop:
     slot: bytes
 
 
-WorkerCommand = Step | Drop | bytes
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """Stop request ``local``'s JavaScript if it runs in ``slot`` now or later in this step
+    (it was cancelled): the engine answers with RESET cancelled."""
+
+    local: int
+    slot: bytes
+
+
+WorkerCommand = Step | Drop | Interrupt | bytes
 """A decoded worker command; ABORT and STOP (no body) stay their command bytes."""
 
 
@@ -186,6 +198,10 @@ def drop_message(slot: bytes) -> list[bytes]:
     return [DROP, slot]
 
 
+def interrupt_message(local: int, slot: bytes) -> list[bytes]:
+    return [INTERRUPT, b"%d" % local, slot]
+
+
 def decode_worker_command(frames: Sequence[bytes]) -> WorkerCommand | None:
     """The worker's command, or None for frames that are not one (ignored)."""
     command = frames[0] if frames else b""
@@ -195,6 +211,8 @@ def decode_worker_command(frames: Sequence[bytes]) -> WorkerCommand | None:
         return Step(slot, frames[1], limit)
     if command == DROP and len(frames) >= 2:
         return Drop(frames[1])
+    if command == INTERRUPT and len(frames) == 3 and frames[1].isdigit():
+        return Interrupt(int(frames[1]), frames[2])
     if command in (ABORT, STOP):
         return command
     return None

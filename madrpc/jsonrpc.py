@@ -290,7 +290,8 @@ def checked_fragment(fragment: bytes) -> tuple[int | None, bytes] | None:
             return None, fragment
         if fragment.startswith(_ERROR_PREFIX):
             error = _ERROR_OBJECT.decode(memoryview(fragment)[len(_ERROR_PREFIX):])
-            return error.code, fragment
+            if -(2**63) <= error.code < 2**63:   # what every JSON-RPC client can read
+                return error.code, fragment
     except (msgspec.DecodeError, OverflowError):
         pass
     return None

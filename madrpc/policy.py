@@ -12,13 +12,15 @@ from typing import Any
 
 from .errors import ErrorCode
 
-__all__ = ["CircuitBreaker", "CircuitState", "IdempotencyTable", "TRANSIENT_CODES"]
+__all__ = ["NOT_KEPT", "TRANSIENT_CODES", "CircuitBreaker", "CircuitState", "IdempotencyTable"]
 
 TRANSIENT_CODES = frozenset({
     ErrorCode.NO_WORKER, ErrorCode.OVERLOADED, ErrorCode.TIMEOUT,
     ErrorCode.WORKER_LOST, ErrorCode.SHUTTING_DOWN,
 })
 """Errors that say nothing about the request itself: a retry may succeed."""
+NOT_KEPT = TRANSIENT_CODES | {ErrorCode.CANCELLED}
+"""Outcomes never kept for an idempotency key: a retry of the key runs the function."""
 
 
 class CircuitState(StrEnum):
@@ -180,6 +182,13 @@ class IdempotencyTable:
             entry.joined.append(entry.running)
             entry.running = request_key
 
+    def joined_to(self, key: str, request_key: bytes) -> list[bytes]:
+        """The requests that joined ``request_key``, running for ``key``."""
+        entry = self._running.get(key)
+        if entry is None or entry.running != request_key:
+            return []
+        return list(entry.joined)
+
     def join(self, key: str, request_key: bytes) -> None:
         entry = self._running.get(key)
         if entry is not None:
@@ -196,7 +205,7 @@ class IdempotencyTable:
         size = len(fragment)
         if self.max_result_bytes is not None and size > self.max_result_bytes:
             self.too_large += 1
-        elif code is None or code not in TRANSIENT_CODES:
+        elif code is None or code not in NOT_KEPT:
             entry.running, entry.joined = None, []
             entry.outcome, entry.expires_at = outcome, now + self.window_s
             self._done[key] = entry

@@ -61,6 +61,8 @@ _WORKER_METRICS: tuple[tuple[str, str, Any], ...] = (
      lambda w: w.get("heartbeat_age_s")),
     ("circuit_open", "1 while the worker's circuit breaker is not closed.",
      lambda w: int((w.get("circuit") or {}).get("state", "closed") != "closed")),
+    ("paused", "1 while an admin has drained the worker (_drain).",
+     lambda w: int(bool(w.get("paused")))),
 )
 
 
@@ -75,6 +77,9 @@ def exposition(snapshot: Mapping[str, Any], latency: Mapping[str, CallStats]) ->
             _metric(out, name, kind, help_text, [({}, broker[key])])
     _metric(out, "madrpc_errors_total", "counter", "Error replies by JSON-RPC code.",
             [({"code": code}, n) for code, n in broker.get("errors_by_code", {}).items()])
+    _metric(out, "madrpc_bound", "gauge",
+            "How close a bounded table is to its limit, or what overflowed (see _metrics).",
+            [({"name": name}, value) for name, value in sorted(broker.get("bounds", {}).items())])
     _metric(out, "madrpc_dropped_frames_total", "counter",
             "Malformed or unroutable messages dropped.",
             [({"reason": reason}, n)

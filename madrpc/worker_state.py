@@ -1,12 +1,10 @@
 """A worker's tables and transitions. Pure: decoded messages and ``now`` in, frames out.
 
-The worker holds requests the broker sent (up to its credit, see
-:mod:`madrpc.worker_credit`), hands them to its engines (one V8 context each, in its own
-process) in batches, and turns what the engines write (replies, nested calls, console
-lines) into messages for the broker. When a context is lost (the watchdog stopped it,
-its memory limit was hit, its process died) what ran there is failed (the culprit) or
-run again (the others); when the broker is lost, what it held is kept for the next
-broker run (:mod:`madrpc.worker_handover`).
+The worker holds requests the broker sent (up to its credit, :mod:`madrpc.worker_credit`),
+hands them to its engines in batches, and turns what the engines write (replies, nested
+calls, console lines) into messages for the broker. When a context is lost (watchdog,
+memory limit, crash) what ran there fails (the culprit) or runs again (the others); when
+the broker is lost, what it held is kept for the next run (:mod:`madrpc.worker_handover`).
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ __all__ = ["EngineSlot", "LocalRequest", "Stage", "WorkerState"]
 log = logging.getLogger(__name__)
 
 ENVELOPE_BYTES = 1024
-"""Room kept for what the broker wraps around a frame (id, jsonrpc) within the size limit."""
+"""Room for what the broker wraps around a frame (id, jsonrpc) within the size limit."""
 MAX_ENGINE_RESETS = 3
 """Engine resets a request may live through before it fails instead of running again."""
 
@@ -118,6 +116,7 @@ class WorkerState:
             engine.settle(slot, js_call, fragment)
 
     def on_cancels(self, keys: list[bytes]) -> None:
+        """The broker cancelled these requests: forget them, and stop them in their engine."""
         for key in keys:
             request = self.requests.find(key)
             if request is None:
@@ -128,7 +127,9 @@ class WorkerState:
             elif request.stage is Stage.PARKED:
                 self._cancel_in_engine(request)
                 self._forget(request)
-            # RUNNING: the engine's watchdog stops it at its deadline; its reply is dropped.
+            elif request.engine is not None:   # RUNNING: stopped if its code runs now
+                self._engine_out.append((request.engine, ep.interrupt_message(
+                    request.local, self.slot_of(request))))
 
     def slot_of(self, request: LocalRequest) -> bytes:
         """The context a request runs in: its own in fresh-context mode, else the shared one."""
@@ -326,6 +327,9 @@ class WorkerState:
         engine = self.engines.get(request.engine) if request.engine is not None else None
         if engine is not None:
             engine.held.discard(request.local)
+        if request.cancelled:   # nobody wants it any more
+            self._forget(request)
+            return
         request.resets += 1
         if request.resets > MAX_ENGINE_RESETS:
             request.engine = None

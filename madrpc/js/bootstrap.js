@@ -30,12 +30,16 @@
   const checkpoint = () => { %PerformMicrotaskCheckpoint(); };
 
   const RUNTIME_URL = 'madrpc-runtime.js';
-  const RESERVED = new Set(['_metrics', '_info', '_ping']);
+  const RESERVED = new Set(['_metrics', '_info', '_ping', '_cancel', '_drain']);
   const MAX_LOG_LINES = 1000;     // per crossing; the rest are counted, not kept
   const MAX_LOG_CHARS = 8192;     // per console line
   const JS_EXCEPTION = -32000;
   const METHOD_NOT_FOUND = -32601;
   const NOT_SERIALIZABLE = -32009;
+  const CANCELLED = -32011;
+  // JSON.stringify writes a lone surrogate as an escape (a pair stays as characters): one
+  // after an even number of backslashes is a string no JSON parser downstream will take.
+  const LONE_SURROGATE = /(?:^|[^\\])(?:\\\\)*\\ud[89a-f][0-9a-f]{2}/;
 
   // Nested calls carry idempotency keys (this prefix + call id), so a call sent again to
   // a restarted broker joins the execution the old one had started instead of repeating it.
@@ -154,6 +158,12 @@
         'Result not serializable: ' + (e && e.message), {method: req.method}));
       return;
     }
+    if (json !== undefined && json.indexOf('\\ud') !== -1 && LONE_SURROGATE.test(json)) {
+      emit('R ' + req.key + ' ' + errorFragment(NOT_SERIALIZABLE,
+        'Result not serializable: it holds a lone surrogate (a string that is not valid ' +
+        'Unicode)', {method: req.method}));
+      return;
+    }
     emit('R ' + req.key + ' "result":' + (json === undefined ? 'null' : json));
   }
 
@@ -202,11 +212,57 @@
     });
   }
 
+  // The request was cancelled on the grid: it will never answer. Its signal fires and
+  // the nested calls it awaits reject with a cancellation error, as its own code, so
+  // that cleanup (finally blocks, abort listeners) runs under its limits.
   function cancel(key) {
     const req = requests.get(key);
     if (req === undefined) return;
     forget(req);
+    const reason = new RpcError(CANCELLED, 'Cancelled: the request was cancelled');
+    const pending = [...req.calls].map((id) => calls.get(id)).filter((c) => c !== undefined);
     for (const id of req.calls) calls.delete(id);
+    req.calls.clear();
+    runAs(req, () => {
+      if (req.signal !== undefined) req.signal.abort(reason);
+      for (const call of pending) call.reject(reason);
+    });
+  }
+
+  // madrpc.signal: an AbortSignal-like object per request, fired when it is cancelled.
+  class Signal {
+    constructor() {
+      this.aborted = false;
+      this.reason = undefined;
+      this.onabort = null;
+      this.listeners = [];
+    }
+    addEventListener(type, listener) {
+      if (type === 'abort' && typeof listener === 'function') this.listeners.push(listener);
+    }
+    removeEventListener(type, listener) {
+      this.listeners = this.listeners.filter((l) => l !== listener);
+    }
+    throwIfAborted() {
+      if (this.aborted) throw this.reason;
+    }
+    abort(reason) {
+      if (this.aborted) return;
+      this.aborted = true;
+      this.reason = reason;
+      const event = {type: 'abort', target: this};
+      for (const listener of [this.onabort, ...this.listeners]) {
+        if (typeof listener !== 'function') continue;
+        try { listener.call(this, event); } catch (_) { /* a listener cannot stop the cancel */ }
+      }
+    }
+  }
+  const NEVER_ABORTED = Object.freeze(new Signal());
+
+  function signal() {
+    if (current === null) return NEVER_ABORTED;
+    if (current.signal === undefined) current.signal = new Signal();
+    return current.signal;
   }
 
   // Results of nested calls, grouped by the request that made them, so each request's
@@ -398,7 +454,11 @@
   }
   function clearTimeout(id) { timers.delete(id); }
 
-  const madrpc = Object.freeze({register, call, RpcError, version: '1'});
+  const madrpc = Object.freeze({
+    register, call, RpcError, version: '1',
+    // The running request's cancellation signal: read it before the first await.
+    get signal() { return signal(); },
+  });
   const consoleObject = Object.freeze({
     log: logger('info'), info: logger('info'), debug: logger('debug'),
     warn: logger('warn'), error: logger('error'),

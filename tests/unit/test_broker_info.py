@@ -417,10 +417,15 @@ def test_info_tells_versions_endpoints_heartbeat_and_limits_from_the_config() ->
     assert set(info["versions"]) == {"madrpc", "python", "pyzmq", "libzmq", "v8"}
     assert info["endpoints"] == {"frontend": "tcp://*:7000", "backend": "tcp://*:7001"}
     assert info["heartbeat"] == {"interval_s": 0.5, "liveness": 4}
-    assert info["limits"] == {
+    limits = info["limits"]
+    assert {k: limits[k] for k in ("default_timeout_ms", "max_queue", "max_message_bytes",
+                                   "max_batch", "max_attempts", "max_call_depth",
+                                   "idempotency_window_s")} == {
         "default_timeout_ms": 900, "max_queue": 12, "max_message_bytes": 1 << 20,
         "max_batch": 3, "max_attempts": 2, "max_call_depth": 5, "idempotency_window_s": 9.0,
     }
+    assert limits["max_client_requests"] == BrokerConfig().max_client_requests
+    assert info["curve"] is False
 
 
 def test_info_maps_each_method_to_the_workers_serving_it() -> None:

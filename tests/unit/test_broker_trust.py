@@ -352,3 +352,28 @@ def test_error_codes_chosen_by_scripts_are_counted_within_a_bound() -> None:
 
     assert len(state.figures.errors) <= 101
     assert len(state.figures.methods["add"].errors) <= 101
+
+
+def test_a_workers_own_call_cannot_plant_a_result_for_a_clients_key() -> None:
+    state = new_state()
+    ready(state, W1, credit=5)
+    body = orjson.dumps({"jsonrpc": "2.0", "method": "add", "params": [1, 2],
+                         "madrpc": {"idempotency_key": "victim-8"}})
+    state.on_worker_message(W1, p.message(p.CALL, p.encode_call_meta(1, p.NO_PARENT), body), 0)
+    [planted] = sent(state).keys(W1)
+    reply(state, W1, (planted, b'"result":200'))
+    sent(state)
+    call(state, "add", rid=1, idempotency_key="victim-8")
+
+    assert len(sent(state).keys(W1)) == 1   # the client's call runs: nothing is replayed
+
+
+def test_with_curve_one_clients_idempotency_keys_are_its_own() -> None:
+    other_client = "d" * 40
+    state = new_state(keys=ring(clients={CLIENT_KEY, other_client}))
+    ready(state, W1, peer=WORKER_KEY, credit=5)
+    call(state, "add", rid=1, peer=CLIENT_KEY, idempotency_key="k")
+    call(state, "add", rid=2, peer=other_client, idempotency_key="k")
+
+    assert len(sent(state).keys(W1)) == 2
+    assert state.figures.counters["idempotent_hits"] == 0

@@ -178,6 +178,8 @@ def test_a_full_snapshot_parses_with_the_declared_type_of_every_family() -> None
         "madrpc_worker_rss_bytes": "gauge",
         "madrpc_worker_heartbeat_age_seconds": "gauge",
         "madrpc_worker_circuit_open": "gauge",
+        "madrpc_worker_paused": "gauge",
+        "madrpc_bound": "gauge",
         HISTOGRAM: "histogram",
     }
 

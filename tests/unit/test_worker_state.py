@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from madrpc import engine_protocol as ep
 from madrpc import protocol as p
 from madrpc.config import WorkerConfig
 from madrpc.errors import ErrorCode
@@ -327,6 +328,7 @@ def test_a_request_cancelled_while_running_that_then_parks_is_cancelled_in_its_e
     steps(state)
     local = local_of(state, 1)
     state.on_cancels([key_of(1)])
+    assert state.take_engine_messages() == [(0, ep.interrupt_message(local, b""))]
     state.on_engine_output(0, True, b"", 0.1)
     assert local not in state.requests
     assert steps(state, 0.2) == {0: {"x": [local]}}

@@ -106,3 +106,27 @@ madrpc.register('drip', async ({n, ms}) => {   // n slices of ms each, a timer b
   }
   return n;
 });
+// Cancellation: long work that notices (or not) that it was cancelled.
+madrpc.register('long_spin', ({ms}) => { const t = Date.now(); while (Date.now() - t < ms) {} return ms; });
+madrpc.register('long_wait', async ({ms}) => {
+  const signal = madrpc.signal;
+  await new Promise((resolve) => setTimeout(resolve, ms));
+  return signal.aborted ? 'aborted' : 'done';
+});
+madrpc.register('fan_long', async ({n, ms}) =>
+  (await Promise.all(Array.from({length: n}, () => madrpc.call('long_wait', {ms})))).length);
+madrpc.register('watch_cancel', async ({ms}) => {
+  const signal = madrpc.signal;
+  signal.addEventListener('abort', () => console.log('ABORTED ' + signal.reason.code));
+  try {
+    await madrpc.call('long_wait', {ms});
+  } catch (e) {
+    console.log('NESTED REJECTED ' + e.code);
+    throw e;
+  } finally {
+    console.log('CLEANUP RAN');
+  }
+});
+madrpc.register('lone_surrogate', () => 'a\ud800b');
+madrpc.register('paired_surrogate', () => 'a\ud83d\ude00b');
+madrpc.register('escaped_backslash_u', () => '\\ud800 is text');
