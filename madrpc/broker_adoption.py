@@ -66,8 +66,8 @@ class Adoption:
         now: float,
     ) -> None:
         """A request still running on ``worker``: a placeholder awaits its reply."""
-        scope = idempotency_scope(call, ADOPTED)
-        if old_key in self.requests or not self._may_adopt(scope, old_key, now):
+        adoptable, scope = self._adoptable(call, old_key, now)
+        if old_key in self.requests or not adoptable:
             self.outbox.cancel(worker.identity, old_key)   # runs elsewhere already
             return
         request = Request(old_key, call, deadline, depth, now, adopted=True, attempts=1,
@@ -79,18 +79,24 @@ class Adoption:
             self.idempotency.start(scope, old_key)
         self.counters["adopted"] += 1
 
-    def _may_adopt(self, scope: str | None, old_key: bytes, now: float) -> bool:
-        """Whether a worker may keep running ``scope``'s request: yes if no other request
-        has it, or if the one that has it still waits in the queue (it then joins)."""
+    def _adoptable(self, call: Call, old_key: bytes, now: float) -> tuple[bool, str | None]:
+        """Whether a worker may keep running ``call`` (old key ``old_key``): not if a
+        request with its method and key already runs here; and the idempotency scope its
+        placeholder takes. A request of this run that still waits in the queue with the
+        same method and key (whatever its origin: the worker cannot say whose the handed
+        over one was) joins the placeholder instead of running."""
+        scope = idempotency_scope(call, ADOPTED)
         if scope is None:
-            return True
+            return True, None
+        twin = self.requests.find_keyed(call.method, call.options.idempotency_key or "")
         owner = self.idempotency.lookup(scope, now)
-        if owner is None:
-            return True
-        waiting = self.requests.get(owner) if isinstance(owner, bytes) else None
-        if waiting is None or not waiting.queued:
-            return False
-        self.requests.set_aside(waiting)
-        self.requests.join(waiting)
-        self.idempotency.transfer(scope, old_key)
-        return True
+        if twin is None and isinstance(owner, bytes):
+            twin = self.requests.get(owner)   # another worker handed the same one over
+        if twin is None:
+            return True, scope
+        if not twin.queued or twin.scope is None:
+            return False, None
+        self.requests.set_aside(twin)
+        self.requests.join(twin)
+        self.idempotency.transfer(twin.scope, old_key)
+        return True, twin.scope

@@ -43,8 +43,6 @@ class RequestTable(TableView[bytes, Request]):
         self._deadlines: list[tuple[float, bytes]] = []
         self.joined: dict[bytes, Request] = {}
         """Requests waiting for a running twin with the same idempotency key."""
-        self._by_origin: dict[tuple[bytes, bytes], Request] = {}
-        """(client connection, JSON-RPC id) -> its live or joined request (for _cancel)."""
         self._children: dict[bytes, set[bytes]] = {}
         """Parent key -> keys of the live or joined nested calls it made."""
         self._next_key = random.getrandbits(62)
@@ -65,7 +63,8 @@ class RequestTable(TableView[bytes, Request]):
     def watch(self, request: Request) -> None:
         """Expire the request at its deadline (see :meth:`expired`)."""
         deadlines = self._deadlines
-        if len(deadlines) > 2 * (len(self._rows) + len(self.joined)) + DEADLINE_SLACK:
+        if (len(deadlines) & 0xFF == 0
+                and len(deadlines) > 2 * (len(self._rows) + len(self.joined)) + DEADLINE_SLACK):
             deadlines[:] = [(r.deadline, r.key) for r in (*self._rows.values(),
                                                           *self.joined.values())]
             heapq.heapify(deadlines)
@@ -81,21 +80,16 @@ class RequestTable(TableView[bytes, Request]):
         self._index(request)
 
     def _index(self, request: Request) -> None:
-        if request.route is not None and request.call.id_json is not None:
-            self._by_origin[(request.route[0], request.call.id_json)] = request
         if request.parent != p.NO_PARENT:
             self._children.setdefault(request.parent, set()).add(request.key)
 
     def _unindex(self, request: Request) -> None:
-        if request.route is not None and request.call.id_json is not None:
-            origin = (request.route[0], request.call.id_json)
-            if self._by_origin.get(origin) is request:
-                del self._by_origin[origin]
-        siblings = self._children.get(request.parent)
-        if siblings is not None:
-            siblings.discard(request.key)
-            if not siblings:
-                del self._children[request.parent]
+        if request.parent != p.NO_PARENT:
+            siblings = self._children.get(request.parent)
+            if siblings is not None:
+                siblings.discard(request.key)
+                if not siblings:
+                    del self._children[request.parent]
 
     def enqueue(self, request: Request, front: bool = False) -> None:
         queue = self._queues[request.call.method]
@@ -147,8 +141,22 @@ class RequestTable(TableView[bytes, Request]):
             self._unqueue(request)
 
     def find(self, identity: bytes, id_json: bytes) -> Request | None:
-        """The live or joined request a client connection sent with this id."""
-        return self._by_origin.get((identity, id_json))
+        """The live or joined request a client connection sent with this id (a scan:
+        cancelling is rare, and an index would cost every request)."""
+        for request in (*self._rows.values(), *self.joined.values()):
+            route = request.route
+            if route is not None and route[0] == identity and request.call.id_json == id_json:
+                return request
+        return None
+
+    def find_keyed(self, method: str, idempotency_key: str) -> Request | None:
+        """A live or joined request for ``method`` with this idempotency key, of any origin
+        (a scan, for the rare hand-over after a broker restart)."""
+        for request in (*self._rows.values(), *self.joined.values()):
+            call = request.call
+            if call.method == method and call.options.idempotency_key == idempotency_key:
+                return request
+        return None
 
     def children(self, key: bytes) -> list[Request]:
         """The live or joined nested calls the request ``key`` made."""

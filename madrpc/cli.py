@@ -8,6 +8,8 @@ CURVE, with ``--curve-secret`` (``MADRPC_CURVE_SECRET``) and ``--server-key``
 from __future__ import annotations
 
 import sys
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,39 +193,74 @@ def map_command(method: str, params_jsonl: Any, broker: str, timeout: float,
                 **curve: Any) -> None:
     """Call METHOD once per line of PARAMS_JSONL (a file, or - for stdin).
 
-    Each line is a JSON array or object (blank lines are skipped). Results are printed
-    as JSON lines in input order; a failed call prints {"error": ...} in its place and
-    the exit status is 1. A progress bar shows on stderr when it is a terminal.
+    Each line is a JSON array or object (blank lines are skipped). Input is read and
+    results are printed as the calls go (bounded memory, however long the input), as
+    JSON lines in input order; a failed call or an unreadable line prints
+    {"error": ...} in its place and the exit status is 1. A progress bar shows on stderr
+    when it is a terminal and the input a file; Ctrl-C cancels and exits 130.
     """
     from .client import Client
 
-    items = []
-    for number, line in enumerate(params_jsonl, start=1):
-        if line.strip():
-            try:
-                items.append(parse_params(line))
-            except click.BadParameter as exc:
-                raise click.BadParameter(f"line {number}: {exc.message}",
-                                         param_hint="PARAMS_JSONL") from exc
     try:
         client = Client(broker, timeout=timeout, **curve)
     except MadrpcError as exc:
         print_error(exc)
         sys.exit(1)
-    with exit_130_on_ctrl_c(), client, progress_bar(len(items), method) as bar:
-        results = client.map(method, items, return_exceptions=True,
-                             max_in_flight=max_in_flight, progress=bar,
-                             **_limits(cpu_limit_s, max_memory_mb))
-    failed = 0
-    for result in results:
-        if isinstance(result, MadrpcError):
+    total = _count_lines(params_jsonl)
+    bad: deque[tuple[int, str]] = deque()   # (good items before it, why) of unreadable lines
+    good = 0
+
+    def items() -> Iterator[Any]:
+        nonlocal good
+        for number, line in enumerate(params_jsonl, start=1):
+            if not line.strip():
+                continue
+            try:
+                params = parse_params(line)
+            except click.BadParameter as exc:
+                bad.append((good, f"line {number}: {exc.message}"))
+                continue
+            good += 1
+            yield params
+
+    failed = printed = unreadable = 0
+
+    def print_bad(upto: int) -> None:
+        nonlocal failed, unreadable
+        while bad and bad[0][0] <= upto:
             failed += 1
-            click.echo(orjson.dumps({"error": error_object(result)}).decode())
-        else:
-            click.echo(orjson.dumps(result).decode())
+            unreadable += 1
+            why = bad.popleft()[1]
+            click.echo(orjson.dumps({"error": {"code": -32602, "message": why}}).decode())
+
+    with exit_130_on_ctrl_c(), client, progress_bar(total, method) as bar:
+        for result in client.imap(method, items(), return_exceptions=True,
+                                  max_in_flight=max_in_flight, progress=bar,
+                                  **_limits(cpu_limit_s, max_memory_mb)):
+            print_bad(printed)
+            printed += 1
+            if isinstance(result, MadrpcError):
+                failed += 1
+                click.echo(orjson.dumps({"error": error_object(result)}).decode())
+            else:
+                click.echo(orjson.dumps(result).decode())
+        print_bad(printed)
     if failed:
-        click.echo(f"{failed} of {len(results)} calls failed", err=True)
+        click.echo(f"{failed} of {printed + unreadable} calls failed", err=True)
         sys.exit(1)
+
+
+def _count_lines(source: Any) -> int | None:
+    """Non-blank lines of a regular file (for the progress bar), read once ahead; None for
+    a pipe or a terminal, which cannot be read twice."""
+    try:
+        if not source.seekable():
+            return None
+        count = sum(1 for line in source if line.strip())
+        source.seek(0)
+        return count
+    except (OSError, ValueError):
+        return None
 
 
 main.add_command(broker_command)

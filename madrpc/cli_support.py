@@ -129,10 +129,10 @@ def print_error(error: MadrpcError) -> None:
 
 
 @contextmanager
-def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+def progress_bar(total: int | None, label: str) -> Iterator[Callable[[int], None] | None]:
     """A callback that advances click's progress bar on stderr (done/total, rate, ETA);
-    None when stderr is not a terminal."""
-    if not sys.stderr.isatty():
+    None when stderr is not a terminal or the total is unknown."""
+    if total is None or not sys.stderr.isatty():
         yield None
         return
     started = time.monotonic()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -25,6 +26,7 @@ from .sockets import make_socket
 
 __all__ = ["CANCEL_LINGER_MS", "CallFuture", "Client"]
 
+_END = object()
 POLL_SLICE_S = 0.05
 """Longest a thread pumps the socket before letting another thread look."""
 FUTURES_POLL_SLICE_S = 0.005
@@ -188,43 +190,63 @@ class Client:
         ``timeout`` applies to each call. The first error is raised unless
         ``return_exceptions`` is true (then errors take their call's place in the list).
         ``progress``, if given, is called with the number of calls just completed each
-        time some complete (e.g. to advance a progress bar).
+        time some complete (e.g. to advance a progress bar). See :meth:`imap` to consume
+        the input and the results lazily.
         """
-        items = [check_params(item) for item in params]
+        return list(self.imap(method, params, timeout=timeout,
+                              return_exceptions=return_exceptions, max_in_flight=max_in_flight,
+                              progress=progress, cpu_limit_ms=cpu_limit_ms,
+                              max_memory_mb=max_memory_mb))
+
+    def imap(
+        self, method: str, params: Iterable[Params], *, ordered: bool = True,
+        timeout: float | None = None, return_exceptions: bool = False,
+        max_in_flight: int | None = None, progress: Callable[[int], None] | None = None,
+        cpu_limit_ms: float | None = None, max_memory_mb: float | None = None,
+    ) -> Iterator[Any]:
+        """Like :meth:`map`, lazily: items are taken from ``params`` only as room frees up
+        (at most ``max_in_flight`` calls at once), and results are yielded as they come,
+        in input order when ``ordered``, else as they finish; memory stays bounded however
+        long the input. Leaving the loop early cancels the calls still running."""
         window = max_in_flight or self.config.max_in_flight
-        in_flight: dict[PendingCall, int] = {}
+        source = iter(params)
+        pending: deque[PendingCall] = deque()   # in input order
+        exhausted = False
         try:
-            return self._map(method, items, in_flight, window, timeout, return_exceptions,
-                             progress, cpu_limit_ms, max_memory_mb)
+            while True:
+                while not exhausted and len(pending) < window:
+                    item = next(source, _END)
+                    if item is _END:
+                        exhausted = True
+                        break
+                    pending.append(self._start(method, check_params(item), timeout, AUTO_KEY,
+                                               cpu_limit_ms, max_memory_mb))
+                if not pending:
+                    return
+                ready = self._take_ready(pending, ordered)
+                if progress is not None:
+                    progress(len(ready))
+                for call in ready:
+                    if call.error is not None and not return_exceptions:
+                        raise call.error
+                    yield call.error if call.error is not None else call.result
         finally:
-            for call in in_flight:   # an error or an interrupt left these: cancel them
+            for call in pending:   # an error, an interrupt or an early exit left these
                 self.cancel_call(call)
 
-    def _map(
-        self, method: str, items: list[Any], in_flight: dict[PendingCall, int], window: int,
-        timeout: float | None, return_exceptions: bool, progress: Callable[[int], None] | None,
-        cpu_limit_ms: float | None, max_memory_mb: float | None,
-    ) -> list[Any]:
-        results: list[Any] = [None] * len(items)
-        next_item = 0
-        completed = 0
-        while completed < len(items):
-            while next_item < len(items) and len(in_flight) < window:
-                call = self._start(method, items[next_item], timeout, AUTO_KEY,
-                                   cpu_limit_ms, max_memory_mb)
-                in_flight[call] = next_item
-                next_item += 1
-            self._wait(lambda: any(c.done for c in in_flight))
-            done = [c for c in in_flight if c.done]
-            for call in done:
-                index = in_flight.pop(call)
-                if call.error is not None and not return_exceptions:
-                    raise call.error
-                results[index] = call.error if call.error is not None else call.result
-            completed += len(done)
-            if progress is not None:
-                progress(len(done))
-        return results
+    def _take_ready(self, pending: deque[PendingCall], ordered: bool) -> list[PendingCall]:
+        """Wait until a result can be yielded; take those that can, in the right order."""
+        if ordered:
+            self._wait(lambda: pending[0].done)
+            ready = []
+            while pending and pending[0].done:
+                ready.append(pending.popleft())
+            return ready
+        self._wait(lambda: any(call.done for call in pending))
+        ready = [call for call in pending if call.done]
+        for call in ready:
+            pending.remove(call)
+        return ready
 
     def close(self) -> None:
         with self._lock:

@@ -265,7 +265,7 @@ class CallBook:
         for call in expired:
             self._complete(call, error=RpcTimeoutError(
                 ErrorCode.CLIENT_TIMEOUT,
-                f"Timeout: no reply to {call.method!r} within {call.timeout_s:g} s "
+                f"Client timeout: no reply to {call.method!r} within {call.timeout_s:g} s "
                 f"({call.attempts} attempt(s))",
             ))
         return expired

@@ -430,7 +430,10 @@ def test_a_running_request_becomes_a_placeholder_awaiting_its_reply() -> None:
 
 def test_a_request_whose_key_already_runs_elsewhere_is_cancelled_on_the_worker() -> None:
     adopt, requests, idempotency, outbox, _, worker = adoption()
-    idempotency.start("a\x00add\x00job-1", b"other-running")
+    running = request(requests, key="job-1")   # this run's own, dispatched already
+    running.scope = "cclient\x00add\x00job-1"
+    requests.add(running)
+    idempotency.start(running.scope, running.key)
     adopt.adopt(worker, entry(7, "job-1"), 1.0)
 
     assert p.encode_key(7) not in requests
@@ -439,14 +442,16 @@ def test_a_request_whose_key_already_runs_elsewhere_is_cancelled_on_the_worker()
 
 def test_a_queued_twin_joins_the_adopted_request_instead_of_running() -> None:
     adopt, requests, idempotency, _, _, worker = adoption()
-    twin = request(requests, key="job-1")
+    twin = request(requests, key="job-1")   # a client's, sent before the hand-over
+    twin.scope = "cclient\x00add\x00job-1"
     requests.add(twin)
     requests.enqueue(twin)
-    idempotency.start("a\x00add\x00job-1", twin.key)
+    idempotency.start(twin.scope, twin.key)
     adopt.adopt(worker, entry(7, "job-1"), 1.0)
 
     assert twin.key in requests.joined and requests.queued == 0
-    assert idempotency.lookup("a\x00add\x00job-1", 1.0) == p.encode_key(7)
+    assert idempotency.lookup(twin.scope, 1.0) == p.encode_key(7)
+    assert requests[p.encode_key(7)].scope == twin.scope   # its reply answers the twin
 
 
 # ================================================================ figures and run

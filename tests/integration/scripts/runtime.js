@@ -130,3 +130,4 @@ madrpc.register('watch_cancel', async ({ms}) => {
 madrpc.register('lone_surrogate', () => 'a\ud800b');
 madrpc.register('paired_surrogate', () => 'a\ud83d\ude00b');
 madrpc.register('escaped_backslash_u', () => '\\ud800 is text');
+madrpc.register('first', (first) => first);
