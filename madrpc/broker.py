@@ -36,7 +36,7 @@ from .errors import ConfigError
 from .prometheus import MetricsServer, exposition
 from .sockets import make_socket, send_frames
 
-__all__ = ["Broker", "check_binds"]
+__all__ = ["Broker", "check_binds", "receive_with_key"]
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class Broker:
         for _ in range(MAX_DRAIN):
             try:
                 if curve:
-                    frames, peer = _receive_with_key(socket)
+                    frames, peer = receive_with_key(socket)
                 else:
                     frames = socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -261,7 +261,7 @@ class Broker:
         log.info("broker stopped")
 
 
-def _receive_with_key(socket: zmq.Socket[Any]) -> tuple[list[bytes], str | None]:
+def receive_with_key(socket: zmq.Socket[Any]) -> tuple[list[bytes], str | None]:
     """One message and its sender's CURVE key (the ZAP User-Id, z85)."""
     first = socket.recv(zmq.NOBLOCK, copy=False)
     frames = [first.bytes]

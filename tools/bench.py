@@ -1,7 +1,7 @@
 """MaDRPC benchmarks, each reported as a ratio to a baseline measured in the same run.
 
     python tools/bench.py              # everything (about two minutes)
-    python tools/bench.py --only rpc   # just one section: rpc, pi, fanout, nested, metrics
+    python tools/bench.py --only rpc   # just one section (see SECTIONS)
 
 Sections:
   rpc      trivial JS call through the grid vs tools/echo_broker.py (bare pyzmq broker
@@ -13,6 +13,8 @@ Sections:
            1,000 direct client calls (one after another, and via Client.map)
   fresh    a trivial call with --fresh-context (a new V8 context per request) vs pooled
   metrics  throughput with metrics collection on vs off (64 in flight)
+  curve    trivial calls, 1 and 64 in flight, through the same grid with CURVE vs without,
+           and the bare echo broker with CURVE vs without (tools/bench_curve.py, ~100 s)
 The machine is shared and noisy: read ratios, not absolute figures.
 """
 
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import zmq
@@ -36,7 +39,7 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 PI_SCRIPT = ROOT / "examples" / "monte-carlo-pi" / "scripts" / "pi.js"
 BENCH_SCRIPT = ROOT / "tools" / "bench.js"
-SECTIONS = ("rpc", "pi", "fanout", "nested", "fresh", "metrics")
+SECTIONS = ("rpc", "pi", "fanout", "nested", "fresh", "metrics", "curve")
 
 
 def free_port() -> int:
@@ -62,9 +65,10 @@ def process(*command: str) -> Iterator[subprocess.Popen[bytes]]:
 @contextmanager
 def grid(
     script: Path, workers: int, contexts: int, broker_args: tuple[str, ...] = (),
-    worker_args: tuple[str, ...] = (),
+    worker_args: tuple[str, ...] = (), client_options: dict[str, Any] | None = None,
 ) -> Iterator[str]:
-    """Broker and workers as separate processes; yields the frontend endpoint."""
+    """Broker and workers as separate processes; yields the frontend endpoint.
+    ``client_options`` go to the Client that waits for the workers (CURVE keys)."""
     front = f"tcp://127.0.0.1:{free_port()}"
     back = f"tcp://127.0.0.1:{free_port()}"
     with ExitStack() as stack:
@@ -78,15 +82,16 @@ def grid(
                 "--broker", back, "--contexts", str(contexts), "--log-level", "warning",
                 *worker_args,
             ))
-        wait_for_workers(front, workers)
+        wait_for_workers(front, workers, **(client_options or {}))
         yield front
 
 
-def wait_for_workers(front: str, count: int, timeout_s: float = 60) -> None:
+def wait_for_workers(front: str, count: int, timeout_s: float = 60,
+                     **client_options: Any) -> None:
     from madrpc import Client
 
     deadline = time.monotonic() + timeout_s
-    with Client(front, timeout=5) as client:
+    with Client(front, timeout=5, **client_options) as client:
         while time.monotonic() < deadline:
             ready = [w for w in client.call("_metrics")["workers"]
                      if w["contexts"] and w["credit"] > 0]
@@ -97,21 +102,26 @@ def wait_for_workers(front: str, count: int, timeout_s: float = 60) -> None:
 
 
 @contextmanager
-def echo_baseline(workers: int) -> Iterator[str]:
+def echo_baseline(workers: int, args: tuple[str, ...] = ()) -> Iterator[str]:
     front = f"tcp://127.0.0.1:{free_port()}"
     back = f"tcp://127.0.0.1:{free_port()}"
     with process(sys.executable, str(ROOT / "tools" / "echo_broker.py"), "--frontend", front,
-                 "--backend", back, "--workers", str(workers)):
+                 "--backend", back, "--workers", str(workers), *args):
         time.sleep(1.0)   # echo workers register with a READY frame
         yield front
 
 
 def load(endpoint: str, in_flight: int, duration_s: float, method: str = "noop",
-         warmup_s: float = 0.5, keyed: bool = False) -> dict[str, float]:
-    """Keep ``in_flight`` requests outstanding on one DEALER; req/s and latency percentiles."""
+         warmup_s: float = 0.5, keyed: bool = False, curve: Any = None) -> dict[str, float]:
+    """Keep ``in_flight`` requests outstanding on one DEALER; req/s and latency percentiles.
+    ``curve``: a :class:`madrpc.curve.ClientCurve` to connect with CURVE."""
     context = zmq.Context.instance()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        from madrpc.curve import apply_client
+
+        apply_client(dealer, curve)
     dealer.connect(endpoint)
     sent: dict[int, float] = {}
     latencies: list[float] = []
@@ -337,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=SECTIONS, action="append",
                         help="run only these sections (repeatable)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per load run")
-    parser.add_argument("--runs", type=int, default=3, help="repetitions (best is kept)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="repetitions (best is kept; median in the curve section)")
     args = parser.parse_args(argv)
     sections = args.only or list(SECTIONS)
     print(f"# MaDRPC bench  ({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')})")
@@ -353,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = bench_nested(args.runs)
         elif name == "fresh":
             rows = bench_fresh(args.runs)
+        elif name == "curve":
+            from bench_curve import bench_curve  # tools/ is on sys.path when run as a script
+
+            rows = bench_curve(args.duration, args.runs)
         else:
             rows = bench_metrics(args.duration)
         for row in rows:
