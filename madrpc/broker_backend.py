@@ -216,7 +216,7 @@ class Backend:
         for key in list(worker.calls):
             orphan = core.requests.get(key)
             if orphan is not None:
-                core.drop(orphan)
+                core.drop(orphan, now)
         requests = core.requests
         oldest_first = sorted(worker.in_flight, key=lambda key: _received_at(core, key))
         worker.in_flight.clear()

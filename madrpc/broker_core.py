@@ -205,11 +205,14 @@ class BrokerCore:
     def refuse(self, request: Request, refusal: Refusal, now: float) -> None:
         self.fail(request, refusal.code, refusal.message, now, refusal.data)
 
-    def drop(self, request: Request) -> None:
-        """Forget a request without answering (its caller is gone); cancel it if running."""
+    def drop(self, request: Request, now: float) -> None:
+        """Forget a request without answering (its caller is gone); cancel it if running,
+        and every nested call it made, at any depth."""
         self.requests.forget(request)
         self._release(request)
         self._stop_on_worker(request)
+        for child in self.requests.children(request.key):
+            self.cancel(child, now, "the request that made this call is gone")
 
     def _stop_on_worker(self, request: Request) -> None:
         """The worker holding the request (if any) stops it (CANCEL)."""

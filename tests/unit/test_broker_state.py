@@ -495,6 +495,23 @@ def test_the_nested_calls_of_a_dead_worker_are_cancelled() -> None:
     assert state.requests[parent].queued
 
 
+def test_the_nested_calls_of_a_dead_workers_nested_calls_are_cancelled_too() -> None:
+    state = new_state()
+    ready(state, W1, methods=("outer",))
+    ready(state, W2, methods=("middle",))
+    ready(state, W3, methods=("inner",))
+    state.take_sends()
+    [parent] = hold(state, W1, method="outer")
+    nested_call(state, W1, 5, parent, method="middle")
+    [child] = sent(state).keys(W2)
+    nested_call(state, W2, 6, child, method="inner")
+    [grandchild] = sent(state).keys(W3)
+    state.on_worker_message(W1, p.message(p.DISCONNECT), 0.5)
+    out = sent(state)
+    assert out.cancels(W2) == [child] and out.cancels(W3) == [grandchild]
+    assert grandchild not in state.requests
+
+
 # ---------------------------------------------------------------- idempotency
 
 
