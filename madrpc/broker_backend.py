@@ -2,12 +2,13 @@
 and ``now`` in; table changes and answers through :class:`~madrpc.broker_core.BrokerCore`.
 
 Registration (READY, updates, re-registration), liveness, replies and credit, nested
-calls, the hand-over after a broker restart (ADOPT), and forgetting a worker (what it
-held runs again, the calls it made are cancelled). A worker answers only what it was
-sent: replies for requests it does not hold are dropped and counted, reply fragments are
-checked before they are spliced into responses, ADOPT is taken only in the adoption
-window after the broker starts, and with CURVE every message must come from the key the
-worker registered with, a key the :class:`~madrpc.curve.KeyRing` still accepts.
+calls, streams (items within the window their consumer allowed), the hand-over after a
+broker restart (ADOPT), and forgetting a worker (what it held runs again, the calls it
+made are cancelled). A worker answers only what it was sent: replies for requests it does
+not hold are dropped and counted, reply fragments and stream items are checked before
+they are spliced into responses, ADOPT is taken only in the adoption window after the
+broker starts, and with CURVE every message must come from the key the worker registered
+with, a key the :class:`~madrpc.curve.KeyRing` still accepts.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import logging
 from . import protocol as p
 from .broker_adoption import Adoption
 from .broker_core import BrokerCore
-from .broker_tables import WorkerRecord
+from .broker_tables import Request, WorkerRecord
 from .broker_workers import ready_fields
 from .curve import WORKER, KeyRing
 from .errors import ErrorCode, ProtocolError
-from .jsonrpc import Call, Invalid, checked_fragment, error_fragment, parse_frame
+from .jsonrpc import Call, Invalid, checked_fragment, checked_items, error_fragment, parse_frame
 
 __all__ = ["MAX_HEARTBEAT_BYTES", "Backend"]
 
@@ -72,6 +73,18 @@ class Backend:
             core.dispatcher.serve(worker, now)
         elif command == p.CALL:
             self._on_calls(worker, message, now)
+        elif command == p.PARTIAL:
+            self._on_partials(worker, message, now)
+        elif command == p.MORE:
+            for call_key, items in message.pairs():
+                call = self._call_made_by(worker, call_key)
+                if call is not None:
+                    core.grant(call, p.decode_grant(items))
+        elif command == p.ABANDON:
+            for call_key in message.frames:
+                call = self._call_made_by(worker, call_key)
+                if call is not None:
+                    core.cancel(call, now, "the code that made the call left it")
         elif command == p.HEARTBEAT:
             if message.frames and len(message.frames[0]) > MAX_HEARTBEAT_BYTES:
                 core.figures.dropped["heartbeat snapshot too large"] += 1
@@ -174,6 +187,35 @@ class Backend:
                 worker.served.record(now - request.dispatched_at, code)
             core.finish(request, fragment, code, now)
         core.dispatcher.serve(worker, now)
+
+    def _on_partials(self, worker: WorkerRecord, message: p.Message, now: float) -> None:
+        """Items of streams this worker runs: checked, counted against the window, passed on."""
+        core = self.core
+        for key, items in message.pairs():
+            request = core.requests.get(key)
+            if request is None or request.worker != worker.identity or request.window is None:
+                core.figures.counters["late_replies"] += 1   # late, or never sent to it
+                continue
+            count = checked_items(items)
+            if count is None:
+                core.figures.counters["malformed_replies"] += 1
+                core.stop(request, ErrorCode.INTERNAL_ERROR,
+                          "Internal error: the worker sent malformed stream items", now)
+            elif request.items + count > request.granted:
+                core.stop(request, ErrorCode.INTERNAL_ERROR, "Internal error: the worker sent "
+                          "more stream items than its consumer allowed", now)
+            else:
+                request.items += count
+                core.figures.counters["stream_items"] += count
+                core.delivery.deliver_items(request, items)
+
+    def _call_made_by(self, worker: WorkerRecord, call_key: bytes) -> Request | None:
+        """The live nested call ``worker`` made with its key ``call_key``."""
+        for key in worker.calls:
+            call = self.core.requests.get(key)
+            if call is not None and call.call_key == call_key:
+                return call
+        return None
 
     def _on_calls(self, worker: WorkerRecord, message: p.Message, now: float) -> None:
         core = self.core

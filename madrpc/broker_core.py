@@ -91,6 +91,7 @@ class BrokerCore:
         )
         request.scope = idempotency_scope(
             call, f"w{caller.key or ''}" if caller is not None else f"c{origin}")
+        request.granted = call.options.stream_window or 0
         if builtin:
             code, fragment = self.report.answer(call, now, admin)
             self.finish(request, fragment, code, now, record=False)
@@ -196,6 +197,25 @@ class BrokerCore:
             return
         self._stop_on_worker(request)
         self.fail(request, ErrorCode.CANCELLED, f"Cancelled: {reason}", now)
+
+    def grant(self, request: Request, items: int) -> int:
+        """The consumer of a running stream took ``items`` more: its worker may send as many
+        more, as far as the window allows (granted but undelivered never exceeds it).
+        Returns the grant passed on."""
+        window = request.window
+        if window is None or request.worker is None:
+            return 0
+        items = min(items, window - (request.granted - request.items))
+        if items <= 0:
+            return 0
+        request.granted += items
+        self.outbox.more(request.worker, request.key, items)
+        return items
+
+    def stop(self, request: Request, code: int, message: str, now: float) -> None:
+        """Stop a request on its worker (if it runs) and answer it with an error."""
+        self._stop_on_worker(request)
+        self.fail(request, code, message, now)
 
     def fail(
         self, request: Request, code: int, message: str, now: float, data: Any = None

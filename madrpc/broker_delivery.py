@@ -6,7 +6,7 @@ from __future__ import annotations
 from .broker_outbox import Outbox
 from .broker_tables import Batch, Request
 from .broker_workers import WorkerTable
-from .jsonrpc import Call, Invalid, batch_response, response
+from .jsonrpc import Call, Invalid, batch_response, partial_response, response
 
 __all__ = ["Delivery"]
 
@@ -33,6 +33,14 @@ class Delivery:
         parts = [part for part in batch.parts if part is not None]
         if parts:
             self.outbox.reply(batch.route, batch_response(parts))
+
+    def deliver_items(self, request: Request, items: bytes) -> None:
+        """A stream's items (a checked JSON array) to whoever asked, ahead of its answer."""
+        if request.caller is not None:
+            if request.caller in self.workers:
+                self.outbox.partial(request.caller, request.call_key, items)
+        elif request.call.id_json is not None and request.route is not None:
+            self.outbox.reply(request.route, partial_response(request.call.id_json, items))
 
     def deliver(self, request: Request, fragment: bytes) -> None:
         """The answer (a ``"result":..`` or ``"error":..`` fragment) to whoever asked."""

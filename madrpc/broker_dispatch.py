@@ -61,6 +61,12 @@ class Dispatcher:
         request.worker = None
         if request.adopted:   # no body to run again: its twins learn and retry
             return Refusal(ErrorCode.WORKER_LOST, "Worker lost: the worker that adopted it died")
+        if request.items:   # its consumer has items already: running it again would repeat them
+            return Refusal(
+                ErrorCode.WORKER_LOST,
+                f"Worker lost: the worker running the stream died after it had sent "
+                f"{request.items} items (a stream is never run twice)", {"items": request.items},
+            )
         if request.attempts >= self.max_attempts:
             return Refusal(
                 ErrorCode.WORKER_LOST,

@@ -26,10 +26,13 @@ from .jsonrpc import (
     parse_frame,
 )
 
-__all__ = ["CANCEL_METHOD", "Frontend"]
+__all__ = ["CANCEL_METHOD", "MORE_METHOD", "Frontend"]
 
 CANCEL_METHOD = "_cancel"
 """The built-in a client sends to cancel one of its requests: ``{"id": <its id>}``."""
+MORE_METHOD = "_more"
+"""The built-in a client sends as it takes a stream's items: ``{"id": <its id>, "n": k}``
+(it took k more items; the stream may run k further ahead)."""
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,12 @@ class Frontend:
             if parsed.method == CANCEL_METHOD:
                 self._cancel(parsed, now, route)
                 return
+            if parsed.method == MORE_METHOD:
+                self._more(parsed, now, route)
+                return
+            if parsed.is_notification and parsed.options.stream_window is not None:
+                core.figures.dropped["stream without an id"] += 1   # nowhere to send items
+                return
             core.admit(parsed, now, route=route, client=client, admin=admin, refusal=refusal,
                        origin=origin)
         elif isinstance(parsed, Invalid):
@@ -76,6 +85,8 @@ class Frontend:
             for index, member in enumerate(parsed):
                 if isinstance(member, Call) and member.method == CANCEL_METHOD:
                     self._cancel(member, now, route, batch, index)
+                elif isinstance(member, Call) and member.method == MORE_METHOD:
+                    self._more(member, now, route, batch, index)
                 elif isinstance(member, Call):
                     core.admit(member, now, route=route, batch=batch, index=index,
                                client=client, admin=admin, refusal=refusal, origin=origin)
@@ -99,6 +110,22 @@ class Frontend:
             if request is not None:
                 self.core.cancel(request, now, "by its client")
             fragment = b'"result":' + json_dumps({"cancelled": request is not None})
+        self.core.answer(call, now, fragment, route=route, batch=batch, index=index)
+
+    def _more(self, call: Call, now: float, route: list[bytes], batch: Batch | None = None,
+              index: int = 0) -> None:
+        """``_more {"id": X, "n": k}``: the client took k more items of its stream X."""
+        params = call.params
+        target = params.get("id") if isinstance(params, dict) else None
+        items = params.get("n") if isinstance(params, dict) else None
+        if (target is None or isinstance(target, (bool, dict, list))
+                or not isinstance(items, int) or isinstance(items, bool) or items <= 0):
+            fragment = error_fragment(ErrorCode.INVALID_PARAMS, 'Invalid params: _more needs '
+                                      '{"id": <stream request id>, "n": <items taken>}')
+        else:
+            stream = self.core.requests.find_stream(route[0], json_dumps(target))
+            granted = self.core.grant(stream, items) if stream is not None else 0
+            fragment = b'"result":' + json_dumps({"granted": granted})
         self.core.answer(call, now, fragment, route=route, batch=batch, index=index)
 
     def _forbid(self, route: list[bytes], parsed: Parsed) -> None:

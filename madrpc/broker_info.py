@@ -124,6 +124,7 @@ class GridReport:
             "late_replies": counters["late_replies"],
             "requeued": counters["requeued"],
             "idempotent_hits": counters["idempotent_hits"],
+            "stream_items": counters["stream_items"],
             "idempotency_entries": len(self.idempotency),
             "bounds": self.bounds(),
             "workers_joined": counters["workers_joined"],

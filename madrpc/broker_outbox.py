@@ -1,9 +1,9 @@
 """What the broker has to send, collected while it handles one poll round's messages.
 
-Requests, results and cancellations bound for one worker in one round leave as one
-message each; control messages (heartbeats, READY acknowledgements, DISCONNECT) leave
-first, so the heartbeat that acknowledges a READY reaches the worker before the first
-requests sent to it. Pure: frames in, frames out.
+Requests, stream items, results, stream grants and cancellations bound for one worker
+in one round leave as one message each; control messages (heartbeats, READY
+acknowledgements, DISCONNECT) leave first, so the heartbeat that acknowledges a READY
+reaches the worker before the first requests sent to it. Pure: frames in, frames out.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class Outbox:
         self._requests: defaultdict[bytes, list[bytes]] = defaultdict(list)
         self._results: defaultdict[bytes, list[bytes]] = defaultdict(list)
         self._cancels: defaultdict[bytes, list[bytes]] = defaultdict(list)
+        self._partials: defaultdict[bytes, list[bytes]] = defaultdict(list)
+        self._grants: defaultdict[bytes, list[bytes]] = defaultdict(list)
 
     def reply(self, route: list[bytes], body: bytes) -> None:
         """A response (or batch response) to the client at ``route``."""
@@ -48,15 +50,25 @@ class Outbox:
     def cancel(self, identity: bytes, key: bytes) -> None:
         self._cancels[identity].append(key)
 
+    def partial(self, identity: bytes, call_key: bytes, items: bytes) -> None:
+        """Items of a stream the worker opened with a nested call (before its RESULT)."""
+        self._partials[identity] += [call_key, items]
+
+    def more(self, identity: bytes, key: bytes, items: int) -> None:
+        """The consumer of request ``key``'s stream took ``items`` more."""
+        self._grants[identity] += [key, p.encode_grant(items)]
+
     def take(self) -> list[tuple[int, list[bytes]]]:
         """Everything to send since the last call, as (socket, frames) pairs."""
         sends: list[tuple[int, list[bytes]]] = [(BACKEND, f) for f in self._control]
         self._control = []
         sends.extend((FRONTEND, f) for f in self._replies)
         self._replies = []
-        for table, command in (
+        for table, command in (   # a stream's items go before its final RESULT
             (self._requests, p.REQUEST),
+            (self._partials, p.PARTIAL),
             (self._results, p.RESULT),
+            (self._grants, p.MORE),
             (self._cancels, p.CANCEL),
         ):
             for identity, frames in table.items():

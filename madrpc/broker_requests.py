@@ -45,6 +45,8 @@ class RequestTable(TableView[bytes, Request]):
         """Requests waiting for a running twin with the same idempotency key."""
         self._children: dict[bytes, set[bytes]] = {}
         """Parent key -> keys of the live or joined nested calls it made."""
+        self._streams: dict[tuple[bytes, bytes], bytes] = {}
+        """(client connection, request id) -> key of a live client stream, for ``_more``."""
         self._next_key = random.getrandbits(62)
 
     @property
@@ -82,8 +84,12 @@ class RequestTable(TableView[bytes, Request]):
     def _index(self, request: Request) -> None:
         if request.parent != p.NO_PARENT:
             self._children.setdefault(request.parent, set()).add(request.key)
+        elif request.window is not None and request.route is not None:
+            self._streams[_stream_id(request)] = request.key
 
     def _unindex(self, request: Request) -> None:
+        if request.window is not None and request.route is not None:
+            self._streams.pop(_stream_id(request), None)
         if request.parent != p.NO_PARENT:
             siblings = self._children.get(request.parent)
             if siblings is not None:
@@ -149,6 +155,11 @@ class RequestTable(TableView[bytes, Request]):
                 return request
         return None
 
+    def find_stream(self, identity: bytes, id_json: bytes) -> Request | None:
+        """The live stream a client connection opened with this id."""
+        key = self._streams.get((identity, id_json))
+        return self._rows.get(key) if key is not None else None
+
     def find_keyed(self, method: str, idempotency_key: str) -> Request | None:
         """A live or joined request for ``method`` with this idempotency key, of any origin
         (a scan, for the rare hand-over after a broker restart)."""
@@ -200,3 +211,8 @@ class RequestTable(TableView[bytes, Request]):
     def deadline_entries(self) -> int:
         """Entries in the deadline heap (answered requests' included, until it compacts)."""
         return len(self._deadlines)
+
+
+def _stream_id(request: Request) -> tuple[bytes, bytes]:
+    assert request.route is not None and request.call.id_json is not None
+    return request.route[0], request.call.id_json

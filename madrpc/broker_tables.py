@@ -101,6 +101,15 @@ class Request:
     """The client whose share of the grid it takes (none for nested calls and built-ins)."""
     scope: str | None = None
     """Its idempotency key as the idempotency table knows it (see idempotency_scope)."""
+    items: int = 0
+    """For a stream: items delivered so far (a stream that sent items never runs again)."""
+    granted: int = 0
+    """For a stream: items its consumer allowed so far (the window, plus every MORE)."""
+
+    @property
+    def window(self) -> int | None:
+        """The stream window it asked for; None if it is not a stream."""
+        return self.call.options.stream_window
 
 
 @dataclass(slots=True)

@@ -23,10 +23,13 @@ __all__ = [
     "CallOptions",
     "Invalid",
     "Parsed",
+    "DEFAULT_STREAM_WINDOW",
     "MAX_METHOD_LENGTH",
+    "MAX_STREAM_WINDOW",
     "NULL",
     "batch_response",
     "checked_fragment",
+    "checked_items",
     "decode_response",
     "encode_request",
     "error_fragment",
@@ -35,6 +38,7 @@ __all__ = [
     "fragment_error_code",
     "json_dumps",
     "parse_frame",
+    "partial_response",
     "response",
 ]
 
@@ -59,9 +63,17 @@ class CallOptions(NamedTuple):
     idempotency_key: str | None = None
     cpu_limit_ms: float | None = None
     max_memory_mb: float | None = None
+    stream_window: int | None = None
+    """For a stream (``"stream": true`` or ``{"window": n}``): items the worker may run
+    ahead of what the client has taken; None for an ordinary call."""
 
 
 NO_OPTIONS = CallOptions()
+DEFAULT_STREAM_WINDOW = 64
+"""Items a stream may run ahead of its consumer when it names no window (js/bootstrap.js
+uses the same number)."""
+MAX_STREAM_WINDOW = 10_000
+"""Largest stream window a request may ask for."""
 
 
 @dataclass(slots=True)
@@ -89,11 +101,13 @@ class Call:
             member["params"] = self.params
         if self.id_json is not None:
             member["id"] = orjson.loads(self.id_json)
+        window = self.options.stream_window
         options = {name: value for name, value in (
             ("timeout_ms", self.options.timeout_ms),
             ("idempotency_key", self.options.idempotency_key),
             ("cpu_limit_ms", self.options.cpu_limit_ms),
             ("max_memory_mb", self.options.max_memory_mb),
+            ("stream", None if window is None else {"window": window}),
         ) if value is not None}
         if options:
             member["madrpc"] = options
@@ -139,7 +153,7 @@ def parse_frame(frame: bytes, *, max_batch: int = 10_000) -> Parsed:
                 ErrorCode.INVALID_REQUEST,
                 f"Invalid Request: batch of {len(document)} exceeds the limit of {max_batch}",
             )
-        return [_encodable(_parse_member(member, None)) for member in document]
+        return [_encodable(_no_stream(_parse_member(member, None))) for member in document]
     return Invalid(NULL, ErrorCode.INVALID_REQUEST, "Invalid Request: not an object or array")
 
 
@@ -191,6 +205,13 @@ def _encodable(member: Call | Invalid) -> Call | Invalid:
     return member
 
 
+def _no_stream(member: Call | Invalid) -> Call | Invalid:
+    """A stream's partial replies cannot be members of one batch response."""
+    if isinstance(member, Call) and member.options.stream_window is not None:
+        return _invalid(member.id_json or NULL, "a stream cannot be a batch member")
+    return member
+
+
 def _invalid(id_json: bytes, detail: str) -> Invalid:
     return Invalid(id_json, ErrorCode.INVALID_REQUEST, f"Invalid Request: {detail}")
 
@@ -216,7 +237,20 @@ def _parse_options(raw: Any) -> CallOptions | str:
             "madrpc.idempotency_key must be a non-empty string of at most "
             f"{MAX_IDEMPOTENCY_KEY_LENGTH} characters"
         )
-    return CallOptions(timeout_ms, key, cpu_limit_ms, max_memory_mb)
+    stream = raw.get("stream")
+    window: int | None = None
+    if stream is True:
+        window = DEFAULT_STREAM_WINDOW
+    elif isinstance(stream, dict):
+        window = stream.get("window", DEFAULT_STREAM_WINDOW)
+        if not isinstance(window, int) or isinstance(window, bool) or not (
+                0 < window <= MAX_STREAM_WINDOW):
+            return f"madrpc.stream.window must be an integer in [1, {MAX_STREAM_WINDOW}]"
+    elif stream is not None and stream is not False:
+        return 'madrpc.stream must be true, false or {"window": n}'
+    if window is not None and key is not None:
+        return "a stream cannot be retried by idempotency key: leave one of them out"
+    return CallOptions(timeout_ms, key, cpu_limit_ms, max_memory_mb, window)
 
 
 def _positive_number(value: Any, upper: float) -> bool:
@@ -295,6 +329,24 @@ def checked_fragment(fragment: bytes) -> tuple[int | None, bytes] | None:
     except (msgspec.DecodeError, OverflowError):
         pass
     return None
+
+
+_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def checked_items(items: bytes) -> int | None:
+    """The number of items in ``items`` if it is exactly one JSON array of at least one
+    value (a stream's partial reply, spliced into a response as bytes); None otherwise."""
+    try:
+        count = len(_ITEMS.decode(items))
+    except msgspec.DecodeError:
+        return None
+    return count or None
+
+
+def partial_response(id_json: bytes, items: bytes) -> bytes:
+    """A stream's partial reply: ``items`` (a checked JSON array) for request ``id_json``."""
+    return b'{"jsonrpc":"2.0","id":' + id_json + b',"madrpc":{"items":' + items + b"}}"
 
 
 def response(id_json: bytes, fragment: bytes) -> bytes:

@@ -42,6 +42,7 @@ _BROKER_METRICS: tuple[tuple[str, str, str, str], ...] = (
      "requeued"),
     ("madrpc_late_replies_total", "counter",
      "Replies from workers that no longer held the request.", "late_replies"),
+    ("madrpc_stream_items_total", "counter", "Items streams delivered.", "stream_items"),
     ("madrpc_workers", "gauge", "Registered workers.", "workers"),
     ("madrpc_uptime_seconds", "gauge", "Seconds since the broker started.", "uptime_s"),
     ("madrpc_broker_cpu_percent", "gauge", "Broker process cpu percent.", "cpu_percent"),

@@ -21,6 +21,7 @@ import orjson
 from .errors import ProtocolError
 
 __all__ = [
+    "ABANDON",
     "ADOPT",
     "CALL",
     "CANCEL",
@@ -30,7 +31,9 @@ __all__ = [
     "DRAIN",
     "HEARTBEAT",
     "KEY_SIZE",
+    "MORE",
     "NO_PARENT",
+    "PARTIAL",
     "PROTOCOL_NAME",
     "PROTOCOL_VERSION",
     "READY",
@@ -45,12 +48,14 @@ __all__ = [
     "decode_adopt_meta",
     "decode_call_meta",
     "decode_credit",
+    "decode_grant",
     "decode_key",
     "decode_request_meta",
     "disconnect_reason",
     "encode_adopt_meta",
     "encode_call_meta",
     "encode_credit",
+    "encode_grant",
     "encode_key",
     "encode_request_meta",
     "json_message",
@@ -73,9 +78,15 @@ RESULT = b"RESULT"        # B->W  ([call key][fragment])+
 CANCEL = b"CANCEL"        # B->W  [key]+
 DRAIN = b"DRAIN"          # W->B  (no body): send me nothing more
 ADOPT = b"ADOPT"          # W->B  ([adopt meta][method][idempotency key][fragment])+
+# Streams (docs/protocol.md §5.12): items travel producer -> consumer in PARTIAL, the
+# consumer's grants travel back in MORE. Keys name the stream as its opener knows it.
+PARTIAL = b"PARTIAL"      # W->B  ([request key][items])+   B->W  ([call key][items])+
+MORE = b"MORE"            # B->W  ([request key][n])+       W->B  ([call key][n])+
+ABANDON = b"ABANDON"      # W->B  [call key]+: the worker's code no longer wants that call
 
 COMMANDS = frozenset(
-    {READY, HEARTBEAT, DISCONNECT, REQUEST, REPLY, CREDIT, CALL, RESULT, CANCEL, DRAIN, ADOPT}
+    {READY, HEARTBEAT, DISCONNECT, REQUEST, REPLY, CREDIT, CALL, RESULT, CANCEL, DRAIN, ADOPT,
+     PARTIAL, MORE, ABANDON}
 )
 
 _KEY = struct.Struct(">Q")
@@ -170,8 +181,17 @@ def _check_shape(message: Message) -> None:
         ok = count > 0 and count % 2 == 0 and all(
             len(frames[i]) == KEY_SIZE for i in range(0, count, 2)
         )
-    elif command == CANCEL:
+    elif command in (CANCEL, ABANDON):
         ok = count > 0 and all(len(f) == KEY_SIZE for f in frames)
+    elif command == PARTIAL:
+        ok = count > 0 and count % 2 == 0 and all(
+            len(frames[i]) == KEY_SIZE for i in range(0, count, 2)
+        )
+    elif command == MORE:
+        ok = count > 0 and count % 2 == 0 and all(
+            len(frames[i]) == KEY_SIZE and len(frames[i + 1]) == _CREDIT.size
+            for i in range(0, count, 2)
+        )
     elif command == DRAIN:
         ok = count == 0
     elif command == ADOPT:
@@ -200,6 +220,15 @@ def encode_credit(credit: int) -> bytes:
 
 
 def decode_credit(frame: bytes) -> int:
+    return int(_CREDIT.unpack(frame)[0])
+
+
+def encode_grant(items: int) -> bytes:
+    """MORE's count: how many more items of a stream its consumer took."""
+    return _CREDIT.pack(max(0, min(items, 0xFFFFFFFF)))
+
+
+def decode_grant(frame: bytes) -> int:
     return int(_CREDIT.unpack(frame)[0])
 
 
