@@ -17,6 +17,24 @@ A *slot* names a context: :data:`POOLED` (``b""``) for the shared one, the reque
 key (decimal) in fresh-context mode. A STEP's payload and the outbox it returns are the
 formats of ``js/bootstrap.js``: :func:`encode_step_payload` writes one and
 :func:`parse_outbox` reads the other.
+
+The payload is one JSON object; the runtime handles its members in this order::
+
+  "x": [local..]                          cancel these requests
+  "p": [[js_call, [item..]]..]            items of the nested stream call js_call
+  "s": [[js_call, {fragment}]..]          nested calls finished (a stream: its end)
+  "r": [[local, deadline, cpu, depth, body]..]   start these requests
+  "m": [[local, n]..]                     request local's stream may send n more items
+
+The outbox is newline-separated lines, each parsed into one entry::
+
+  R <local> <fragment>          Reply        a request finished ("result":.. / "error":..)
+  C <js_call> <owner> <body>    NestedCall   madrpc.call / madrpc.stream made a call
+  L <level> <owner> <json>      ConsoleLine  a console line [method, id, text]
+  P <local> <count> <json>      Items        items of request local's stream (a JSON array
+                                             of count items); all precede its R line
+  M <js_call> <n>               StreamAck    the script took n more items of js_call
+  X <js_call>                   Abandon      the script left its nested stream js_call early
 """
 
 from __future__ import annotations
@@ -32,9 +50,9 @@ from .errors import ProtocolError
 
 __all__ = [
     "ABORT", "DROP", "INTERRUPT", "LOADERR", "OUT", "POOLED", "READY", "RESET", "STEP",
-    "STOP", "ConsoleLine", "Drop", "EngineMessage", "Interrupt", "LoadError", "Mode",
-    "NestedCall", "Output",
-    "Ready", "Reply", "Reset", "ResetReason", "Step", "StepEntry", "WorkerCommand",
+    "STOP", "Abandon", "ConsoleLine", "Drop", "EngineMessage", "Interrupt", "Items",
+    "LoadError", "Mode", "NestedCall", "OutboxEntry", "Output",
+    "Ready", "Reply", "Reset", "ResetReason", "Step", "StepEntry", "StreamAck", "WorkerCommand",
     "answered", "decode_engine_message", "decode_worker_command", "drop_message",
     "encode_step_payload", "interrupt_message",
     "load_error_message", "output_message", "parse_outbox", "ready_message", "reset_message",
@@ -237,10 +255,13 @@ def encode_step_payload(
     settles: Sequence[tuple[int, bytes]] = (),
     cancels: Sequence[int] = (),
     starts: Sequence[StepEntry] = (),
+    grants: Sequence[tuple[int, int]] = (),
+    feeds: Sequence[tuple[int, bytes]] = (),
 ) -> bytes:
     """``{"s": [[call, {fragment}]..], "x": [local..], "r": [[local, deadline, cpu, depth,
-    body]..]}`` with empty members left out. Bodies and fragments are spliced in as they
-    are (they are JSON already)."""
+    body]..], "m": [[local, n]..], "p": [[call, items]..]}`` with empty members left out.
+    Bodies, fragments and items (a JSON array each) are spliced in as they are (they are
+    JSON already). The runtime's order (x, p, s, r, m) does not depend on this one."""
     parts: list[bytes] = []
     if settles:
         parts.append(b'"s":[' + b",".join(b"[%d,{%b}]" % (c, f) for c, f in settles) + b"]")
@@ -249,6 +270,10 @@ def encode_step_payload(
     if starts:
         parts.append(b'"r":[' + b",".join(b"[%d,%d,%d,%d,%b]" % entry for entry in starts)
                      + b"]")
+    if grants:
+        parts.append(b'"m":[' + b",".join(b"[%d,%d]" % grant for grant in grants) + b"]")
+    if feeds:
+        parts.append(b'"p":[' + b",".join(b"[%d,%b]" % feed for feed in feeds) + b"]")
     return b"{" + b",".join(parts) + b"}"
 
 
@@ -285,7 +310,30 @@ class ConsoleLine(NamedTuple):
         return self.level, str(method), request_id, str(message)
 
 
-OutboxEntry = Reply | NestedCall | ConsoleLine
+class Items(NamedTuple):
+    """``P <local> <count> <json>``: items of request ``local``'s stream, ahead of its reply."""
+
+    local: int
+    count: int  # type: ignore[assignment]  # the field hides tuple.count, unused here
+    """How many items ``items`` holds."""
+    items: bytes
+    """A JSON array of ``count`` items."""
+
+
+class StreamAck(NamedTuple):
+    """``M <js_call> <n>``: the script took ``n`` more items of its nested stream call."""
+
+    js_call: int
+    n: int
+
+
+class Abandon(NamedTuple):
+    """``X <js_call>``: the script left its nested stream call early (it wants no more)."""
+
+    js_call: int
+
+
+OutboxEntry = Reply | NestedCall | ConsoleLine | Items | StreamAck | Abandon
 
 
 def parse_outbox(outbox: bytes) -> Iterator[OutboxEntry]:
@@ -297,15 +345,25 @@ def parse_outbox(outbox: bytes) -> Iterator[OutboxEntry]:
         if kind == b"R":
             _, local, fragment = line.split(b" ", 2)
             yield Reply(int(local), fragment)
+        elif kind == b"P":
+            _, local, count, items = line.split(b" ", 3)
+            yield Items(int(local), int(count), items)
         elif kind == b"C":
             _, js_call, owner, body = line.split(b" ", 3)
             yield NestedCall(int(js_call), int(owner), body)
         elif kind == b"L":
             _, level, owner, text = line.split(b" ", 3)
             yield ConsoleLine(level.decode(), int(owner), text)
+        elif kind == b"M":
+            _, js_call, n = line.split(b" ", 2)
+            yield StreamAck(int(js_call), int(n))
+        elif kind == b"X":
+            _, js_call = line.split(b" ", 1)
+            yield Abandon(int(js_call))
 
 
 def answered(outbox: bytes, slot: bytes) -> bool:
-    """Whether ``outbox`` holds the reply of the request whose fresh context is ``slot``."""
+    """Whether ``outbox`` holds the reply of the request whose fresh context is ``slot``
+    (its R line; the P lines of its stream do not count: they come before it)."""
     line = b"R " + slot + b" "
     return outbox.startswith(line) or b"\n" + line in outbox

@@ -100,6 +100,19 @@ def test_a_step_payload_leaves_out_empty_members() -> None:
     assert orjson.loads(ep.encode_step_payload(cancels=[5])) == {"x": [5]}
 
 
+def test_a_step_payload_carries_stream_grants_and_feeds_with_items_spliced_as_they_are() -> None:
+    payload = ep.encode_step_payload(
+        grants=[(21, 32), (22, 1)],
+        feeds=[(3, b'[1,"two",{"three":3}]'), (4, b"[null]")],
+    )
+
+    assert b'"p":[[3,[1,"two",{"three":3}]],[4,[null]]]' in payload
+    assert orjson.loads(payload) == {
+        "m": [[21, 32], [22, 1]],
+        "p": [[3, [1, "two", {"three": 3}]], [4, [None]]],
+    }
+
+
 # ---------------------------------------------------------------- outbox
 
 
@@ -115,6 +128,30 @@ def test_the_outbox_parses_into_replies_calls_and_console_lines_in_order() -> No
         ep.NestedCall(9, 4, b'{"jsonrpc":"2.0","method":"inner","params":[1]}'),
         ep.ConsoleLine("warn", 4, b'["add",7,"look out"]'),
     ]
+
+
+def test_the_outbox_parses_stream_items_acks_and_abandons() -> None:
+    outbox = b"\n".join([
+        b'P 4 3 [1,"a b",{"c":[2,3]}]',
+        b"M 9 32",
+        b"X 10",
+        b'R 4 "result":{"items":3}',
+    ])
+
+    assert list(ep.parse_outbox(outbox)) == [
+        ep.Items(4, 3, b'[1,"a b",{"c":[2,3]}]'),
+        ep.StreamAck(9, 32),
+        ep.Abandon(10),
+        ep.Reply(4, b'"result":{"items":3}'),
+    ]
+
+
+def test_stream_entries_name_their_fields() -> None:
+    items = ep.Items(local=4, count=2, items=b"[1,2]")
+
+    assert (items.local, items.count, items.items) == (4, 2, b"[1,2]")
+    assert ep.StreamAck(js_call=9, n=32).n == 32
+    assert ep.Abandon(js_call=10).js_call == 10
 
 
 def test_an_empty_outbox_has_no_entries_and_unknown_lines_are_skipped() -> None:
@@ -141,3 +178,10 @@ def test_answered_finds_a_fresh_contexts_reply_anywhere_in_the_outbox() -> None:
     assert ep.answered(b'R 12 "result":1', b"12")
     assert not ep.answered(outbox, b"1")
     assert not ep.answered(b'R 123 "result":1', b"12")
+
+
+def test_answered_never_takes_a_stream_line_for_the_reply() -> None:
+    streaming = b'P 12 1 ["R 12 \\n R 12 x"]\nP 12 1 [2]\nM 12 1\nX 12'
+
+    assert not ep.answered(streaming, b"12")
+    assert ep.answered(streaming + b'\nR 12 "result":{"items":2}', b"12")
