@@ -168,6 +168,10 @@ class Worker:
             self.state.on_requests(message.frames, now, time.time() * 1000)
         elif command == p.RESULT:
             self.state.on_results(message.pairs())
+        elif command == p.PARTIAL:
+            self.state.on_partials(message.pairs())
+        elif command == p.MORE:
+            self.state.on_grants(message.pairs())
         elif command == p.CANCEL:
             self.state.on_cancels(message.frames)
         elif command == p.DISCONNECT:

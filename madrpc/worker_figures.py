@@ -24,6 +24,8 @@ class WorkerFigures:
         self._rated = 0
         """Completions already counted into ``rate`` (fed once per snapshot, not per reply)."""
         self.engine_restarts = 0
+        self.stream_items = 0
+        """Items this worker's streams sent."""
 
     def record(self, method: str, latency_s: float, code: int | None) -> None:
         """A request finished (``code``: its error code, None for a result)."""
@@ -56,6 +58,7 @@ class WorkerFigures:
             "parked": requests.count(Stage.PARKED),
             "req_per_s": self.rate.rate(now),
             "engine_restarts": self.engine_restarts,
+            "stream_items": self.stream_items,
             "totals": totals.to_wire(),
             "methods": {name: stats.to_wire() for name, stats in self.methods.items()},
         }

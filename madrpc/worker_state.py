@@ -1,8 +1,9 @@
-"""A worker's tables and transitions. Pure: decoded messages and ``now`` in, frames out.
+"""A worker's transitions. Pure: decoded messages and ``now`` in, frames out.
 
 The worker holds requests the broker sent (up to its credit, :mod:`madrpc.worker_credit`),
-hands them to its engines in batches, and turns what the engines write (replies, nested
-calls, console lines) into messages for the broker. When a context is lost (watchdog,
+hands them to its engines in batches, and turns what the engines write (replies, stream
+items, nested calls, console lines) into messages for the broker; its tables are
+:class:`~madrpc.worker_base.WorkerTables`. When a context is lost (watchdog,
 memory limit, crash) what ran there fails (the culprit) or runs again (the others); when
 the broker is lost, what it held is kept for the next run (:mod:`madrpc.worker_handover`).
 """
@@ -10,81 +11,27 @@ the broker is lost, what it held is kept for the next run (:mod:`madrpc.worker_h
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from . import engine_protocol as ep
 from . import protocol as p
-from .config import WorkerConfig
 from .engine_protocol import ResetReason
 from .errors import ErrorCode
 from .jsonrpc import error_fragment, fit_frame, fragment_error_code
-from .worker_credit import CreditLedger, RunTimes
-from .worker_figures import WorkerFigures
-from .worker_handover import HandOver
-from .worker_requests import RequestBook
+from .worker_base import WorkerTables
+from .worker_calls import STREAM_MARK, PendingCall
+from .worker_handover import is_stream
 from .worker_tables import EngineSlot, LocalRequest, Stage
 
 __all__ = ["EngineSlot", "LocalRequest", "Stage", "WorkerState"]
 
 log = logging.getLogger(__name__)
 
-ENVELOPE_BYTES = 1024
-"""Room for what the broker wraps around a frame (id, jsonrpc) within the size limit."""
 MAX_ENGINE_RESETS = 3
 """Engine resets a request may live through before it fails instead of running again."""
 
 
-class WorkerState:
-    """Everything a worker knows about its requests and engines."""
-
-    def __init__(self, config: WorkerConfig) -> None:
-        self.config = config
-        self.engines: dict[int, EngineSlot] = {}
-        self._next_slot = 0
-        self.requests = RequestBook()
-        self.fresh = config.fresh_context
-        self.calls: dict[int, tuple[int, int, int, bytes]] = {}
-        """Nested call key -> (engine index, engine generation, JS call id, context slot)."""
-        self.run_times = RunTimes()
-        self.credit = CreditLedger(config.initial_credit, config.prefetch)
-        self.handover = HandOver()
-        self.figures = WorkerFigures(config.collect_metrics)
-        self._next_call = 1
-        self._replies: list[bytes] = []
-        self._calls_out: list[bytes] = []
-        self._engine_out: list[tuple[int, list[bytes]]] = []
-        self.logs: list[tuple[str, str, Any, str]] = []
-        """(level, method, request id, text) of console lines, for the worker's log."""
-        self.draining = False
-        self._frame_limit = config.max_message_bytes - ENVELOPE_BYTES
-        """Largest result or call body the broker will take, with room for its envelope."""
-
-    # ================================================================ engine slots
-
-    def add_engine(self) -> int:
-        """A new engine slot (its process reports READY later)."""
-        index = self._next_slot
-        self._next_slot += 1
-        self.engines[index] = EngineSlot(index)
-        return index
-
-    def retire_engine(self, index: int) -> None:
-        self.engines[index].retiring = True
-
-    def idle_retired(self) -> list[int]:
-        """Retiring engines that hold nothing any more: safe to stop."""
-        return [e.index for e in self.engines.values() if e.drained]
-
-    def remove_engine(self, index: int, now: float) -> None:
-        engine = self.engines.pop(index, None)
-        if engine is not None:
-            self._requeue_all(engine, now, solo=False)
-
-    def on_engine_ready(self, index: int, identity: bytes) -> None:
-        engine = self.engines[index]
-        engine.identity = identity
-        engine.ready = True
-        engine.busy = False
+class WorkerState(WorkerTables):
+    """A worker's tables (see :class:`~madrpc.worker_base.WorkerTables`) and what changes them."""
 
     # ================================================================ from the broker
 
@@ -96,24 +43,48 @@ class WorkerState:
             if meta.cpu_limit_ms:
                 cpu_limit_ms = min(cpu_limit_ms, meta.cpu_limit_ms)
             memory_mb = meta.memory_mb if 0 < meta.memory_mb < config.max_memory_mb else 0
-            self.requests.add(meta, frames[i + 1].decode(errors="replace"), frames[i + 2],
-                              now, wall_ms, cpu_limit_ms, memory_mb)
+            body = frames[i + 2]
+            request = self.requests.add(meta, frames[i + 1].decode(errors="replace"), body,
+                                        now, wall_ms, cpu_limit_ms, memory_mb)
+            request.stream = STREAM_MARK in body and is_stream(body)
 
     def on_results(self, pairs: list[tuple[bytes, bytes]]) -> None:
         """Results of nested calls: each waits for its context's next step."""
         for call_key, fragment in pairs:
-            number = p.decode_key(call_key)
-            self.handover.call_answered(number)
-            entry = self.calls.pop(number, None)
-            if entry is None:
+            engine = self._awaiting(self.calls.answered(call_key))
+            if engine is not None:
+                engine[0].settle(engine[1].slot, engine[1].js_call, fragment)
+
+    def on_partials(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        """Items of nested streams: each waits for its context's next step."""
+        for call_key, items in pairs:
+            engine = self._awaiting(self.calls.fed(call_key))
+            if engine is not None:
+                engine[0].feed(engine[1].slot, engine[1].js_call, items)
+
+    def _awaiting(self, call: PendingCall | None) -> tuple[EngineSlot, PendingCall] | None:
+        """The engine whose context still awaits ``call``'s answer, if one does."""
+        if call is None:
+            return None
+        engine = self.engines.get(call.engine)
+        if engine is None or engine.generation != call.generation:
+            return None
+        if self.fresh and int(call.slot) not in self.requests:
+            return None   # that request (and its context) is gone
+        return engine, call
+
+    def on_grants(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        """The consumers of streams we run took more items: the streams may send more."""
+        for key, frame in pairs:
+            request = self.requests.find(key)
+            if request is None or request.cancelled or not request.stream:
                 continue
-            index, generation, js_call, slot = entry
-            engine = self.engines.get(index)
-            if engine is None or engine.generation != generation:
-                continue
-            if self.fresh and int(slot) not in self.requests:
-                continue   # that request (and its context) is gone
-            engine.settle(slot, js_call, fragment)
+            items = p.decode_grant(frame)
+            engine = self.engines.get(request.engine) if request.engine is not None else None
+            if request.stage is Stage.QUEUED or engine is None:
+                request.granted += items   # handed to its first step
+            else:
+                engine.grant(self.slot_of(request), request.local, items)
 
     def on_cancels(self, keys: list[bytes]) -> None:
         """The broker cancelled these requests: forget them, and stop them in their engine."""
@@ -130,44 +101,6 @@ class WorkerState:
             elif request.engine is not None:   # RUNNING: stopped if its code runs now
                 self._engine_out.append((request.engine, ep.interrupt_message(
                     request.local, self.slot_of(request))))
-
-    def slot_of(self, request: LocalRequest) -> bytes:
-        """The context a request runs in: its own in fresh-context mode, else the shared one."""
-        return b"%d" % request.local if self.fresh else ep.POOLED
-
-    def _cancel_in_engine(self, request: LocalRequest) -> None:
-        engine = self.engines.get(request.engine) if request.engine is not None else None
-        if engine is None:
-            return
-        slot = self.slot_of(request)
-        if self.fresh:
-            engine.settles.pop(slot, None)
-            self._engine_out.append((engine.index, ep.drop_message(slot)))
-        else:
-            engine.cancel(slot, request.local)
-
-    def _forget(self, request: LocalRequest) -> None:
-        self.requests.pop(request.local)
-        engine = self.engines.get(request.engine) if request.engine is not None else None
-        if engine is not None:
-            engine.held.discard(request.local)
-        self._release_credit(request)
-
-    def _release_credit(self, request: LocalRequest) -> None:
-        if request.holds_credit:
-            request.holds_credit = False
-            self.credit.release(self.target_credit, self.draining)
-
-    @property
-    def free_credit(self) -> int:
-        """Credit not taken by a request we hold (what READY announces)."""
-        return self.credit.issued - self.requests.holding_credit()
-
-    @property
-    def target_credit(self) -> int:
-        """How much credit the broker should hold for this worker, given recent run times."""
-        contexts = sum(1 for e in self.engines.values() if not e.retiring)
-        return self.credit.target(contexts, self.run_times.quick(self.config.batch_threshold_ms))
 
     # ================================================================ scheduling
 
@@ -191,11 +124,15 @@ class WorkerState:
     def _start_step(self, engine: EngineSlot, batch: list[LocalRequest], now: float) -> None:
         """One step: the settles and cancels of one context slot, then new requests."""
         slot = self.slot_of(batch[0]) if batch else engine.input_slot()
-        settles, cancels = engine.take_input(slot)
+        waiting = engine.take_input(slot)
         engine.begin_step(batch, now)
-        payload = ep.encode_step_payload(settles, cancels, [
+        for request in batch:
+            if request.granted:
+                waiting.grants.append((request.local, request.granted))
+                request.granted = 0
+        payload = ep.encode_step_payload(waiting.settles, waiting.cancels, [
             ep.StepEntry(r.local, r.deadline_ms, r.cpu_limit_ms, r.depth, r.body) for r in batch
-        ])
+        ], waiting.grants, waiting.feeds)
         memory_limit = batch[0].memory_mb * 1024 * 1024 if len(batch) == 1 else 0
         self._engine_out.append((engine.index, ep.step_message(payload, slot, memory_limit)))
 
@@ -230,10 +167,29 @@ class WorkerState:
         for entry in ep.parse_outbox(outbox):
             if isinstance(entry, ep.Reply):
                 self._complete(entry.local, entry.fragment, now)
+            elif isinstance(entry, ep.Items):
+                self._stream_items(entry, now)
             elif isinstance(entry, ep.NestedCall):
                 self._nested_call(engine, entry, slot)
+            elif isinstance(entry, ep.StreamAck):
+                self.calls.took(engine.index, engine.generation, slot, entry.js_call, entry.n)
+            elif isinstance(entry, ep.Abandon):
+                self.calls.abandon(engine.index, engine.generation, slot, entry.js_call)
             else:
                 self.logs.append(entry.decode())
+
+    def _stream_items(self, entry: ep.Items, now: float) -> None:
+        request = self.requests.get(entry.local)
+        if request is None or request.cancelled:
+            return
+        if len(entry.items) > self._frame_limit:   # one item larger than a message may be
+            self._cancel_in_engine(request)
+            self._fail(request, ErrorCode.MESSAGE_TOO_LARGE, "Message too large: a stream item "
+                       f"exceeds the limit of {self._frame_limit} bytes", now)
+            return
+        request.items_sent += entry.count
+        self.figures.stream_items += entry.count
+        self._partials += [request.key, entry.items]
 
     def _complete(self, local: int, fragment: bytes, now: float) -> None:
         request = self.requests.pop(local)
@@ -260,13 +216,10 @@ class WorkerState:
         if body is not call.body:
             engine.settle(slot, call.js_call, body)
             return
-        call_key = self._next_call
-        self._next_call += 1
-        self.calls[call_key] = (engine.index, engine.generation, call.js_call, slot)
         parent = self.requests.get(call.owner)
-        meta = p.encode_call_meta(call_key, parent.key if parent is not None else p.NO_PARENT)
-        self.handover.track_call(call_key, meta, body)
-        self._calls_out += [meta, body]
+        stream = STREAM_MARK in body and is_stream(body)
+        self.calls.open(PendingCall(engine.index, engine.generation, call.js_call, slot, stream),
+                        parent.key if parent is not None else p.NO_PARENT, body)
 
     # ================================================================ lost contexts
 
@@ -311,6 +264,11 @@ class WorkerState:
         self._requeue_all(engine, now, solo=True)
         engine.ready = False
 
+    def remove_engine(self, index: int, now: float) -> None:
+        engine = self.engines.pop(index, None)
+        if engine is not None:
+            self._requeue_all(engine, now, solo=False)
+
     def _count_restart(self, engine: EngineSlot) -> None:
         self.figures.engine_restarts += 1
         engine.restarts += 1
@@ -330,6 +288,11 @@ class WorkerState:
         if request.cancelled:   # nobody wants it any more
             self._forget(request)
             return
+        if request.items_sent:   # its consumer has items already: they must not repeat
+            request.engine = None
+            self._fail(request, ErrorCode.WORKER_LOST, "Worker lost: the stream's context was "
+                       f"lost after it had sent {request.items_sent} items", now)
+            return
         request.resets += 1
         if request.resets > MAX_ENGINE_RESETS:
             request.engine = None
@@ -342,9 +305,18 @@ class WorkerState:
     # ================================================================ broker lost
 
     def on_broker_lost(self) -> None:
-        """The broker went silent: keep running what we hold; unsent messages are moot."""
+        """The broker went silent: keep running what we hold; unsent messages are moot.
+        Streams cannot go on (their consumers were clients of that broker run): ours stop,
+        the nested ones our code reads fail."""
         self._replies = []
-        self._calls_out = []
+        self._partials = []
+        self.calls.forget_unsent()
+        self.on_cancels([r.key for r in self.requests.values() if r.stream])
+        for call in self.calls.take_streams():
+            answer = self._awaiting(call)
+            if answer is not None:
+                answer[0].settle(call.slot, call.js_call, error_fragment(
+                    ErrorCode.WORKER_LOST, "Worker lost: the broker was lost during the stream"))
         self.credit.restart(holding=self.requests.holding_credit())
 
     def adoption_frames(self, wall_ms: float, now: float) -> list[bytes]:
@@ -353,7 +325,7 @@ class WorkerState:
 
     def resend_calls(self) -> None:
         """Nested calls still awaiting results go to the new broker again (same keys)."""
-        self._calls_out += self.handover.pending_calls()
+        self.calls.calls_out += self.handover.pending_calls()
 
     def abandon_all(self) -> list[int]:
         """The broker declared us dead and re-dispatched what we held: drop it all.
@@ -373,28 +345,6 @@ class WorkerState:
             engine.held.clear()
         self.calls.clear()
         self._replies = []
-        self._calls_out = []
+        self._partials = []
         self.credit.restart()
 
-    # ================================================================ output
-
-    def take_broker_messages(self) -> list[list[bytes]]:
-        self.credit.top_up(self.target_credit, self.draining)
-        messages: list[list[bytes]] = []
-        if self._replies or self.credit.to_return:
-            credit = p.encode_credit(self.credit.take_return())
-            messages.append([p.TAG, p.REPLY, credit, *self._replies])
-            self._replies = []
-        if self._calls_out:
-            messages.append([p.TAG, p.CALL, *self._calls_out])
-            self._calls_out = []
-        return messages
-
-    def take_engine_messages(self) -> list[tuple[int, list[bytes]]]:
-        out = self._engine_out
-        self._engine_out = []
-        return out
-
-    def snapshot(self, now: float) -> dict[str, Any]:
-        """Figures for the broker (sent with heartbeats)."""
-        return self.figures.snapshot(now, self.engines.values(), self.requests)

@@ -9,7 +9,7 @@ from enum import Enum
 from .engine_protocol import ResetReason
 from .errors import ErrorCode
 
-__all__ = ["EngineSlot", "LocalRequest", "Stage"]
+__all__ = ["EngineSlot", "LocalRequest", "Stage", "StepInput"]
 
 
 class Stage(Enum):
@@ -44,6 +44,12 @@ class LocalRequest:
     """Times its context was lost while it ran (it then runs again from the start)."""
     solo: bool = False
     """Run it in a step of its own (a lowered memory limit, or a suspect in a crash)."""
+    stream: bool = False
+    """Its client asked for a stream of its items (``madrpc.stream`` in its body)."""
+    items_sent: int = 0
+    """Stream items sent so far: once there are some, it is never run again from the start."""
+    granted: int = 0
+    """Grants (MORE) that came before it started, handed to its first step."""
 
     def stopped_by(self, reason: str, detail: str, max_memory_mb: int) -> tuple[int, str] | None:
         """(code, message) of the error it gets for having made its engine stop a step;
@@ -63,6 +69,21 @@ class LocalRequest:
 
 Settle = tuple[int, bytes]
 """(JS call id, result fragment) of a nested call, for the next step."""
+Feed = tuple[int, bytes]
+"""(JS call id, JSON array of items) of a nested stream, for the next step."""
+Grant = tuple[int, int]
+"""(local key, items) a request's stream may send more, for the next step."""
+
+
+@dataclass(slots=True)
+class StepInput:
+    """What waits for a context's next step besides new requests."""
+
+    settles: list[Settle] = field(default_factory=list)
+    cancels: list[int] = field(default_factory=list)
+    """Local keys of cancelled parked requests to drop."""
+    feeds: list[Feed] = field(default_factory=list)
+    grants: list[Grant] = field(default_factory=list)
 
 
 @dataclass
@@ -84,10 +105,9 @@ class EngineSlot:
     step_started: float = 0.0
     held: set[int] = field(default_factory=set)
     """Local keys of the requests started in its contexts and not finished."""
-    settles: dict[bytes, list[Settle]] = field(default_factory=dict)
-    """Nested-call results waiting for the next step, by context slot."""
-    cancels: dict[bytes, list[int]] = field(default_factory=dict)
-    """Cancelled parked requests to drop in the next step, by context slot."""
+    inputs: dict[bytes, StepInput] = field(default_factory=dict)
+    """Nested-call results, cancellations, stream items and grants waiting for the next
+    step, by context slot."""
     served: int = 0
 
     @property
@@ -96,27 +116,43 @@ class EngineSlot:
 
     @property
     def has_input(self) -> bool:
-        """Results or cancellations wait for a step."""
-        return bool(self.settles or self.cancels)
+        """Something waits for a step."""
+        return bool(self.inputs)
 
     @property
     def drained(self) -> bool:
         """Retiring and holding nothing any more: safe to stop."""
-        return self.retiring and not self.busy and not self.held and not self.settles
+        return self.retiring and not self.busy and not self.held and not self.inputs
+
+    def _input(self, slot: bytes) -> StepInput:
+        waiting = self.inputs.get(slot)
+        if waiting is None:
+            waiting = self.inputs[slot] = StepInput()
+        return waiting
 
     def settle(self, slot: bytes, js_call: int, fragment: bytes) -> None:
-        self.settles.setdefault(slot, []).append((js_call, fragment))
+        self._input(slot).settles.append((js_call, fragment))
 
     def cancel(self, slot: bytes, local: int) -> None:
-        self.cancels.setdefault(slot, []).append(local)
+        self._input(slot).cancels.append(local)
+
+    def feed(self, slot: bytes, js_call: int, items: bytes) -> None:
+        self._input(slot).feeds.append((js_call, items))
+
+    def grant(self, slot: bytes, local: int, items: int) -> None:
+        self._input(slot).grants.append((local, items))
 
     def input_slot(self) -> bytes:
-        """A context slot with results or cancellations waiting."""
-        return next(iter(self.settles), None) or next(iter(self.cancels), b"")
+        """A context slot with input waiting."""
+        return next(iter(self.inputs), b"")
 
-    def take_input(self, slot: bytes) -> tuple[list[Settle], list[int]]:
-        """What waits for ``slot``: (settles, cancels), now handed to a step."""
-        return self.settles.pop(slot, []), self.cancels.pop(slot, [])
+    def take_input(self, slot: bytes) -> StepInput:
+        """What waits for ``slot``, now handed to a step."""
+        return self.inputs.pop(slot, None) or StepInput()
+
+    def forget_input(self, slot: bytes) -> None:
+        """The slot's context goes (fresh-context mode): nothing more for it."""
+        self.inputs.pop(slot, None)
 
     def begin_step(self, requests: list[LocalRequest], now: float) -> None:
         for request in requests:
@@ -141,8 +177,7 @@ class EngineSlot:
         self.generation += 1
         self.busy = False
         self.step_requests = []
-        self.settles = {}
-        self.cancels = {}
+        self.inputs = {}
         held = sorted(self.held, reverse=True)
         self.held.clear()
         return held

@@ -16,7 +16,7 @@ from madrpc.worker_handover import (
     idempotency_key,
 )
 from madrpc.worker_requests import RequestBook
-from madrpc.worker_tables import EngineSlot, LocalRequest, Stage
+from madrpc.worker_tables import EngineSlot, LocalRequest, Stage, StepInput
 
 WALL_MS = 1_700_000_000_000.0
 
@@ -213,9 +213,20 @@ def test_results_and_cancellations_wait_by_context_slot_until_a_step_takes_them(
     engine.cancel(b"8", 8)
 
     assert engine.has_input and engine.input_slot() == b"7"
-    assert engine.take_input(b"7") == ([(1, b'"result":1')], [])
-    assert engine.input_slot() == b"8" and engine.take_input(b"8") == ([], [8])
+    assert engine.take_input(b"7") == StepInput(settles=[(1, b'"result":1')])
+    assert engine.input_slot() == b"8" and engine.take_input(b"8") == StepInput(cancels=[8])
     assert not engine.has_input
+
+
+def test_stream_items_and_grants_wait_with_the_other_input_of_their_slot() -> None:
+    engine = EngineSlot(0, ready=True)
+    engine.feed(b"", 3, b"[1,2]")
+    engine.grant(b"", 9, 32)
+    engine.settle(b"", 3, b'"result":{"items":2}')
+
+    assert engine.take_input(b"") == StepInput(settles=[(3, b'"result":{"items":2}')],
+                                               feeds=[(3, b"[1,2]")], grants=[(9, 32)])
+    assert not engine.has_input and engine.take_input(b"") == StepInput()
 
 
 def test_losing_the_contexts_starts_a_new_generation_holding_nothing() -> None:

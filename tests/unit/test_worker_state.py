@@ -12,6 +12,7 @@ from madrpc import engine_protocol as ep
 from madrpc import protocol as p
 from madrpc.config import WorkerConfig
 from madrpc.errors import ErrorCode
+from madrpc.worker_calls import PendingCall
 from madrpc.worker_state import MAX_ENGINE_RESETS, Stage, WorkerState
 
 WALL_MS = 1_700_000_000_000.0
@@ -237,7 +238,7 @@ def test_a_c_line_becomes_a_call_with_the_parents_broker_key() -> None:
     call_key, parent = p.decode_call_meta(meta)
     assert parent == key_of(7)
     assert body == CALL_BODY
-    assert state.calls[p.decode_key(call_key)] == (0, 0, 5, b"")
+    assert state.calls.get(call_key) == PendingCall(0, 0, 5, b"", stream=False)
 
 
 def test_a_c_line_from_code_outside_any_request_has_no_parent() -> None:
@@ -266,7 +267,7 @@ def test_a_result_is_delivered_to_the_calling_engine_in_its_next_step() -> None:
     call_key = _park_a_call_on_engine_1(state)
     state.on_results([(call_key, b'"result":42')])
     assert steps(state, 0.2) == {1: {"s": [[9, {"result": 42}]]}}
-    assert state.calls == {}
+    assert len(state.calls) == 0
 
 
 def test_a_result_for_an_engine_reset_since_the_call_is_dropped() -> None:
@@ -521,7 +522,7 @@ def test_drop_all_forgets_every_request_and_resets_credit() -> None:
     state.on_engine_output(1, True, b"C 4 %d %b" % (local_of(state, 2), CALL_BODY), 0.1)
     state.drop_all()
     assert state.requests == {} and state.requests.by_key == {}
-    assert list(state.requests.queue) == [] and state.calls == {}
+    assert list(state.requests.queue) == [] and len(state.calls) == 0
     assert broker_messages(state) == []
 
 
