@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from .client_core import AUTO_KEY, CallBook, Params, PendingCall, check_params, client_config
+from .client_args import AUTO_KEY, Params, call_options, check_params, client_config
+from .client_core import CANCEL_LINGER_MS, CallBook, PendingCall
+from .client_stream import check_window
 from .config import DEFAULT_FRONTEND, ClientConfig
 from .curve import apply_client, client_curve
 from .errors import MadrpcError, TransportError
@@ -45,6 +47,8 @@ class AsyncClient:
         self._context = context or zmq.asyncio.Context.instance()
         self._book = CallBook(self.config)
         self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._streams: dict[int, asyncio.Event] = {}
+        """Per stream call: set when items arrive or the stream ends."""
         self._socket: Any = None
         self._io: zmq.Socket[Any] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -109,6 +113,51 @@ class AsyncClient:
         finally:
             self._futures.pop(call.id, None)
 
+    def stream(
+        self, method: str, params: Params = None, *, window: int | None = None,
+        timeout: float | None = None, cpu_limit_ms: float | None = None,
+        max_memory_mb: float | None = None,
+    ) -> AsyncGenerator[Any, None]:
+        """Call generator ``method``; ``async for`` its items as they arrive (see
+        :meth:`Client.stream`). Leaving the loop early, ``aclose()`` or cancelling the
+        task cancels the call on the grid."""
+        call_options(self.config.timeout_s, timeout, cpu_limit_ms, max_memory_mb)
+        return self._stream(method, check_params(params), check_window(window), timeout,
+                            cpu_limit_ms, max_memory_mb)
+
+    async def _stream(
+        self, method: str, params: Any, window: int, timeout: float | None,
+        cpu_limit_ms: float | None, max_memory_mb: float | None,
+    ) -> AsyncGenerator[Any, None]:
+        self._ensure_started()
+        now = time.monotonic()
+        call = self._book.new_call(method, params, timeout, now, AUTO_KEY, cpu_limit_ms,
+                                   max_memory_mb, window)
+        stream = call.stream
+        assert stream is not None and self._wakeup is not None
+        try:
+            self._send(self._book.encode(call, now))
+        except MadrpcError as exc:
+            self._book.abandon(call, exc)
+            raise
+        changed = self._streams[call.id] = asyncio.Event()
+        self._wakeup.set()
+        try:
+            while True:
+                while not (stream.items or call.done):
+                    changed.clear()
+                    await changed.wait()
+                if not stream.items:
+                    break   # ended, and every item taken
+                item, more = self._book.take_item(call)
+                if more is not None:
+                    self._send(more)
+                yield item
+            call.outcome()   # raises the stream's error, if it failed
+        finally:
+            self._streams.pop(call.id, None)
+            self._cancel_on_grid(call)   # (nothing to do if it ended)
+
     def _cancel_on_grid(self, call: PendingCall) -> None:
         frame = self._book.cancel(call)
         if frame is not None and not self._closed:
@@ -123,13 +172,17 @@ class AsyncClient:
     async def map(
         self, method: str, params: Iterable[Params], *, timeout: float | None = None,
         return_exceptions: bool = False, max_in_flight: int | None = None,
+        cpu_limit_ms: float | None = None, max_memory_mb: float | None = None,
     ) -> list[Any]:
-        """Call ``method`` once per item, up to ``max_in_flight`` at once; results in order."""
+        """Call ``method`` once per item, up to ``max_in_flight`` at once; results in order.
+        ``timeout``, ``cpu_limit_ms`` and ``max_memory_mb`` apply to each call."""
+        call_options(self.config.timeout_s, timeout, cpu_limit_ms, max_memory_mb)
         limit = asyncio.Semaphore(max_in_flight or self.config.max_in_flight)
 
         async def one(item: Params) -> Any:
             async with limit:
-                return await self.call(method, item, timeout=timeout)
+                return await self.call(method, item, timeout=timeout, cpu_limit_ms=cpu_limit_ms,
+                                       max_memory_mb=max_memory_mb)
 
         tasks = [asyncio.ensure_future(one(item)) for item in params]
         try:
@@ -146,10 +199,7 @@ class AsyncClient:
             raise
         except Exception as exc:  # noqa: BLE001 - every waiting call must learn of it
             error = TransportError(f"client reader failed: {exc!r}")
-            self._book.fail_all(error)
-            for future in self._futures.values():
-                if not future.done():
-                    future.set_exception(error)
+            self._fail_all(error)
             raise
 
     async def _read_once(self) -> None:
@@ -193,6 +243,11 @@ class AsyncClient:
                 self._settle(call)
 
     def _settle(self, call: PendingCall) -> None:
+        """Tell whoever waits for ``call`` that it changed (ended, or a stream got items)."""
+        changed = self._streams.get(call.id)
+        if changed is not None:
+            changed.set()
+            return
         future = self._futures.get(call.id)
         if future is None or future.done():
             return
@@ -200,6 +255,15 @@ class AsyncClient:
             future.set_exception(call.error)
         else:
             future.set_result(call.result)
+
+    def _fail_all(self, error: MadrpcError) -> None:
+        """End every waiting call with ``error`` and wake whoever waits for one."""
+        self._book.fail_all(error)
+        for future in self._futures.values():
+            if not future.done():
+                future.set_exception(error)
+        for changed in self._streams.values():
+            changed.set()
 
     async def close(self) -> None:
         if self._closed:
@@ -209,12 +273,13 @@ class AsyncClient:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
-        self._book.fail_all(TransportError("client closed"))
-        for future in self._futures.values():
-            if not future.done():
-                future.set_exception(TransportError("client closed"))
+        cancels = self._book.close_all(TransportError("client closed"))
+        self._fail_all(TransportError("client closed"))
         if self._socket is not None:
-            self._socket.close(linger=0)
+            for frame in cancels:   # stop on the grid what nobody will read any more
+                with contextlib.suppress(MadrpcError):
+                    self._send(frame)
+            self._socket.close(linger=CANCEL_LINGER_MS if cancels else 0)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections import deque
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from .cli_support import (
     print_error,
     print_result,
     progress_bar,
+    quiet_on_broken_pipe,
 )
 from .errors import MadrpcError
+from .jsonrpc import MAX_STREAM_WINDOW
 from .logs import setup_logging
 
 __all__ = ["broker_main", "main", "worker_main"]
@@ -48,20 +51,32 @@ def main() -> None:
 @click.argument("params_json", required=False)
 @client_options
 @click.option("--timeout", type=float, default=cfg.DEFAULT_TIMEOUT_MS / 1000, show_default=True,
-              help="Seconds to wait for the result (retries included).")
+              help="Seconds to wait for the result (retries included); with --stream, for "
+                   "the whole stream.")
+@click.option("--stream", is_flag=True,
+              help="METHOD is a generator: print each item as a JSON line as it arrives.")
+@click.option("--window", type=click.IntRange(1, MAX_STREAM_WINDOW), default=None,
+              help="With --stream: items the grid may send ahead of those printed.  "
+                   "[default: 64]")
 @call_limit_options
-def call_command(method: str, params_json: str | None, timeout: float,
-                 cpu_limit_s: float | None, max_memory_mb: int | None,
+def call_command(method: str, params_json: str | None, timeout: float, stream: bool,
+                 window: int | None, cpu_limit_s: float | None, max_memory_mb: int | None,
                  **connection: Any) -> None:
     """Call METHOD on a running grid and print the JSON result.
 
-    PARAMS_JSON is a JSON array (positional) or object (named). Exit status 1 and the
-    JSON-RPC error on stderr when the call fails; Ctrl-C cancels the call on the grid
-    and exits 130.
+    PARAMS_JSON is a JSON array (positional) or object (named). With --stream, each item
+    of the stream is printed as one JSON line as it arrives. Exit status 1 and the
+    JSON-RPC error on stderr when the call fails (after the items that came before the
+    error); Ctrl-C cancels the call on the grid and exits 130.
     """
+    if window is not None and not stream:
+        raise click.UsageError("--window needs --stream")
     params = parse_params(params_json)
     limits = _limits(cpu_limit_s, max_memory_mb)
-    print_result(_one_call(method, params, timeout, limits=limits, **connection))
+    if stream:
+        _stream_call(method, params, timeout, window, limits=limits, **connection)
+    else:
+        print_result(_one_call(method, params, timeout, limits=limits, **connection))
 
 
 def _limits(cpu_limit_s: float | None, max_memory_mb: int | None) -> dict[str, Any]:
@@ -78,6 +93,24 @@ def _one_call(method: str, params: Any, timeout: float, broker: str,
         try:
             with Client(broker, timeout=timeout, **curve) as client:
                 return client.call(method, params, **(limits or {}))
+        except MadrpcError as exc:
+            print_error(exc)
+            sys.exit(1)
+
+
+def _stream_call(method: str, params: Any, timeout: float, window: int | None, broker: str,
+                 limits: dict[str, Any], **curve: Any) -> None:
+    """Print each item of a stream as a JSON line as it arrives (click.echo flushes each);
+    exit 1 with the error on stderr when the stream fails, 130 on Ctrl-C. The stream is
+    cancelled on the grid before the client closes, however the loop ends."""
+    from .client import Client
+
+    with exit_130_on_ctrl_c(), quiet_on_broken_pipe():
+        try:
+            with Client(broker, timeout=timeout, **curve) as client, \
+                    closing(client.stream(method, params, window=window, **limits)) as items:
+                for item in items:
+                    click.echo(orjson.dumps(item).decode())
         except MadrpcError as exc:
             print_error(exc)
             sys.exit(1)

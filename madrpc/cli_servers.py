@@ -127,7 +127,8 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
 @click.option("--prefetch", type=click.IntRange(0, 1000), default=W.prefetch,
               show_default=True, help="Requests per context accepted beyond the running one.")
 @click.option("--cpu-limit", "cpu_limit_s", type=float, default=W.cpu_limit_s,
-              show_default=True, help="Seconds a request may run JavaScript without yielding.")
+              show_default=True,
+              help="Seconds of JavaScript a request may run in all (every step counts).")
 @click.option("--max-memory", "max_memory_mb", type=click.IntRange(16, 1 << 20),
               default=W.max_memory_mb, show_default=True, help="Heap limit per context, MiB.")
 @click.option("--fresh-context", is_flag=True,

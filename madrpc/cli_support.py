@@ -4,6 +4,7 @@ printing results and errors, and the progress bar. Command-line code only."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ __all__ = [
     "client_options",
     "exit_130_on_ctrl_c",
     "error_object", "log_options", "on_signals", "parse_params", "print_error", "print_result",
-    "progress_bar",
+    "progress_bar", "quiet_on_broken_pipe",
 ]
 
 log = logging.getLogger("madrpc.cli")
@@ -75,6 +76,19 @@ def exit_130_on_ctrl_c() -> Iterator[None]:
     except KeyboardInterrupt:
         click.echo("cancelled", err=True)
         sys.exit(130)
+
+
+@contextmanager
+def quiet_on_broken_pipe() -> Iterator[None]:
+    """Output that nobody reads any more (``madrpc call --stream ... | head``) ends the
+    command quietly with status 141 (as a process killed by SIGPIPE), not a traceback;
+    whatever the command started has been cancelled on the way out."""
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)   # the interpreter flushes stdout at exit
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(141)
 
 
 def on_signals(stop: Callable[[bool], None]) -> None:

@@ -11,20 +11,22 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
 import zmq
 
-from .client_core import AUTO_KEY, CallBook, Params, PendingCall, check_params, client_config
+from .client_args import AUTO_KEY, Params, call_options, check_params, client_config
+from .client_core import CANCEL_LINGER_MS, CallBook, PendingCall
+from .client_stream import check_window
 from .config import DEFAULT_FRONTEND, ClientConfig
 from .curve import apply_client, client_curve
 from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
 from .sockets import make_socket
 
-__all__ = ["CANCEL_LINGER_MS", "CallFuture", "Client"]
+__all__ = ["CallFuture", "Client"]
 
 _END = object()
 POLL_SLICE_S = 0.05
@@ -32,8 +34,6 @@ POLL_SLICE_S = 0.05
 FUTURES_POLL_SLICE_S = 0.005
 """The same for the thread that settles submitted calls: short, because it holds the
 socket meanwhile and other threads wait for it to start their calls."""
-CANCEL_LINGER_MS = 1000
-"""After cancelling calls, how long closing the client may take to send the cancellations."""
 
 
 class CallFuture(Future[Any]):
@@ -156,6 +156,45 @@ class Client:
                 self._pump(FUTURES_POLL_SLICE_S)
             time.sleep(0)   # let a thread waiting for the lock take it
 
+    def stream(
+        self, method: str, params: Params = None, *, window: int | None = None,
+        timeout: float | None = None, cpu_limit_ms: float | None = None,
+        max_memory_mb: float | None = None,
+    ) -> Generator[Any, None, None]:
+        """Call generator ``method`` and yield its items as they arrive.
+
+        The call starts when the first item is asked for. ``window`` (default 64) is how
+        many items the grid may send ahead of those taken; ``timeout`` (s) covers the
+        whole stream. A failed stream raises its error after the items that came before
+        it. Leaving the loop early (``break``, an exception, ``close()``, Ctrl-C) cancels
+        the call on the grid. A stream is never run twice: it is retried only if it
+        failed before its first item."""
+        call_options(self.config.timeout_s, timeout, cpu_limit_ms, max_memory_mb)
+        return self._stream(method, check_params(params), check_window(window), timeout,
+                            cpu_limit_ms, max_memory_mb)
+
+    def _stream(
+        self, method: str, params: Any, window: int, timeout: float | None,
+        cpu_limit_ms: float | None, max_memory_mb: float | None,
+    ) -> Generator[Any, None, None]:
+        call = self._start(method, params, timeout, AUTO_KEY, cpu_limit_ms, max_memory_mb,
+                           window)
+        stream = call.stream
+        assert stream is not None
+        try:
+            while True:
+                self._wait(lambda: call.done or bool(stream.items))
+                with self._lock:
+                    if not stream.items:
+                        break   # ended, and every item taken
+                    item, more = self._book.take_item(call)
+                    if more is not None:
+                        self._send(more)
+                yield item
+            call.outcome()   # raises the stream's error, if it failed
+        finally:
+            self.cancel_call(call)   # (nothing to do if it ended)
+
     def cancel_all(self) -> int:
         """Cancel every call in flight, here and on the grid; returns how many."""
         calls = list(self._book.calls.values())
@@ -252,7 +291,10 @@ class Client:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._book.fail_all(TransportError("client closed"))
+                for frame in self._book.close_all(TransportError("client closed")):
+                    self._linger_ms = CANCEL_LINGER_MS
+                    with contextlib.suppress(TransportError):
+                        self._send(frame)
                 self._socket.close(linger=self._linger_ms)
 
     def __enter__(self) -> Client:
@@ -266,14 +308,19 @@ class Client:
     def _start(
         self, method: str, params: Any, timeout: float | None, key: Any,
         cpu_limit_ms: float | None = None, max_memory_mb: float | None = None,
+        stream_window: int | None = None,
     ) -> PendingCall:
         with self._lock:
             if self._closed:
                 raise TransportError("client is closed")
             now = time.monotonic()
             call = self._book.new_call(method, params, timeout, now, key, cpu_limit_ms,
-                                       max_memory_mb)
-            self._send(self._book.encode(call, now))
+                                       max_memory_mb, stream_window)
+            try:
+                self._send(self._book.encode(call, now))
+            except MadrpcError as exc:   # the caller learns of it: nothing is left behind
+                self._book.abandon(call, exc)
+                raise
             return call
 
     def _send(self, frame: bytes) -> None:

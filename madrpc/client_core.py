@@ -14,6 +14,9 @@ with a liveness probe:
   after an exponential back-off with full jitter.
 
 Every resend carries the call's idempotency key, so the broker runs it at most once.
+A stream (:mod:`madrpc.client_stream`) has no key and is never run twice: it is not
+resent by timer, a transient error is retried only before its first item, and one that
+delivered items fails with -32005 when the broker is lost.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from __future__ import annotations
 import itertools
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .client_args import AUTO_KEY, call_options
+from .client_stream import StreamState, check_window
 from .config import ClientConfig
 from .errors import (
     CancelledError,
@@ -38,41 +43,11 @@ from .jsonrpc import decode_response, encode_request
 from .liveness import Backoff
 from .policy import TRANSIENT_CODES
 
-__all__ = [
-    "AUTO_KEY", "MAX_RETRY_AFTER_MS", "RETRYABLE_CODES", "CallBook", "Params", "PendingCall",
-    "check_params", "client_config",
-]
+__all__ = ["CANCEL_LINGER_MS", "MAX_RETRY_AFTER_MS", "RETRYABLE_CODES", "CallBook",
+           "PendingCall"]
 
-AUTO_KEY: Any = object()
-"""``idempotency_key`` default: the client makes a key of its own for the call."""
-Params = Sequence[Any] | dict[str, Any] | None
-"""A call's params: positional (list or tuple), named (dict), or none."""
-
-
-def check_params(params: Any) -> Any:
-    """Params as JSON-RPC wants them (a tuple becomes a list); TypeError otherwise."""
-    if params is None or isinstance(params, (list, dict)):
-        return params
-    if isinstance(params, tuple):
-        return list(params)
-    raise TypeError(
-        f"params must be a list, a tuple, a dict or None, not {type(params).__name__}"
-    )
-
-
-def client_config(
-    endpoint: str, timeout: float | None, config: ClientConfig | None,
-    curve_secret: Any = None, server_key: Any = None,
-) -> ClientConfig:
-    """The configuration a client constructor's arguments describe."""
-    if config is not None:
-        return config
-    options: dict[str, Any] = {"curve_secret": curve_secret, "server_key": server_key}
-    if timeout is not None:
-        options["timeout_s"] = timeout
-    return ClientConfig(endpoint=endpoint, **options)
-
-
+CANCEL_LINGER_MS = 1000
+"""After cancelling calls, how long closing a client may take to send the cancellations."""
 MAX_RETRY_AFTER_MS = 60_000
 """The longest ``retry_after_ms`` hint a client heeds (a broker cannot stall it longer)."""
 RETRYABLE_CODES = frozenset(TRANSIENT_CODES - {ErrorCode.TIMEOUT})
@@ -99,6 +74,8 @@ class PendingCall:
     error: BaseException | None = None
     callbacks: list[Callable[[PendingCall], None]] = field(default_factory=list)
     """Called once with the call when it completes (e.g. to settle a Future)."""
+    stream: StreamState | None = None
+    """A stream's items and credit; None for an ordinary call."""
 
     def outcome(self) -> Any:
         if self.error is not None:
@@ -132,23 +109,24 @@ class CallBook:
     def new_call(
         self, method: str, params: Any, timeout_s: float | None, now: float,
         idempotency_key: str | None | object = AUTO_KEY, cpu_limit_ms: float | None = None,
-        max_memory_mb: float | None = None,
+        max_memory_mb: float | None = None, stream_window: int | None = None,
     ) -> PendingCall:
-        timeout = self.config.timeout_s if timeout_s is None else timeout_s
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        limits = {name: value for name, value in (("cpu_limit_ms", cpu_limit_ms),
-                                                  ("max_memory_mb", max_memory_mb))
-                  if value is not None}
-        for name, value in limits.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name} must be a positive number")
+        """Book a call (not sent yet: see :meth:`encode`). With ``stream_window`` it is a
+        stream: it gets no idempotency key (an explicit one is a ValueError)."""
+        timeout, limits = call_options(self.config.timeout_s, timeout_s, cpu_limit_ms,
+                                       max_memory_mb)
+        stream = None if stream_window is None else StreamState(check_window(stream_window))
+        if stream is not None and (idempotency_key is not AUTO_KEY
+                               and idempotency_key is not None):
+            raise ValueError("a stream cannot carry an idempotency key (it never runs twice)")
         call_id = next(self._ids)
         if idempotency_key is AUTO_KEY:
-            key = f"{self._prefix}-{call_id}" if self.config.idempotency else None
+            auto = self.config.idempotency and stream is None
+            key = f"{self._prefix}-{call_id}" if auto else None
         else:
             key = idempotency_key  # type: ignore[assignment]
-        call = PendingCall(call_id, method, params, now + timeout, key, timeout, limits)
+        call = PendingCall(call_id, method, params, now + timeout, key, timeout, limits,
+                           stream=stream)
         self.calls[call_id] = call
         return call
 
@@ -160,6 +138,8 @@ class CallBook:
             options["idempotency_key"] = call.idempotency_key
         if call.limits:
             options.update(call.limits)
+        if call.stream is not None:
+            options["stream"] = {"window": call.stream.window}
         frame = encode_request(call.method, call.params, call.id, options)
         try:
             self.check_size(frame)
@@ -169,7 +149,9 @@ class CallBook:
         call.attempts += 1
         call.sent_at = now
         retry_in = self.config.retry_interval_s * 2 ** (call.attempts - 1)
-        call.resend_at = min(call.deadline, now + retry_in)
+        # A stream has no key: sent again on a hunch, it could run twice.
+        call.resend_at = (call.deadline if call.stream is not None
+                         else min(call.deadline, now + retry_in))
         return frame
 
     def check_size(self, frame: bytes) -> bytes:
@@ -183,35 +165,69 @@ class CallBook:
         return frame
 
     def on_frame(self, frame: bytes, now: float) -> list[PendingCall]:
-        """Apply a response frame; return calls that are now complete."""
+        """Apply a response frame; return the calls it changed: those now complete, and
+        streams that received items (``call.done`` tells which)."""
         self.last_heard = now
         try:
             document = decode_response(frame)
         except ValueError:
             return []
         responses = document if isinstance(document, list) else [document]
-        finished = []
+        changed: dict[int, PendingCall] = {}
         for response in responses:
-            if not isinstance(response, dict) or ("result" not in response
-                                                  and "error" not in response):
-                continue   # not a response (e.g. a request echoed back): not ours
-            if self.probe_id is not None and response.get("id") == self.probe_id:
-                self._on_probe_answer(response.get("result"), now)
-                continue
-            call_id = response.get("id")
-            call = self.calls.get(call_id) if type(call_id) is int else None
-            if call is None:
-                continue   # a duplicate of a retried call, or a call we gave up on
-            if "error" in response:
-                error = rpc_error_from_object(response["error"])
-                if error.code in RETRYABLE_CODES and self._retry_later(call, now,
-                                                                        _retry_after_s(error)):
-                    continue
-                self._complete(call, error=error)
-            else:
-                self._complete(call, result=response.get("result"))
-            finished.append(call)
-        return finished
+            call = self._on_response(response, now) if isinstance(response, dict) else None
+            if call is not None:
+                changed[call.id] = call
+        return list(changed.values())
+
+    def _on_response(self, response: dict[str, Any], now: float) -> PendingCall | None:
+        """Apply one response object; the call it changed, if any."""
+        if "result" not in response and "error" not in response:
+            return self._on_items(response)
+        if self.probe_id is not None and response.get("id") == self.probe_id:
+            self._on_probe_answer(response.get("result"), now)
+            return None
+        call = self._call_of(response.get("id"))
+        if call is None:
+            return None   # a duplicate of a retried call, or a call we gave up on
+        if "error" in response:
+            error = rpc_error_from_object(response["error"])
+            untouched = call.stream is None or call.stream.received == 0
+            if error.code in RETRYABLE_CODES and untouched and self._retry_later(
+                    call, now, _retry_after_s(error)):
+                return None
+            self._complete(call, error=error)
+        elif call.stream is not None:
+            result = response.get("result")
+            self._complete(call, result=result, error=call.stream.end_error(result, call.method))
+        else:
+            self._complete(call, result=response.get("result"))
+        return call
+
+    def _on_items(self, response: dict[str, Any]) -> PendingCall | None:
+        """A stream's partial reply (``"madrpc": {"items": [...]}``) keeps its items;
+        anything else without a result or an error (a request echoed back) is not ours."""
+        options = response.get("madrpc")
+        items = options.get("items") if isinstance(options, dict) else None
+        call = self._call_of(response.get("id"))
+        if call is None or call.stream is None or not isinstance(items, list):
+            return None
+        call.stream.add(items)
+        return call
+
+    def _call_of(self, call_id: Any) -> PendingCall | None:
+        return self.calls.get(call_id) if type(call_id) is int else None
+
+    def take_item(self, call: PendingCall) -> tuple[Any, bytes | None]:
+        """Take the oldest waiting item of stream ``call`` (IndexError when none waits),
+        with the ``_more`` notification to send now if the user has taken enough since
+        the last one (None otherwise, and once the stream has ended)."""
+        if call.stream is None:
+            raise ValueError(f"call {call.id} is not a stream")
+        item, count = call.stream.take()
+        if count == 0 or call.done:
+            return item, None
+        return item, encode_request("_more", {"id": call.id, "n": count}, None)
 
     def _on_probe_answer(self, result: Any, now: float) -> None:
         self.probe_id = None
@@ -301,20 +317,33 @@ class CallBook:
     def housekeeping(
         self, now: float, connected_at: float
     ) -> tuple[bool, list[PendingCall], list[PendingCall]]:
-        """(reconnect?, calls to send again, calls that just expired) due now."""
+        """(reconnect?, calls to send again, calls that just ended) due now; calls end
+        here when they expire, or are streams lost with the broker."""
         expired = self.expire(now)
         if self.broker_silent(now, connected_at):
             self.on_reconnect()
-            return True, self._resend_all(), expired
+            resend, lost = self._resend_all()
+            return True, resend, expired + lost
         if self.broker_restarted and now >= self.resend_after:
             self.broker_restarted = False
-            return False, self._resend_all(), expired
+            resend, lost = self._resend_all()
+            return False, resend, expired + lost
         return False, self.due_for_resend(now), expired
 
-    def _resend_all(self) -> list[PendingCall]:
-        calls = list(self.calls.values())
-        self.retries += len(calls)
-        return calls
+    def _resend_all(self) -> tuple[list[PendingCall], list[PendingCall]]:
+        """(every waiting call, to send again; the streams that delivered items, which
+        cannot be: they fail with -32005, as their run was lost with the broker)."""
+        resend, lost = [], []
+        for call in list(self.calls.values()):
+            if call.stream is not None and call.stream.received:
+                self._complete(call, error=RpcError(
+                    ErrorCode.WORKER_LOST, f"Worker lost: the broker was lost during the "
+                    f"stream of {call.method!r} (after {call.stream.received} item(s))"))
+                lost.append(call)
+            else:
+                resend.append(call)
+        self.retries += len(resend)
+        return resend, lost
 
     def cancel(self, call: PendingCall) -> bytes | None:
         """Give up a call that has not completed: it ends with CancelledError here, and the
@@ -334,6 +363,15 @@ class CallBook:
     def fail_all(self, error: Exception) -> None:
         for call in list(self.calls.values()):
             self._complete(call, error=error)
+
+    def close_all(self, error: Exception) -> list[bytes]:
+        """The client closes: every call still waiting ends with ``error``; returns the
+        ``_cancel`` notifications that stop the ones sent on the grid (nobody will read
+        their results)."""
+        frames = [encode_request("_cancel", {"id": call.id}, None)
+                  for call in self.calls.values() if call.attempts]
+        self.fail_all(error)
+        return frames
 
 
 def _retry_after_s(error: RpcError) -> float:

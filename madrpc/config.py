@@ -137,7 +137,8 @@ class WorkerConfig:
     batch_threshold_ms: float = 2.0
     """Only methods whose mean run time is below this are batched together."""
     cpu_limit_s: float = 60.0
-    """Longest a request may run JavaScript without yielding before it is terminated."""
+    """Seconds of JavaScript a request may run in all (its first step and every
+    continuation after an await) before it is terminated with -32012."""
     max_memory_mb: int = 256
     """Hard V8 heap limit per context; a request that exceeds it gets 'Out of memory'."""
     fresh_context: bool = False

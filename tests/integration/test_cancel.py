@@ -17,7 +17,7 @@ import pytest
 import zmq
 from grid_support import SCRIPTS, Grid, metrics, scaled, wait_for_in_flight, wait_until
 
-from madrpc import AsyncClient, CancelledError, Client, as_completed
+from madrpc import AsyncClient, CancelledError, Client, TransportError, as_completed
 
 RUNTIME_JS = SCRIPTS / "runtime.js"
 LONG_MS = 20_000
@@ -49,6 +49,25 @@ def test_cancelling_the_task_awaiting_an_async_call_frees_its_only_context(
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+    asyncio.run(main())
+    answers_at_once(grid)
+    nothing_in_flight(grid)
+
+
+def test_closing_a_client_cancels_the_calls_it_still_waits_for(
+    start_grid: Callable[..., Grid],
+) -> None:
+    grid = start_grid(RUNTIME_JS, contexts=1)
+
+    async def main() -> None:
+        client = AsyncClient(grid.frontend, timeout=60)
+        task = asyncio.ensure_future(client.call("long_spin", {"ms": LONG_MS}))
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: wait_for_in_flight(grid.frontend))
+        await client.close()   # before the task learns anything
+        with pytest.raises(TransportError):
+            await task
 
     asyncio.run(main())
     answers_at_once(grid)

@@ -9,14 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from madrpc.client_core import (
-    AUTO_KEY,
-    RETRYABLE_CODES,
-    CallBook,
-    PendingCall,
-    check_params,
-    client_config,
-)
+from madrpc.client_args import AUTO_KEY, check_params, client_config
+from madrpc.client_core import RETRYABLE_CODES, CallBook, PendingCall
 from madrpc.config import ClientConfig
 from madrpc.errors import JSError, MessageTooLargeError, RpcError, RpcTimeoutError, TransportError
 
