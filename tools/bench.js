@@ -10,3 +10,7 @@ madrpc.register('nested_noop', async ({calls = 1000, parallel = false} = {}) => 
   }
   return calls;
 });
+madrpc.register('count', function* (n) {
+  // Streams the numbers 0..n-1 (the streaming section of tools/bench.py).
+  for (let i = 0; i < n; i++) yield i;
+});

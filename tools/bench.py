@@ -15,6 +15,8 @@ Sections:
   metrics  throughput with metrics collection on vs off (64 in flight)
   curve    trivial calls, 1 and 64 in flight, through the same grid with CURVE vs without,
            and the bare echo broker with CURVE vs without (tools/bench_curve.py, ~100 s)
+  stream   items/s of one generator streaming 20,000 small items (window 64 and 2,000) vs
+           Client.map of 20,000 trivial calls (tools/bench_stream.py)
 The machine is shared and noisy: read ratios, not absolute figures.
 """
 
@@ -39,7 +41,7 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 PI_SCRIPT = ROOT / "examples" / "monte-carlo-pi" / "scripts" / "pi.js"
 BENCH_SCRIPT = ROOT / "tools" / "bench.js"
-SECTIONS = ("rpc", "pi", "fanout", "nested", "fresh", "metrics", "curve")
+SECTIONS = ("rpc", "pi", "fanout", "nested", "fresh", "metrics", "curve", "stream")
 
 
 def free_port() -> int:
@@ -368,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench_curve import bench_curve  # tools/ is on sys.path when run as a script
 
             rows = bench_curve(args.duration, args.runs)
+        elif name == "stream":
+            from bench_stream import bench_stream
+
+            rows = bench_stream(args.runs)
         else:
             rows = bench_metrics(args.duration)
         for row in rows:
