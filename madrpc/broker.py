@@ -218,7 +218,7 @@ class Broker:
         except zmq.Again:
             backlog.hold(frames)
         except zmq.ZMQError as exc:
-            self.state.on_client_gone(frames[0])
+            self.state.on_client_gone(frames[0], time.monotonic())
             log.debug("reply to client %s lost: %s", frames[0].hex(), exc)
 
     def _send_backlog(self) -> None:
@@ -231,7 +231,7 @@ class Broker:
                 except zmq.Again:
                     break
                 except zmq.ZMQError:
-                    self.state.on_client_gone(identity)
+                    self.state.on_client_gone(identity, time.monotonic())
                     break
                 backlog.sent(identity)
 

@@ -89,7 +89,9 @@ class RequestTable(TableView[bytes, Request]):
 
     def _unindex(self, request: Request) -> None:
         if request.window is not None and request.route is not None:
-            self._streams.pop(_stream_id(request), None)
+            stream_id = _stream_id(request)
+            if self._streams.get(stream_id) == request.key:   # not a newer one's, same id
+                del self._streams[stream_id]
         if request.parent != p.NO_PARENT:
             siblings = self._children.get(request.parent)
             if siblings is not None:
@@ -159,6 +161,11 @@ class RequestTable(TableView[bytes, Request]):
         """The live stream a client connection opened with this id."""
         key = self._streams.get((identity, id_json))
         return self._rows.get(key) if key is not None else None
+
+    def streams_of(self, identity: bytes) -> list[Request]:
+        """The live streams a client connection opened."""
+        return [request for (owner, _), key in self._streams.items() if owner == identity
+                if (request := self._rows.get(key)) is not None]
 
     def find_keyed(self, method: str, idempotency_key: str) -> Request | None:
         """A live or joined request for ``method`` with this idempotency key, of any origin

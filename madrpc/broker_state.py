@@ -54,10 +54,13 @@ class BrokerState:
         """A send to this worker failed (ROUTER_MANDATORY): it is gone."""
         self.backend.on_unreachable(identity, now)
 
-    def on_client_gone(self, identity: bytes) -> None:
-        """A send to this client connection failed: it is gone, with its unread replies."""
+    def on_client_gone(self, identity: bytes, now: float) -> None:
+        """A send to this client connection failed: it is gone, with its unread replies,
+        and nobody reads its streams any more (they are cancelled)."""
         self.backlog.forget(identity)
         self.figures.dropped["reply to vanished client"] += 1
+        for stream in self.requests.streams_of(identity):
+            self.core.cancel(stream, now, "its client is gone")
 
     def on_tick(self, now: float) -> None:
         """Heartbeats, dead workers, deadlines, circuit breakers, idempotency expiry."""

@@ -187,3 +187,21 @@ def test_a_stream_in_a_batch_or_without_an_id_is_refused() -> None:
     assert error_code(batch[0]) == ErrorCode.INVALID_REQUEST
     assert "batch" in batch[0]["error"]["message"]
     assert error_code(keyed) == ErrorCode.INVALID_REQUEST
+
+
+def test_a_clients_streams_are_cancelled_when_a_send_to_it_fails() -> None:
+    state, key = open_stream()
+    state.on_client_gone(CLIENT, 1.0)
+    assert key not in state.requests
+    assert sent(state).cancels(W1) == [key]
+
+
+def test_two_streams_with_one_id_on_one_connection_keep_the_newer_ones_grants() -> None:
+    state, first = open_stream(window=2)
+    call(state, "gen", rid=1, client=CLIENT, stream={"window": 2})
+    [second] = sent(state).keys(W1)
+    reply(state, W1, (first, b'"result":{"items":0}'))
+    partial(state, W1, (second, b"[1]"))
+    sent(state)
+    more(state, 1, 1)
+    assert grants(sent(state), W1) == [(second, 1)]
