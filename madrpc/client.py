@@ -167,8 +167,9 @@ class Client:
         many items the grid may send ahead of those taken; ``timeout`` (s) covers the
         whole stream. A failed stream raises its error after the items that came before
         it. Leaving the loop early (``break``, an exception, ``close()``, Ctrl-C) cancels
-        the call on the grid. A stream is never run twice: it is retried only if it
-        failed before its first item."""
+        the call on the grid. No item arrives twice: a stream is sent again (or run again
+        on another worker) only while it has sent no item; once it has, losing its
+        worker or the broker ends it with an error."""
         call_options(self.config.timeout_s, timeout, cpu_limit_ms, max_memory_mb)
         return self._stream(method, check_params(params), check_window(window), timeout,
                             cpu_limit_ms, max_memory_mb)

@@ -778,8 +778,9 @@
 
   // madrpc.stream(method, args, options): an async iterable of the items of a nested call
   // to a streaming function. options: {window (items in flight, default 64), timeout_ms}.
-  // It carries no idempotency key: a stream that sent items is never run again anyway. It
-  // carries an id, which the broker requires of every stream.
+  // It carries no idempotency key: a stream that sent items is never run again anyway.
+  // Its id (the call id) only names it in logs: the broker routes its items and its end
+  // by the worker's call key, as for any nested call.
   function stream(method, args, options) {
     const bad = badCall('madrpc.stream', method, args);
     if (bad !== null) throw bad;
