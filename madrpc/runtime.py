@@ -15,23 +15,28 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import orjson
 from py_mini_racer._dll import init_mini_racer, mr_callback_func
 
+from .bundle import Bundle
 from .errors import EngineError, ScriptError
+from .script_errors import (
+    MODULE_PREFIX,
+    MODULE_SUFFIX,
+    describe_load_error,
+    describe_script_error,
+)
 
 __all__ = [
-    "ENGINE_FLAGS", "MINI_RACER_TYPES", "Event", "EventKind", "Runtime", "describe_script_error",
-    "init_engine", "v8_version",
+    "ENGINE_FLAGS", "MINI_RACER_TYPES", "Event", "EventKind", "Runtime", "init_engine",
+    "v8_version",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,7 +48,8 @@ default ``--single-threaded`` is dropped on purpose: it disables concurrent opti
 and made the Monte Carlo loop ~6x slower (docs/performance.md)."""
 
 MINI_RACER_TYPES: dict[str, int] = {
-    "str_utf8": 5, "array": 6, "undefined": 11, "function": 100, "shared_array_buffer": 101,
+    "str_utf8": 5, "array": 6, "object": 10, "undefined": 11, "function": 100,
+    "shared_array_buffer": 101,
     "execute_exception": 200, "parse_exception": 201, "oom_exception": 202,
     "timeout_exception": 203, "terminated_exception": 204,
 }
@@ -52,6 +58,7 @@ private ``_MiniRacerTypes``, by name). A unit test pins them against the install
 mini-racer, so an upgrade that renumbers them fails in seconds, not in production."""
 _STRING = MINI_RACER_TYPES["str_utf8"]
 _ARRAY = MINI_RACER_TYPES["array"]
+_OBJECT = MINI_RACER_TYPES["object"]
 _FUNCTION = MINI_RACER_TYPES["function"]
 _SHARED_ARRAY_BUFFER = MINI_RACER_TYPES["shared_array_buffer"]
 _UNDEFINED = MINI_RACER_TYPES["undefined"]
@@ -98,6 +105,11 @@ def v8_version() -> str:
     return str(_dll.mr_v8_version().decode())
 
 
+def _loader_source() -> str:
+    source = (resources.files("madrpc") / "js" / "modules.js").read_text(encoding="utf-8")
+    return source + "\n//# sourceURL=madrpc-modules.js\n"
+
+
 def _bootstrap_source() -> str:
     source = (resources.files("madrpc") / "js" / "bootstrap.js").read_text(encoding="utf-8")
     return source + "\n//# sourceURL=madrpc-runtime.js\n"
@@ -112,7 +124,7 @@ class Runtime:
 
     def __init__(
         self,
-        script_source: str,
+        script: str | Bundle,
         script_path: str,
         on_event: Callable[[Event], None],
         *,
@@ -135,7 +147,8 @@ class Runtime:
             if max_memory_bytes:
                 _dll.mr_set_hard_memory_limit(self._ctx, max_memory_bytes)
             self._install_runtime()
-            self._load_script(script_source, script_path)
+            bundle = script if isinstance(script, Bundle) else Bundle.single(script_path, script)
+            self._load_bundle(bundle)
             self.methods: list[str] = self._read_methods()
         except BaseException:
             self.close()
@@ -230,22 +243,77 @@ class Runtime:
             raise EngineError(f"MaDRPC runtime setup failed at {what}: {event.data!r}")
         return raw
 
-    def _load_script(self, source: str, path: str) -> None:
-        name = path.replace("\n", " ")
-        raw = self._eval_blocking(f"{source}\n//# sourceURL={name}\n")
+    def _call_blocking(self, function: Any, this: Any, *args: Any) -> Any:
+        """``function.call(this, ...args)`` (handles), blocking; the caller frees the
+        result."""
+        argv = self._expect(self._eval_blocking("[]"), _ARRAY, "arguments")
         try:
-            value = raw.contents
-            if value.type >= _EXECUTE_EXCEPTION:
-                if value.type == _OOM_EXCEPTION:
-                    raise ScriptError(f"{path}: out of memory while loading the script")
-                if value.type in (_TERMINATED_EXCEPTION, _TIMEOUT_EXCEPTION):
-                    raise ScriptError(f"{path}: terminated while loading the script")
-                message = ctypes.string_at(value.value.value_ptr, value.len).decode(
-                    errors="replace"
-                )
-                raise ScriptError(describe_script_error(message, path, source))
+            for item in args:
+                _dll.mr_free_value(self._ctx, _dll.mr_array_push(self._ctx, argv, item))
+            return self._run_blocking(
+                lambda: _dll.mr_call_function(self._ctx, function, this, argv, _SETUP_ID))
         finally:
-            _dll.mr_free_value(self._ctx, raw)
+            _dll.mr_free_value(self._ctx, argv)
+
+    def _load_bundle(self, bundle: Bundle) -> None:
+        """Compile every file of the bundle as a module, then run its entry (see
+        js/modules.js); ScriptError naming file:line:column when either fails."""
+        loader = self._expect(self._eval_blocking(_loader_source()), _OBJECT, "loader")
+        held = [loader]
+        try:
+            define = self._member(loader, "define")
+            start = self._member(loader, "start")
+            held += [define, start]
+            for path in sorted(bundle.files):
+                self._define_module(define, bundle, path)
+            config = orjson.dumps({"entry": bundle.entry, "links": bundle.links()})
+            this = self._string(config)
+            held.append(this)
+            outcome = self._call_blocking(start, this)
+            held.append(outcome)
+            report = orjson.loads(self._text_of(outcome, bundle.display(bundle.entry)))
+            if "error" in report:
+                raise ScriptError(describe_load_error(report, bundle))
+        finally:
+            for handle in held:
+                _dll.mr_free_value(self._ctx, handle)
+
+    def _define_module(self, define: Any, bundle: Bundle, path: str) -> None:
+        source = bundle.files[path]
+        name = bundle.display(path)
+        if path.endswith(".json"):
+            factory = self._string(source.encode())
+        else:
+            url = path.replace("\n", " ")
+            factory = self._eval_blocking(f"{MODULE_PREFIX}{source}{MODULE_SUFFIX}{url}\n")
+            if factory.contents.type != _FUNCTION:
+                try:
+                    self._text_of(factory, name, source)
+                finally:
+                    _dll.mr_free_value(self._ctx, factory)
+                raise ScriptError(f"{name}: did not compile to a module")
+        key = self._string(path.encode())
+        try:
+            _dll.mr_free_value(self._ctx, self._call_blocking(define, self._undefined, key,
+                                                              factory))
+        finally:
+            _dll.mr_free_value(self._ctx, key)
+            _dll.mr_free_value(self._ctx, factory)
+
+    def _text_of(self, raw: Any, name: str, source: str = "") -> bytes:
+        """The string ``raw`` holds; ScriptError (file:line:column) when it is an
+        exception thrown while loading ``name``."""
+        value = raw.contents
+        if value.type == _OOM_EXCEPTION:
+            raise ScriptError(f"{name}: out of memory while loading the script")
+        if value.type in (_TERMINATED_EXCEPTION, _TIMEOUT_EXCEPTION):
+            raise ScriptError(f"{name}: terminated while loading the script")
+        text = ctypes.string_at(value.value.value_ptr, value.len)
+        if value.type >= _EXECUTE_EXCEPTION:
+            message = text.decode(errors="replace")
+            raise ScriptError(describe_script_error(message, name, source,
+                                                   first_line_offset=len(MODULE_PREFIX)))
+        return text
 
     def _read_methods(self) -> list[str]:
         raw = self._run_blocking(
@@ -315,31 +383,3 @@ class Runtime:
             return
         self._closed = True
         _dll.mr_free_context(self._ctx)
-
-
-_LOCATION = re.compile(r"^(?P<file>.*?):(?P<line>\d+): (?P<message>.*)$")
-
-
-def describe_script_error(message: str, path: str, source: str = "") -> str:
-    """Turn V8's ``file:line: Error\nsource\n   ^^^`` into ``file:line:column: Error``.
-
-    An error at the end of input is reported at the end of the script's last line (not
-    on the ``sourceURL`` comment the runtime appends).
-    """
-    lines = message.splitlines()
-    if not lines:
-        return f"{path}: script failed to load"
-    match = _LOCATION.match(lines[0])
-    if match is None:
-        return f"{path}: {lines[0]}"
-    line = int(match["line"])
-    code = lines[1] if len(lines) >= 2 else ""
-    caret = lines[2] if len(lines) >= 3 else ""
-    source_lines = source.rstrip("\n").split("\n") if source else []
-    if source_lines and line > len(source_lines):
-        line = len(source_lines)
-        code = source_lines[-1]
-        caret = " " * len(code) + "^"
-    column = f":{caret.index('^') + 1}" if "^" in caret else ""
-    text = f"{Path(path)}:{line}{column}: {match['message']}"
-    return f"{text}\n{code}\n{caret}" if caret else text

@@ -16,7 +16,8 @@ import pytest
 from py_mini_racer._objects import _MiniRacerTypes
 
 from madrpc.errors import ScriptError
-from madrpc.runtime import MINI_RACER_TYPES, Event, EventKind, Runtime, describe_script_error
+from madrpc.runtime import MINI_RACER_TYPES, Event, EventKind, Runtime
+from madrpc.script_errors import describe_script_error
 
 # ---------------------------------------------------------------- describe_script_error
 
