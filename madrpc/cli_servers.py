@@ -36,6 +36,9 @@ W = cfg.WorkerConfig
               help="Public keys of admins (management methods such as _drain).")
 @click.option("--insecure", is_flag=True,
               help="Allow binding non-loopback addresses without CURVE (logs a warning).")
+@click.option("--state-dir", metavar="DIR", default=None,
+              help="Keep deployed script versions here too, for restarts. "
+                   "[default: in memory]")
 @click.option("--heartbeat-interval", "heartbeat_interval_s", type=float,
               default=cfg.DEFAULT_HEARTBEAT_INTERVAL_S, show_default=True,
               help="Seconds between heartbeats.")
@@ -114,8 +117,9 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
 
 
 @click.command("worker")
-@click.option("--script", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="JavaScript file that registers functions with madrpc.register.")
+@click.option("--script", type=click.Path(exists=True),
+              help="JavaScript file (or folder with an index.js) that registers functions "
+                   "with madrpc.register. [default: the script deployed to the grid]")
 @click.option("--broker", default=cfg.DEFAULT_BACKEND, show_default=True,
               help="The broker's backend endpoint.")
 @click.option("--curve-secret", metavar="FILE", default=None,
@@ -161,7 +165,10 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
 @log_options("info")
 def worker_command(contexts: int | None, no_metrics: bool, log_level: str, log_format: str,
                    **options: Any) -> None:
-    """Run a worker: V8 contexts running SCRIPT's functions for the broker."""
+    """Run a worker: V8 contexts running SCRIPT's functions for the broker.
+
+    Without --script it runs the grid's script (madrpc deploy) and every new version.
+    """
     from .worker import Worker
 
     setup_logging(log_level, log_format)

@@ -110,14 +110,18 @@ class BrokerConfig:
     """Directory of the public keys of admins (management methods such as ``_drain``)."""
     insecure: bool = False
     """Allow binding non-loopback addresses without CURVE (a warning is logged)."""
+    state_dir: str | None = None
+    """Directory where deployed script versions are kept, so a restarted broker still
+    serves them (None: in memory only)."""
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     """How a worker connects, how many V8 contexts it runs and how it limits them."""
 
-    script: str
-    """Path of the JavaScript file every context loads."""
+    script: str | None = None
+    """The JavaScript file (or script folder with an index.js) every context loads;
+    None: run the script deployed to the grid (``madrpc deploy``)."""
     broker: str = DEFAULT_BACKEND
     """The broker's backend endpoint."""
     contexts: int = os.cpu_count() or 1

@@ -24,6 +24,8 @@ from typing import Any
 import zmq
 
 from . import engine_protocol as ep
+from .bundle import Bundle
+from .bundle import decode as decode_bundle
 from .engine_protocol import POOLED, Mode, ResetReason
 from .errors import ScriptError
 from .runtime import Event, EventKind, Runtime, init_engine, v8_version
@@ -55,10 +57,10 @@ class Engine:
     """
 
     def __init__(
-        self, endpoint: str, identity: bytes, script_path: str, max_memory_mb: int,
+        self, endpoint: str, identity: bytes, bundle: Bundle, max_memory_mb: int,
         fresh: bool = False,
     ) -> None:
-        self.script_path = script_path
+        self.bundle = bundle
         self.max_memory_bytes = max_memory_mb * 1024 * 1024
         self.fresh = fresh
         self._events: deque[tuple[bytes, Event]] = deque()
@@ -77,8 +79,6 @@ class Engine:
         self._interrupts: set[int] = set()
         """Local keys of cancelled requests to stop if their code runs in this step."""
         self._parent = os.getppid()
-        with open(script_path, encoding="utf-8") as handle:
-            self.source = handle.read()
         self.runtimes: dict[bytes, Runtime] = {}
         self._spare: Runtime | None = self._build(POOLED)   # ScriptError before any socket
         self.methods = self._spare.methods
@@ -92,7 +92,7 @@ class Engine:
 
     def _build(self, slot: bytes) -> Runtime:
         return Runtime(
-            self.source, self.script_path, lambda event: self._on_event(slot, event),
+            self.bundle, "", lambda event: self._on_event(slot, event),
             max_memory_bytes=self.max_memory_bytes,
         )
 
@@ -306,11 +306,19 @@ def _limit_data(max_memory_mb: int) -> None:
         log.warning("could not set RLIMIT_DATA: %s", exc)
 
 
+def _read_bundle(path: str, origin: str) -> Bundle:
+    with open(path, "rb") as handle:
+        return decode_bundle(handle.read(), origin)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="madrpc.engine", description=__doc__)
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--identity", required=True)
-    parser.add_argument("--script", required=True)
+    parser.add_argument("--bundle", required=True,
+                        help="The script bundle's file (madrpc.bundle.Bundle.encode).")
+    parser.add_argument("--origin", default="",
+                        help="The folder the bundle came from, for messages.")
     parser.add_argument("--max-memory-mb", type=int, default=256)
     parser.add_argument("--v8-flag", action="append", default=[])
     parser.add_argument("--fresh-context", action="store_true")
@@ -328,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     init_engine(flags)
     try:
         engine = Engine(
-            args.endpoint, args.identity.encode(), args.script, args.max_memory_mb,
+            args.endpoint, args.identity.encode(), _read_bundle(args.bundle, args.origin),
+            args.max_memory_mb,
             fresh=args.fresh_context,
         )
     except (ScriptError, OSError) as exc:

@@ -11,7 +11,9 @@ when an engine dies or the script is reloaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ import psutil
 import zmq
 
 from . import engine_protocol as ep
+from .bundle import Bundle
 from .config import WorkerConfig
 from .sockets import bind_private, make_socket, remove_private_directory, send_frames
 
@@ -32,6 +35,9 @@ log = logging.getLogger(__name__)
 
 ENGINE_STOP_TIMEOUT_S = 2.0
 """How long engines get to exit after STOP before they are killed."""
+BUNDLES_KEPT = 2
+"""Script bundle files kept beside the socket (the one engines start with now, and the
+one before it, which an engine started just before a reload may still be reading)."""
 
 
 @dataclass
@@ -41,16 +47,19 @@ class EngineProcess:
     popen: subprocess.Popen[bytes]
     replaces: int | None = None
     """For a script reload: the slot this engine takes over once it is ready."""
+    version: str = ""
+    """The script version it loads."""
     stopping: bool = False
 
 
 class EnginePool:
     """The engine processes of one worker and the socket they talk on."""
 
-    def __init__(self, context: zmq.Context[Any], config: WorkerConfig, script: str,
-                 log_level: str) -> None:
+    def __init__(self, context: zmq.Context[Any], config: WorkerConfig, log_level: str) -> None:
         self.config = config
-        self.script = script
+        self.bundle: Bundle | None = None
+        """The script engines started from now on load (see :meth:`use`)."""
+        self._bundle_files: list[str] = []
         self.log_level = log_level
         self.socket = make_socket(context, zmq.ROUTER, hwm=config.hwm, router_mandatory=True)
         try:
@@ -63,25 +72,50 @@ class EnginePool:
         """Slot -> identity of the process serving it now."""
         self._spawned = 0
 
+    def use(self, bundle: Bundle) -> None:
+        """Engines started from now on load ``bundle`` (written to a file only this user
+        can read, beside the engines' socket)."""
+        path = os.path.join(self._directory, f"script-{bundle.version}.json")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(bundle.encode())
+        self.bundle = bundle
+        if path in self._bundle_files:
+            self._bundle_files.remove(path)
+        self._bundle_files.append(path)
+        while len(self._bundle_files) > BUNDLES_KEPT:
+            old = self._bundle_files.pop(0)
+            with contextlib.suppress(OSError):
+                os.remove(old)
+
     def spawn(self, slot: int, replaces: int | None = None) -> EngineProcess:
-        """Start a process for ``slot``; it reports READY (or LOADERR) when loaded."""
+        """Start a process for ``slot`` with the bundle in :meth:`use`; it reports READY
+        (or LOADERR) when loaded."""
+        bundle = self.bundle
+        if bundle is None:
+            raise RuntimeError("EnginePool.spawn before use(bundle)")
         self._spawned += 1
         identity = b"e%d.%d" % (slot, self._spawned)
         command = [
             sys.executable, "-m", "madrpc.engine",
             "--endpoint", self.endpoint,
             "--identity", identity.decode(),
-            "--script", self.script,
+            "--bundle", self._bundle_files[-1],
+            "--origin", bundle.origin,
             "--max-memory-mb", str(self.config.max_memory_mb),
             "--log-level", self.log_level,
             *[f"--v8-flag={flag}" for flag in self.config.v8_flags],
             *(["--fresh-context"] if self.config.fresh_context else []),
         ]
         popen = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        process = EngineProcess(slot, identity, popen, replaces)
+        process = EngineProcess(slot, identity, popen, replaces, bundle.version)
         self.processes[identity] = process
         self.current[slot] = identity
         return process
+
+    def rolling(self) -> bool:
+        """Whether engines started to replace others (a reload) are still loading."""
+        return any(p.replaces is not None and not p.stopping for p in self.processes.values())
 
     def send(self, slot: int, frames: list[bytes]) -> None:
         """To the process serving ``slot`` (nothing if none does)."""

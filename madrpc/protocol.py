@@ -29,6 +29,7 @@ __all__ = [
     "CREDIT",
     "DISCONNECT",
     "DRAIN",
+    "FETCH",
     "HEARTBEAT",
     "KEY_SIZE",
     "MORE",
@@ -40,6 +41,7 @@ __all__ = [
     "REPLY",
     "REQUEST",
     "RESULT",
+    "SCRIPT",
     "TAG",
     "Message",
     "RequestMeta",
@@ -83,10 +85,14 @@ ADOPT = b"ADOPT"          # W->B  ([adopt meta][method][idempotency key][fragmen
 PARTIAL = b"PARTIAL"      # W->B  ([request key][items])+   B->W  ([call key][items])+
 MORE = b"MORE"            # B->W  ([request key][n])+       W->B  ([call key][n])+
 ABANDON = b"ABANDON"      # W->B  [call key]+: the worker's code no longer wants that call
+# Code shipped through the grid (docs/protocol.md §5.13): a worker started without a
+# script asks for the grid's current version; the broker sends it, and every new one.
+FETCH = b"FETCH"          # W->B  [version it runs, or empty]
+SCRIPT = b"SCRIPT"        # B->W  [version][bundle json]; [version]: nothing newer; none yet: []
 
 COMMANDS = frozenset(
     {READY, HEARTBEAT, DISCONNECT, REQUEST, REPLY, CREDIT, CALL, RESULT, CANCEL, DRAIN, ADOPT,
-     PARTIAL, MORE, ABANDON}
+     PARTIAL, MORE, ABANDON, FETCH, SCRIPT}
 )
 
 _KEY = struct.Struct(">Q")
@@ -194,6 +200,10 @@ def _check_shape(message: Message) -> None:
         )
     elif command == DRAIN:
         ok = count == 0
+    elif command == FETCH:
+        ok = count <= 1
+    elif command == SCRIPT:
+        ok = count <= 2
     elif command == ADOPT:
         ok = count > 0 and count % 4 == 0 and all(
             len(frames[i]) == _ADOPT_META.size for i in range(0, count, 4)

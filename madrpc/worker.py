@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket as socketlib
 import threading
 import time
@@ -21,10 +20,13 @@ import zmq
 from . import engine_protocol as ep
 from . import protocol as p
 from .__about__ import __version__
+from .bundle import Bundle
 from .config import WorkerConfig
 from .engine_pool import EnginePool, EngineProcess
 from .errors import ProtocolError, WorkerStartError
+from .worker_fleet import EngineFleet
 from .worker_link import BrokerLink
+from .worker_script import WATCH_INTERVAL_S, WorkerScript
 from .worker_state import WorkerState
 
 __all__ = ["Worker"]
@@ -34,15 +36,8 @@ js_log = logging.getLogger("madrpc.js")
 
 TICK_S = 0.05
 """How often heartbeats, broker liveness and engine processes are checked."""
-ENGINE_START_TIMEOUT_S = 60.0
-"""How long engines may take to build their context and load the script."""
-LOADERR_GRACE_MS = 1000
-"""After an engine exits at start-up, how long its load error report may take to arrive."""
-WATCH_INTERVAL_S = 0.5
-"""How often --watch looks at the script's modification time."""
 _JS_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
               "error": logging.ERROR}
-_OOM_SIGNALS = {-signal.SIGTRAP, -signal.SIGABRT, -signal.SIGKILL, -signal.SIGSEGV}
 
 
 class Worker:
@@ -53,22 +48,27 @@ class Worker:
         *, engine_log_level: str = "WARNING",
     ) -> None:
         self.config = config
-        self.script = os.path.abspath(config.script)
+        self.code = WorkerScript(config.script, config.watch)
+        self.script = self.code.name
+        self.script_version = ""
+        """The version of the script the newest engines run."""
         self.engine_log_level = engine_log_level
         self._own_context = context is None
         self.context = context or zmq.Context()
         self.state = WorkerState(config)
         self.worker_id = f"{socketlib.gethostname()}:{os.getpid()}"
-        self.pool = EnginePool(self.context, config, self.script, engine_log_level)
+        self.pool = EnginePool(self.context, config, engine_log_level)
         self.methods: list[str] = []
         self.v8 = ""
         self.link = BrokerLink(self.context, config)
         self._resend_calls_at: float | None = None
         self._stop_requested = threading.Event()
+        self.fleet = EngineFleet(self.pool, self.state, config.contexts, self._stop_requested,
+                                 self._drain_engines)
         self._drain = True
         self._drain_until: float | None = None
-        self._script_mtime = self._mtime()
         self._process = psutil.Process(os.getpid())
+        self._said_registered = False
         self.connected = self.link.connected
         """Set while the worker is registered with a broker (for tests and embedding)."""
 
@@ -80,9 +80,12 @@ class Worker:
         self._stop_requested.set()
 
     def run(self) -> int:
-        """Start engines, register, serve until stopped. 0 on a clean stop, 1 on failure."""
+        """Start engines, register, serve until stopped. 0 on a clean stop, 1 on failure.
+        Without a script of its own, the worker asks the grid for its script and starts
+        engines when one comes."""
         try:
-            self._start_engines()
+            if not self.code.deployed:
+                self._start_engines(self.code.load_local())
         except WorkerStartError as exc:
             log.error("%s", exc)
             self._shutdown()
@@ -94,32 +97,11 @@ class Worker:
             self._shutdown()
         return 0
 
-    def _start_engines(self) -> None:
-        for _ in range(self.config.contexts):
-            self.pool.spawn(self.state.add_engine())
-        deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
-        while not any(e.ready for e in self.state.engines.values()):
-            if self._stop_requested.is_set():
-                raise WorkerStartError("stopped while starting")
-            if time.monotonic() > deadline:
-                raise WorkerStartError(
-                    f"engines did not start within {ENGINE_START_TIMEOUT_S:.0f} s"
-                )
-            if self.pool.socket.poll(100):
-                self._drain_engines(time.monotonic(), starting=True)
-            dead = self.pool.first_exit()
-            if dead is not None:
-                # Its LOADERR may still be on the way: read it before giving up.
-                if self.pool.socket.poll(LOADERR_GRACE_MS):
-                    self._drain_engines(time.monotonic(), starting=True)
-                raise WorkerStartError(
-                    f"engine process exited with status {dead.popen.returncode} while "
-                    f"loading {self.script}"
-                )
+    def _start_engines(self, bundle: Bundle) -> None:
+        self.fleet.start(bundle, self.script)
         if not self.methods:
             raise WorkerStartError(
-                f"{self.script} registers no functions: call madrpc.register(name, fn)"
-            )
+                f"{self.script} registers no functions: call madrpc.register(name, fn)")
 
     def _shutdown(self) -> None:
         self.pool.close()
@@ -132,7 +114,14 @@ class Worker:
 
     def _connect(self, now: float) -> None:
         self.link.connect(now)
-        self._send_ready()
+        if self.methods:
+            self._send_ready()
+        else:
+            self._fetch()
+
+    def _fetch(self) -> None:
+        """Ask for the grid's script (we have none that loaded yet)."""
+        self.link.send(p.message(p.FETCH, self.code.latest.encode()))
 
     def _send_ready(self, update: bool = False) -> None:
         info = {
@@ -145,6 +134,8 @@ class Worker:
             "version": __version__,
             "v8": self.v8,
             "script": self.script,
+            "script_version": self.script_version,
+            "deployed": self.code.deployed,
             "update": update,
         }
         self.link.send(p.json_message(p.READY, info))
@@ -174,6 +165,8 @@ class Worker:
             self.state.on_grants(message.pairs())
         elif command == p.CANCEL:
             self.state.on_cancels(message.frames)
+        elif command == p.SCRIPT and self.code.deployed:
+            self._on_script(message.frames)
         elif command == p.DISCONNECT:
             reason = p.disconnect_reason(message)
             self._broker_lost(now, f"asked us to disconnect ({reason})", at_once=True)
@@ -199,6 +192,12 @@ class Worker:
                          len(state.requests), len(state.handover.recent))
         if self.link.registered(instance):
             log.info("registered with broker %s again", self.config.broker)
+        elif not self._said_registered:
+            self._said_registered = True
+            log.info("registered with broker %s: %d contexts, %d functions (%s)",
+                     self.config.broker, self.config.contexts, len(self.methods),
+                     ", ".join(sorted(self.methods)[:8])
+                     + (", ..." if len(self.methods) > 8 else ""))
 
     # ================================================================ the loop
 
@@ -280,6 +279,7 @@ class Worker:
             if proc.replaces is not None:
                 log.error("the changed script failed to load; keeping the old one: %s",
                           message.message)
+                self.code.failed(message.message)
                 self.pool.release(proc.slot)
                 self.state.remove_engine(proc.slot, now)
             else:
@@ -292,15 +292,19 @@ class Worker:
         if proc.replaces is not None and proc.replaces in self.state.engines:
             self.state.retire_engine(proc.replaces)
             proc.replaces = None
-        if methods != self.methods:
-            changed = bool(self.methods)
+        first = not self.methods
+        # The version changes once every context runs it: then no old engine takes work.
+        new_version = proc.version != self.script_version and not self.pool.rolling()
+        if methods != self.methods or new_version:
             self.methods = methods
-            if changed:
-                log.info("script reloaded: %d functions", len(methods))
+            if new_version:
+                self.script_version = proc.version
+            if not first:
+                log.info("script version %s loaded: %d functions", proc.version, len(methods))
                 self._send_ready(update=True)
 
     def _tick(self, now: float) -> None:
-        self._check_engines(now)
+        self.fleet.check(now)
         self.link.check_handshakes()
         if self._resend_calls_at is not None and now >= self._resend_calls_at:
             self._resend_calls_at = None
@@ -311,11 +315,16 @@ class Worker:
         elif self.link.silent(now):
             self._broker_lost(now, "silent for too long")
         elif self.link.heartbeat_due(now):
-            self.link.send(p.json_message(p.HEARTBEAT, self._snapshot(now)))
+            if self.methods:
+                self.link.send(p.json_message(p.HEARTBEAT, self._snapshot(now)))
+            else:   # still waiting for the grid's script: ask again (the answer is heard)
+                self._fetch()
 
     def _snapshot(self, now: float) -> dict[str, Any]:
         """Heartbeat body: the state's figures plus CPU and memory of us and our engines."""
         snapshot = self.state.snapshot(now)
+        if self.code.error is not None:
+            snapshot["script_error"] = self.code.error[:1000]
         try:
             processes = [self._process, *self.pool.psutil_processes()]
             snapshot["cpu_percent"] = round(sum(pr.cpu_percent() for pr in processes), 1)
@@ -324,42 +333,33 @@ class Worker:
             pass
         return snapshot
 
-    def _check_engines(self, now: float) -> None:
-        """Stop engines that retired and hold nothing; replace engines that died."""
-        for slot in self.state.idle_retired():
-            self.pool.release(slot)
-            self.state.remove_engine(slot, now)
-        for proc, code in self.pool.exited():
-            detail = f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
-            engine = self.state.engines.get(proc.slot)
-            if engine is None or engine.retiring or proc.replaces is not None:
-                self.pool.current.pop(proc.slot, None)
-                self.state.remove_engine(proc.slot, now)
-                continue
-            log.warning("engine %d (pid %d) died: %s; starting a new one",
-                        proc.slot, proc.popen.pid, detail)
-            self.state.on_engine_died(proc.slot, detail, code in _OOM_SIGNALS, now)
-            self.pool.spawn(proc.slot)
-
-    # ================================================================ --watch
-
-    def _mtime(self) -> float:
-        try:
-            return os.stat(self.script).st_mtime
-        except OSError:
-            return 0.0
+    # ================================================================ new code
 
     def _check_script(self, now: float) -> None:
-        """On a change, start one engine per context with the new script; each old engine
-        retires (finishing what it holds) when a new one is ready."""
-        mtime = self._mtime()
-        if mtime == self._script_mtime or mtime == 0.0:
+        """--watch: a file of the script changed."""
+        bundle = self.code.changed_on_disk()
+        if bundle is not None:
+            log.info("%s changed: starting engines with the new script", self.script)
+            self.fleet.roll_to(bundle)
+
+    def _on_script(self, frames: list[bytes]) -> None:
+        """The grid's script (SCRIPT): the first one starts the engines and registers us;
+        a later one rolls the engines over to it."""
+        bundle = self.code.from_grid(frames, self.config.broker)
+        if bundle is None:
             return
-        self._script_mtime = mtime
-        log.info("%s changed: starting engines with the new script", self.script)
-        for engine in list(self.state.engines.values()):
-            if not engine.retiring:
-                self.pool.spawn(self.state.add_engine(), replaces=engine.index)
+        if self.methods:
+            self.fleet.roll_to(bundle)
+            return
+        try:
+            self._start_engines(bundle)
+        except WorkerStartError as exc:
+            log.error("script version %s failed to load; waiting for another: %s",
+                      bundle.version, exc)
+            self.code.failed(str(exc))
+            self.fleet.stop_all(time.monotonic())
+            return
+        self._send_ready()
 
     # ================================================================ output
 
