@@ -53,6 +53,12 @@ class Backend:
             if message.command == p.READY:
                 self._on_ready(identity, message, now, peer)
                 return
+            if message.command == p.FETCH:
+                if self.keys is not None and not self.keys.allows(WORKER, peer):
+                    raise ProtocolError("FETCH from a key that may not be a worker")
+                version = message.frames[0].decode(errors="replace") if message.frames else ""
+                self.core.scripts.on_fetch(identity, version)
+                return
             worker = self.core.workers.get(identity)
             if worker is None or (self.keys is not None and worker.key != peer):
                 self._on_stranger(identity, message)
@@ -158,6 +164,7 @@ class Backend:
             identity.hex(), info.get("host"), info.get("pid"), info.get("contexts"),
             credit, len(methods),
         )
+        core.scripts.on_registered(identity, info)
         core.dispatcher.serve(worker, now)
         for request, refusal in core.dispatcher.unservable():
             core.refuse(request, refusal, now)

@@ -19,6 +19,7 @@ from .broker_figures import BrokerFigures
 from .broker_info import BUILTIN_METHODS, GridReport
 from .broker_outbox import Outbox
 from .broker_requests import RequestTable
+from .broker_scripts import Deployments, ScriptStore
 from .broker_tables import (
     ADOPTED,
     Batch,
@@ -61,8 +62,10 @@ class BrokerCore:
         self.clients = ClientTable(config.max_client_requests, config.client_rate,
                                    config.client_burst)
         self.backlog = ReplyBacklog(config.max_client_backlog_bytes)
+        self.scripts = Deployments(ScriptStore(config.state_dir), self.workers, self.outbox)
         self.report = GridReport(config, self.run, self.figures, self.workers, self.requests,
-                                 self.idempotency, self.clients, self.backlog)
+                                 self.idempotency, self.clients, self.backlog,
+                                 self.scripts.store)
 
     # ------------------------------------------------------------ admission
 

@@ -13,7 +13,8 @@ import logging
 from .broker_core import BrokerCore
 from .broker_tables import Batch
 from .curve import ADMIN, KeyRing
-from .errors import ErrorCode
+from .endpoints import is_private
+from .errors import ErrorCode, ScriptError
 from .jsonrpc import (
     NULL,
     Call,
@@ -26,10 +27,13 @@ from .jsonrpc import (
     parse_frame,
 )
 
-__all__ = ["CANCEL_METHOD", "MORE_METHOD", "Frontend"]
+__all__ = ["CANCEL_METHOD", "DEPLOY_METHOD", "MORE_METHOD", "Frontend"]
 
 CANCEL_METHOD = "_cancel"
 """The built-in a client sends to cancel one of its requests: ``{"id": <its id>}``."""
+DEPLOY_METHOD = "_deploy"
+"""The admin built-in ``madrpc deploy`` sends: ``{"bundle": {...}}`` or
+``{"rollback": true}`` (see :mod:`madrpc.broker_scripts`)."""
 MORE_METHOD = "_more"
 """The built-in a client sends as it takes a stream's items: ``{"id": <its id>, "n": k}``
 (it took k more items; the stream may run k further ahead)."""
@@ -70,6 +74,9 @@ class Frontend:
                 return
             if parsed.method == MORE_METHOD:
                 self._more(parsed, now, route)
+                return
+            if parsed.method == DEPLOY_METHOD:
+                self._deploy(parsed, now, route, admin)
                 return
             if parsed.is_notification and parsed.options.stream_window is not None:
                 core.figures.dropped["stream without an id"] += 1   # nowhere to send items
@@ -127,6 +134,28 @@ class Frontend:
             granted = self.core.grant(stream, items) if stream is not None else 0
             fragment = b'"result":' + json_dumps({"granted": granted})
         self.core.answer(call, now, fragment, route=route, batch=batch, index=index)
+
+    def _deploy(self, call: Call, now: float, route: list[bytes], admin: bool) -> None:
+        """``_deploy``: a new script version for the grid, or back to the previous one.
+        With CURVE only admin keys may; without, only a broker whose frontend only this
+        machine can reach (loopback or ipc) takes deploys."""
+        core = self.core
+        if self.keys is None and not is_private(core.config.frontend):
+            code, message = ErrorCode.FORBIDDEN, (
+                "Forbidden: deploying needs CURVE and an admin key on a broker other "
+                "machines can reach (see docs/security.md)")
+        elif not admin:
+            code, message = ErrorCode.FORBIDDEN, "Forbidden: _deploy needs an admin key"
+        else:
+            try:
+                outcome = core.scripts.deploy(call.params)
+            except ScriptError as exc:
+                code, message = ErrorCode.INVALID_PARAMS, f"Invalid params: {exc}"
+            else:
+                core.answer(call, now, b'"result":' + json_dumps(outcome), route=route)
+                return
+        core.figures.error(code)
+        core.answer(call, now, error_fragment(code, message), route=route)
 
     def _forbid(self, route: list[bytes], parsed: Parsed) -> None:
         """Answer every member of a frame from a key no longer allowed with -32010."""

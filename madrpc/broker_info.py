@@ -19,6 +19,7 @@ from .__about__ import __version__
 from .broker_clients import ClientTable, ReplyBacklog
 from .broker_figures import BrokerFigures
 from .broker_requests import RequestTable
+from .broker_scripts import ScriptStore
 from .broker_tables import BrokerRun, WorkerRecord
 from .broker_workers import WorkerTable
 from .config import BrokerConfig
@@ -42,7 +43,7 @@ class GridReport:
     def __init__(
         self, config: BrokerConfig, run: BrokerRun, figures: BrokerFigures,
         workers: WorkerTable, requests: RequestTable, idempotency: IdempotencyTable,
-        clients: ClientTable, backlog: ReplyBacklog,
+        clients: ClientTable, backlog: ReplyBacklog, scripts: ScriptStore | None = None,
     ) -> None:
         self.config = config
         self.run = run
@@ -52,6 +53,8 @@ class GridReport:
         self.idempotency = idempotency
         self.clients = clients
         self.backlog = backlog
+        self.scripts = scripts if scripts is not None else ScriptStore(None)
+        """The deployed script versions (``madrpc deploy``)."""
         self.curve = False
         """Whether the broker has CURVE (set by the broker that owns this report)."""
 
@@ -97,6 +100,11 @@ class GridReport:
         return None, _result({"worker": worker.id, "paused": worker.paused,
                               "in_flight": len(worker.in_flight)})
 
+    def _script_version(self) -> str | None:
+        """The grid's current deployed version, if any."""
+        current = self.scripts.current
+        return current.version if current is not None else None
+
     def metrics(self, now: float) -> dict[str, Any]:
         """The whole grid in one object: broker, workers, methods (``_metrics``)."""
         return {
@@ -104,6 +112,7 @@ class GridReport:
             "workers": [self.worker_summary(w, now) for w in self.workers.values()],
             "methods": self.method_summaries(),
             "rate_history": self.figures.rate.history(now, RATE_HISTORY_S),
+            "script_version": self._script_version(),
             "time": now,
         }
 
@@ -183,6 +192,9 @@ class GridReport:
             "missed_heartbeats": max(0, int((now - heard) / worker.heartbeat.interval_s)),
             "circuit": worker.breaker.to_dict(now),
             "uptime_s": round(now - worker.joined_at, 3),
+            "script_version": info.get("script_version"),
+            "deployed": bool(info.get("deployed")),
+            "script_error": stats.get("script_error"),
         }
 
     def worker_detail(self, worker: WorkerRecord, now: float) -> dict[str, Any]:
@@ -247,10 +259,12 @@ class GridReport:
                 "max_methods_reported": config.max_methods_reported,
             },
             "curve": self.curve,
+            "script": {"version": self._script_version(), **self.scripts.describe()},
             "methods": served,
             "workers": [
                 {"id": w.id, **{k: w.info.get(k) for k in ("host", "pid", "contexts",
-                                                            "version", "script")}}
+                                                            "version", "script",
+                                                            "script_version")}}
                 for w in workers
             ],
         }

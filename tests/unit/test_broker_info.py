@@ -96,7 +96,8 @@ def test_metrics_holds_broker_workers_methods_rate_history_and_time() -> None:
 
     result = ask(report, "_metrics", now=STARTED + 5.0)
 
-    assert set(result) == {"broker", "workers", "methods", "rate_history", "time"}
+    assert set(result) == {"broker", "workers", "methods", "rate_history", "script_version",
+                           "time"}
     assert result["time"] == STARTED + 5.0
     assert [w["id"] for w in result["workers"]] == ["host-a:11"]
 
@@ -445,9 +446,9 @@ def test_info_lists_each_worker_with_its_host_pid_contexts_version_and_script() 
 
     assert ask(report, "_info")["workers"] == [
         {"id": "host-a:11", "host": "host-a", "pid": 11, "contexts": 4, "version": "1.0",
-         "script": "a.js"},
+         "script": "a.js", "script_version": None},
         {"id": "09", "host": None, "pid": None, "contexts": None, "version": None,
-         "script": None},
+         "script": None, "script_version": None},
     ]
 
 

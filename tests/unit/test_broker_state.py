@@ -700,7 +700,8 @@ def test_metrics_is_answered_by_the_broker_with_its_documented_keys() -> None:
     assert out.backend == []
     [(_, response)] = out.replies
     result = response["result"]
-    assert set(result) == {"broker", "workers", "methods", "rate_history", "time"}
+    assert set(result) == {"broker", "workers", "methods", "rate_history", "script_version",
+                           "time"}
     assert result["broker"]["workers"] == 1
     assert [w["identity"] for w in result["workers"]] == [W1.hex()]
 
@@ -729,6 +730,7 @@ def test_info_is_answered_by_the_broker_with_its_documented_keys() -> None:
     result = response["result"]
     assert set(result) == {
         "versions", "host", "endpoints", "heartbeat", "limits", "methods", "workers", "curve",
+        "script",
     }
     assert result["methods"] == {"add": [W1.hex()], "mul": [W1.hex()]}
 
