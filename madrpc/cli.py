@@ -1,5 +1,5 @@
 """The ``madrpc`` command (click): the grid's servers (:mod:`madrpc.cli_servers`) and the
-commands that use a grid: call, map, run, top, drain, keygen.
+commands that use a grid: call, map, run, top, drain, deploy, keygen.
 
 Client commands reach the broker at ``--broker`` (``MADRPC_BROKER``) and, when it has
 CURVE, with ``--curve-secret`` (``MADRPC_CURVE_SECRET``) and ``--server-key``
@@ -18,6 +18,7 @@ import click
 import orjson
 
 from . import config as cfg
+from .cli_deploy import deploy_command
 from .cli_servers import broker_command, worker_command
 from .cli_support import (
     call_limit_options,
@@ -304,6 +305,7 @@ main.add_command(top_command)
 main.add_command(map_command)
 main.add_command(drain_command)
 main.add_command(keygen_command)
+main.add_command(deploy_command)
 
 
 def broker_main() -> None:
