@@ -2,45 +2,110 @@
 
 Each screen line is a list of ``(text, style)`` segments; the curses shell maps styles to
 colours, and :func:`plain` joins them for ``--once`` and tests. Nothing here touches a
-terminal, a socket or a clock.
+terminal, a socket or a clock. Every line fits the width it is given, from 80 columns up:
+figures are abbreviated to fit (239k, 1.2G, 12ms), never cut (see :mod:`madrpc.table_view`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["SORT_KEYS", "ViewState", "plain", "render", "sparkline", "worker_health"]
+from .table_view import (
+    OPTIONAL,
+    Column,
+    Field,
+    bytes_forms,
+    count_forms,
+    ellipsize,
+    fit,
+    fit_fields,
+    ms_forms,
+    percent_forms,
+    rate_forms,
+    seconds_forms,
+    table_lines,
+    text_forms,
+)
+
+__all__ = [
+    "METHOD_COLUMNS", "METHOD_SORTS", "WORKER_COLUMNS", "WORKER_SORTS", "Sort", "ViewState",
+    "plain", "render", "sparkline", "worker_health", "worker_state",
+]
 
 Segment = tuple[str, str]
 Line = list[Segment]
+Row = Mapping[str, Any]
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 SPARK_ASCII = "_.-=+*#@"
-SORT_KEYS: dict[str, tuple[str, Callable[[dict[str, Any]], Any], bool]] = {
-    # key: (label, sort key, descending)
-    "r": ("req/s", lambda w: w.get("req_per_s") or 0.0, True),
-    "l": ("p99 latency", lambda w: w.get("p99_ms") or 0.0, True),
-    "e": ("errors", lambda w: w.get("errors") or 0, True),
-    "c": ("cpu", lambda w: w.get("cpu_percent") or 0.0, True),
-    "n": ("name", lambda w: str(w.get("id")), False),
+VERSION_CHARS = 7
+"""A script version (a content hash) is shown by its first characters, as git does."""
+
+
+class Sort(NamedTuple):
+    """A sort order of one view's table."""
+
+    label: str
+    """As the footer names the current order: "[workers by p99 latency]"."""
+    hints: tuple[str, ...]
+    """As the footer names the key, fullest first: "l latency" or "l p99"."""
+    key: Callable[[Row], Any]
+    descending: bool
+
+
+def _figure(name: str) -> Callable[[Row], float]:
+    def figure(row: Row) -> float:
+        value = row.get(name)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+    return figure
+
+
+WORKER_SORTS: dict[str, Sort] = {
+    "r": Sort("req/s", ("req/s",), _figure("req_per_s"), True),
+    "l": Sort("p99 latency", ("latency", "p99"), _figure("p99_ms"), True),
+    "e": Sort("errors", ("errors", "err"), _figure("errors"), True),
+    "c": Sort("cpu", ("cpu",), _figure("cpu_percent"), True),
+    "n": Sort("name", ("name",), lambda w: str(w.get("id")), False),
 }
+METHOD_SORTS: dict[str, Sort] = {
+    "r": Sort("requests", ("requests", "reqs"), _figure("requests"), True),
+    "l": Sort("p99 latency", ("latency", "p99"), _figure("p99_ms"), True),
+    "e": Sort("errors", ("errors", "err"), _figure("errors"), True),
+    "n": Sort("name", ("name",), lambda m: str(m.get("name")), False),
+}
+"""Each view sorts its own table: the methods view has no CPU, and req/s is requests."""
 
 
 @dataclass
 class ViewState:
-    """What the user chose: sort order, view, scroll position."""
+    """What the user chose: the view, each view's sort order, the scroll position."""
 
     sort: str = "r"
+    """The workers view's sort key."""
+    method_sort: str = "r"
+    """The methods view's sort key."""
     methods: bool = False
     scroll: int = 0
     unicode: bool = True
 
+    def sorts(self) -> dict[str, Sort]:
+        """The sort keys of the current view (the ones its footer offers)."""
+        return METHOD_SORTS if self.methods else WORKER_SORTS
+
+    def current_sort(self) -> Sort:
+        sorts = self.sorts()
+        return sorts.get(self.method_sort if self.methods else self.sort, sorts["r"])
+
     def handle_key(self, key: str) -> bool:
-        """Apply a key press; False for keys that mean nothing here."""
-        if key in SORT_KEYS:
-            self.sort, self.scroll = key, 0
+        """Apply a key press; False for keys that mean nothing in the current view."""
+        if key in self.sorts():
+            if self.methods:
+                self.method_sort = key
+            else:
+                self.sort = key
+            self.scroll = 0
         elif key == "m":
             self.methods, self.scroll = not self.methods, 0
         elif key == "down":
@@ -56,6 +121,9 @@ class ViewState:
         else:
             return False
         return True
+
+    def ellipsis(self) -> str:
+        return "…" if self.unicode else "~"
 
 
 def sparkline(values: list[int], width: int, unicode: bool = True) -> str:
@@ -79,31 +147,26 @@ def render(
 ) -> list[Line]:
     """The whole screen. ``status`` (e.g. "broker unreachable, retrying") overrides the
     header's state; ``snapshot`` may be stale or None."""
-    lines: list[Line] = []
-    header = f"madrpc top  {endpoint}"
-    if snapshot is not None:
-        broker = snapshot.get("broker", {})
-        header += (f"  up {_duration(broker.get('uptime_s'))}  workers "
-                   f"{broker.get('workers', 0)} ({broker.get('contexts', 0)} contexts)")
-    lines.append([(_fit(header, width - len(clock) - 1), "title"), (" " + clock, "title")])
+    lines: list[Line] = [_title(snapshot, view, endpoint, width, clock)]
     if status is not None:
-        lines.append([(_fit(status, width), "bad")])
+        lines.append([(ellipsize(status, width, view.ellipsis()), "bad")])
     if snapshot is None:
-        lines.append([(_fit("waiting for the first snapshot ...", width), "dim")])
+        waiting = ellipsize("waiting for the first snapshot ...", width, view.ellipsis())
+        lines.append([(waiting, "dim")])
         return _screen(lines, [], view, height, width)
     lines += _summary(snapshot, view, width)
     lines.append([])
     if view.methods:
-        table = _methods_table(snapshot.get("methods", {}), width)
+        table = _methods_table(snapshot.get("methods") or {}, view, width)
     else:
-        table = _workers_table(snapshot.get("workers", []), view, width)
+        table = _workers_table(snapshot.get("workers") or [], view, width)
     return _screen(lines, table, view, height, width)
 
 
 def _screen(top: list[Line], table: list[Line], view: ViewState, height: int,
             width: int) -> list[Line]:
     """Header lines, then as much of the table as fits (scrolled), then the footer."""
-    footer: Line = [(_fit(_footer(view), width), "footer")]
+    footer = _footer(view, width)
     if not table:
         return (top + [footer])[:height]
     room = max(0, height - len(top) - 2)   # the table's header line and the footer
@@ -112,70 +175,149 @@ def _screen(top: list[Line], table: list[Line], view: ViewState, height: int,
     shown = rows[view.scroll:view.scroll + room]
     more = len(rows) - view.scroll - len(shown)
     if more > 0 and shown:
-        shown[-1] = [(_fit(f"... {more + 1} more (arrows / PgDn to scroll)", width), "dim")]
+        text = f"... {more + 1} more (arrows / PgDn to scroll)"
+        shown[-1] = [(ellipsize(text, width, view.ellipsis()), "dim")]
     lines = top + [head] + shown
     lines += [[] for _ in range(max(0, height - len(lines) - 1))]
     return (lines + [footer])[:height]
 
 
+def _title(snapshot: dict[str, Any] | None, view: ViewState, endpoint: str, width: int,
+           clock: str) -> Line:
+    """``madrpc top``, the endpoint, uptime, workers, the grid's script version; the clock
+    at the right. The rest is shortened (and then left out) before the endpoint is cut."""
+    clock = f" {clock}" if clock and width >= 30 else ""
+    room = width - len(clock)
+    fields = [Field(["madrpc top"], rank=0),
+              Field(text_forms(endpoint, 12, view.ellipsis()), rank=1)]
+    if snapshot is not None:
+        broker = snapshot.get("broker") or {}
+        workers = fit(count_forms(broker.get("workers", 0)), 5)
+        contexts = fit(count_forms(broker.get("contexts", 0)), 5)
+        fields += [
+            Field([f"up {_duration(broker.get('uptime_s'))}"], rank=3),
+            Field([f"workers {workers} ({contexts} contexts)",
+                   f"workers {workers} ({contexts} ctx)", f"workers {workers}"], rank=2),
+        ]
+        version = snapshot.get("script_version") or broker.get("script_version")
+        if version:
+            short = str(version)[:VERSION_CHARS]
+            fields.append(Field([f"version {short}", f"ver {short}"], rank=4))
+    text = "".join(part for part, _ in fit_fields(fields, room))
+    return [(text.ljust(room), "title"), (clock, "title")] if clock else [(text, "title")]
+
+
+def _labelled(labels: Sequence[str], values: Sequence[str]) -> list[str]:
+    """Each value with each label, exact values first: "requests 90328", "reqs 90328" ..."""
+    return [f"{label} {value}" for value in values for label in labels]
+
+
 def _summary(snapshot: dict[str, Any], view: ViewState, width: int) -> list[Line]:
-    broker = snapshot.get("broker", {})
-    rate = broker.get("req_per_s") or 0.0
+    broker = snapshot.get("broker") or {}
+    rate = fit(rate_forms(broker.get("req_per_s") or 0.0), 9)
+    label = f"req/s {rate:>9}  " if width >= 17 else f"req/s {rate}"
     history = snapshot.get("rate_history") or []
-    label = f"req/s {rate:9.1f}  "
     spark = sparkline(history, max(0, min(60, width - len(label) - 2)), view.unicode)
-    errors = broker.get("errors", 0)
-    dropped = broker.get("dropped_frames", 0)
-    latency = broker.get("latency", {})
-    line2 = (f"in flight {broker.get('in_flight', 0)}  queued {broker.get('queue_depth', 0)}"
-             f"  clients {broker.get('clients_seen', 0)}  requests {broker.get('requests', 0)}"
-             f"  requeued {broker.get('requeued', 0)}")
-    line3 = (f"latency p50 {_ms(latency.get('p50_ms'))}  p95 {_ms(latency.get('p95_ms'))}  "
-             f"p99 {_ms(latency.get('p99_ms'))}   broker cpu {_pct(broker.get('cpu_percent'))}"
-             f"  rss {_mib(broker.get('rss_bytes'))}")
-    errors_text, dropped_text = f"  errors {errors}", f"  dropped {dropped}"
-    room = max(0, width - len(errors_text) - len(dropped_text))
-    return [
-        [(label, "bold"), (spark, "spark")],
-        [(_fit(line2, room), "normal"),
-         (errors_text, "bad" if errors else "normal"),
-         (dropped_text, "warn" if dropped else "normal")],
-        [(_fit(line3, width), "normal")],
+    errors, dropped = broker.get("errors") or 0, broker.get("dropped_frames") or 0
+    latency = broker.get("latency") or {}
+
+    def field(labels: Sequence[str], forms: list[str], rank: int, style: str = "normal",
+              ) -> Field:
+        return Field(_labelled(labels, forms), style, rank)
+
+    totals = [
+        field(("in flight", "infl"), count_forms(broker.get("in_flight", 0)), 1),
+        field(("queued",), count_forms(broker.get("queue_depth", 0)), 2),
+        field(("clients",), count_forms(broker.get("clients_seen", 0)), 5),
+        field(("requests", "reqs"), count_forms(broker.get("requests", 0)), 1),
+        field(("requeued",), count_forms(broker.get("requeued", 0)), 4),
+        field(("errors", "err"), count_forms(errors), 0, "bad" if errors else "normal"),
+        field(("dropped", "drop"), count_forms(dropped), 3, "warn" if dropped else "normal"),
     ]
+    process = [
+        field(("latency p50", "p50"), ms_forms(latency.get("p50_ms")), 1),
+        field(("p95",), ms_forms(latency.get("p95_ms")), 2),
+        field(("p99",), ms_forms(latency.get("p99_ms")), 1),
+        field(("broker cpu", "cpu"), percent_forms(broker.get("cpu_percent")), 3),
+        field(("rss",), bytes_forms(broker.get("rss_bytes")), 3),
+    ]
+    return [[(label, "bold"), (spark, "spark")], fit_fields(totals, width),
+            fit_fields(process, width)]
 
 
-WORKER_COLUMNS: list[tuple[str, int, Callable[[dict[str, Any]], str]]] = [
-    # title, width, getter
-    ("WORKER", 22, lambda w: str(w.get("id"))),
-    ("PID", 7, lambda w: str(w.get("pid", ""))),
-    ("CTX", 4, lambda w: str(w.get("contexts", 0))),
-    ("BUSY", 5, lambda w: str(w.get("busy", 0))),
-    ("INFL", 5, lambda w: str(w.get("in_flight", 0))),
-    ("REQ/S", 8, lambda w: f"{w.get('req_per_s') or 0.0:.1f}"),
-    ("REQS", 9, lambda w: str(w.get("requests", 0))),
-    ("ERR", 6, lambda w: str(w.get("errors", 0))),
-    ("P50ms", 8, lambda w: _ms(w.get("p50_ms"))),
-    ("P99ms", 8, lambda w: _ms(w.get("p99_ms"))),
-    ("CPU%", 6, lambda w: _pct(w.get("cpu_percent"))),
-    ("RSS", 8, lambda w: _mib(w.get("rss_bytes"))),
-    ("HB s", 6, lambda w: f"{w.get('heartbeat_age_s') or 0.0:.1f}"),
-    ("CIRCUIT", 10, lambda w: str((w.get("circuit") or {}).get("state", "-"))),
+def _count(name: str) -> Callable[[Row], list[str]]:
+    return lambda row: count_forms(row.get(name) or 0)
+
+
+def _forms(name: str, forms: Callable[[Any], list[str]]) -> Callable[[Row], list[str]]:
+    return lambda row: forms(row.get(name))
+
+
+def worker_state(worker: Row) -> str:
+    """draining, paused, lost (two heartbeats missed), late (one), busy or idle."""
+    missed = worker.get("missed_heartbeats") or 0
+    if worker.get("draining"):
+        return "draining"
+    if worker.get("paused"):
+        return "paused"
+    if missed >= 2:
+        return "lost"
+    if missed >= 1:
+        return "late"
+    return "busy" if worker.get("busy") or worker.get("in_flight") else "idle"
+
+
+def _state_forms(worker: Row) -> list[str]:
+    state = worker_state(worker)
+    return [state, {"draining": "drain", "paused": "pause"}.get(state, state)]
+
+
+def _circuit_forms(worker: Row) -> list[str]:
+    state = str((worker.get("circuit") or {}).get("state", "-"))
+    return [state.replace("_", "-"), "half"] if state == "half_open" else [state]
+
+
+def _version_forms(worker: Row) -> list[str]:
+    version = worker.get("script_version")
+    return [str(version)[:VERSION_CHARS] if version else "-"]
+
+
+WORKER_COLUMNS: list[Column] = [
+    # title, short title, narrowest, full, forms, rank (the highest are left out first)
+    Column("WORKER", "WORKER", 10, 24, lambda w: [str(w.get("id"))], 0, text=True),
+    Column("PID", "PID", 5, 8, _forms("pid", count_forms), OPTIONAL + 2),
+    Column("CTX", "CTX", 3, 4, _count("contexts"), OPTIONAL + 3),
+    Column("BUSY", "BUSY", 4, 5, _count("busy"), OPTIONAL + 3),
+    Column("INFL", "INFL", 4, 5, _count("in_flight"), 3),
+    Column("REQ/S", "REQ/S", 5, 8, _forms("req_per_s", rate_forms), 1),
+    Column("REQS", "REQS", 4, 9, _count("requests"), 2),
+    Column("ERR", "ERR", 4, 6, _count("errors"), 2),
+    Column("P50", "P50", 5, 8, _forms("p50_ms", ms_forms), OPTIONAL + 1),
+    Column("P99", "P99", 5, 8, _forms("p99_ms", ms_forms), 3),
+    Column("CPU%", "CPU%", 4, 6, _forms("cpu_percent", percent_forms), 4),
+    Column("RSS", "RSS", 4, 6, _forms("rss_bytes", bytes_forms), 4),
+    Column("HB AGE", "HB", 4, 6, lambda w: seconds_forms(w.get("heartbeat_age_s"), False), 5),
+    Column("STATE", "STATE", 5, 8, _state_forms, 2, text=True),
+    Column("CIRCUIT", "CIRCUIT", 7, 9, _circuit_forms, 4, text=True),
+    Column("VERSION", "VERSION", VERSION_CHARS, VERSION_CHARS, _version_forms, 5, text=True),
+]
+"""Those below OPTIONAL all fit at 80 columns; wider screens add the rest, fuller figures
+and longer ids. VERSION appears when the broker reports workers' script versions."""
+
+METHOD_COLUMNS: list[Column] = [
+    Column("METHOD", "METHOD", 10, 30, lambda m: [str(m.get("name"))], 0, text=True),
+    Column("WORKERS", "WKRS", 4, 7, _count("workers"), 3),
+    Column("QUEUED", "QUEUE", 5, 7, _count("queued"), 2),
+    Column("REQS", "REQS", 5, 10, _count("requests"), 1),
+    Column("ERR", "ERR", 4, 7, _count("errors"), 1),
+    Column("P50", "P50", 5, 9, _forms("p50_ms", ms_forms), 3),
+    Column("P95", "P95", 5, 9, _forms("p95_ms", ms_forms), 4),
+    Column("P99", "P99", 5, 9, _forms("p99_ms", ms_forms), 2),
+    Column("MEAN", "MEAN", 5, 9, _forms("mean_ms", ms_forms), 4),
 ]
 
-METHOD_COLUMNS: list[tuple[str, int, Callable[[str, dict[str, Any]], str]]] = [
-    ("METHOD", 26, lambda name, m: name),
-    ("WORKERS", 8, lambda name, m: str(m.get("workers", 0))),
-    ("QUEUED", 7, lambda name, m: str(m.get("queued", 0))),
-    ("REQS", 10, lambda name, m: str(m.get("requests", 0))),
-    ("ERR", 7, lambda name, m: str(m.get("errors", 0))),
-    ("P50ms", 9, lambda name, m: _ms(m.get("p50_ms"))),
-    ("P95ms", 9, lambda name, m: _ms(m.get("p95_ms"))),
-    ("P99ms", 9, lambda name, m: _ms(m.get("p99_ms"))),
-    ("MEANms", 9, lambda name, m: _ms(m.get("mean_ms"))),
-]
 
-
-def worker_health(worker: dict[str, Any]) -> str:
+def worker_health(worker: Row) -> str:
     """'bad' (circuit open, or silent), 'warn' (missed heartbeats, errors), else 'ok'."""
     circuit = (worker.get("circuit") or {}).get("state", "closed")
     missed = worker.get("missed_heartbeats") or 0
@@ -186,69 +328,52 @@ def worker_health(worker: dict[str, Any]) -> str:
     return "ok"
 
 
-def _workers_table(workers: list[dict[str, Any]], view: ViewState, width: int) -> list[Line]:
-    label, key, descending = SORT_KEYS.get(view.sort, SORT_KEYS["r"])
-    ordered = sorted(workers, key=key, reverse=descending)
-    head = "".join(title.rjust(size) if i else title.ljust(size)
-                   for i, (title, size, _) in enumerate(WORKER_COLUMNS))
-    lines: list[Line] = [[(_fit(head, width), "heading")]]
-    for worker in ordered:
-        cells = "".join(_cell(getter(worker), size, i) for i, (_, size, getter)
-                        in enumerate(WORKER_COLUMNS))
-        lines.append([(_fit(cells, width), worker_health(worker))])
-    if not workers:
-        lines.append([("no workers registered", "dim")])
-    return lines
+def _sorted(rows: Sequence[Row], sort: Sort, name: str) -> list[Row]:
+    """By ``sort``; ties by name."""
+    by_name = sorted(rows, key=lambda row: str(row.get(name)))
+    return sorted(by_name, key=sort.key, reverse=sort.descending)
 
 
-def _methods_table(methods: dict[str, Any], width: int) -> list[Line]:
-    head = "".join(title.rjust(size) if i else title.ljust(size)
-                   for i, (title, size, _) in enumerate(METHOD_COLUMNS))
-    lines: list[Line] = [[(_fit(head, width), "heading")]]
-    for name in sorted(methods, key=lambda n: -(methods[n].get("requests") or 0)):
-        stats = methods[name]
-        cells = "".join(_cell(getter(name, stats), size, i) for i, (_, size, getter)
-                        in enumerate(METHOD_COLUMNS))
-        style = "warn" if (stats.get("errors") or 0) else "ok"
-        lines.append([(_fit(cells, width), style)])
-    if not methods:
-        lines.append([("no methods yet", "dim")])
-    return lines
+def _table(columns: list[Column], rows: list[Row], view: ViewState, width: int,
+           style: Callable[[Row], str], empty: str) -> list[Line]:
+    heading, cells = table_lines(columns, rows, width, view.ellipsis())
+    lines: list[Line] = [[(heading, "heading")]]
+    lines += [[(text, style(row))] for text, row in zip(cells, rows, strict=True)]
+    return lines if rows else lines + [[(ellipsize(empty, width, view.ellipsis()), "dim")]]
 
 
-def _footer(view: ViewState) -> str:
-    label = SORT_KEYS.get(view.sort, SORT_KEYS["r"])[0]
-    table = "methods" if view.methods else f"workers by {label}"
-    return (f"[{table}]  r req/s  l latency  e errors  c cpu  n name  "
-            f"m {'workers' if view.methods else 'methods'}  arrows scroll  q quit")
+def _workers_table(workers: list[Row], view: ViewState, width: int) -> list[Line]:
+    columns = WORKER_COLUMNS
+    if not any(w.get("script_version") for w in workers):
+        columns = [c for c in columns if c.title != "VERSION"]
+    ordered = _sorted(workers, view.current_sort(), "id")
+    return _table(columns, ordered, view, width, worker_health, "no workers registered")
+
+
+def _methods_table(methods: dict[str, Any], view: ViewState, width: int) -> list[Line]:
+    rows = [{**(stats or {}), "name": name} for name, stats in methods.items()]
+    ordered = _sorted(rows, view.current_sort(), "name")
+    return _table(METHOD_COLUMNS, ordered, view, width,
+                  lambda m: "warn" if m.get("errors") else "ok", "no methods yet")
+
+
+def _footer(view: ViewState, width: int) -> Line:
+    """The current view and order, and the keys that work in this view."""
+    view_name, other = ("methods", "workers") if view.methods else ("workers", "methods")
+    sort = view.current_sort()
+    fields = [Field([f"[{view_name} by {sort.label}]", f"[{view_name} by {sort.hints[-1]}]",
+                     f"[{view_name}]"], rank=1)]
+    fields += [Field([f"{key} {hint}" for hint in each.hints], rank=2)
+               for key, each in view.sorts().items()]
+    scroll = ("↑↓ scroll", "↑↓") if view.unicode else ("arrows scroll", "arrows")
+    fields += [Field([f"m {other}"], rank=0), Field(scroll, rank=3), Field(["q quit"], rank=0)]
+    text = "".join(part for part, _ in fit_fields(fields, width))
+    return [(text.ljust(width), "footer")]
 
 
 def plain(lines: list[Line]) -> str:
     """The screen as text, one line per line, styles dropped."""
     return "\n".join("".join(text for text, _ in line).rstrip() for line in lines)
-
-
-def _cell(text: str, size: int, index: int) -> str:
-    text = text if len(text) < size else text[: size - 2] + "~"
-    return text.ljust(size) if index == 0 else text.rjust(size)
-
-
-def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 1)] + "~"
-
-
-def _ms(value: Any) -> str:
-    if not isinstance(value, (int, float)):
-        return "-"
-    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
-
-
-def _pct(value: Any) -> str:
-    return f"{value:.0f}%" if isinstance(value, (int, float)) else "-"
-
-
-def _mib(value: Any) -> str:
-    return f"{value / 1048576:.0f}M" if isinstance(value, (int, float)) else "-"
 
 
 def _duration(seconds: Any) -> str:
