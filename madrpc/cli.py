@@ -194,8 +194,9 @@ def run_command(
 def top_command(broker: str, interval: float, once: bool, width: int, **curve: Any) -> None:
     """Watch a running grid: workers, methods, rates, latencies, errors.
 
-    Keys: r/l/e/c/n sort workers by req/s, latency, errors, CPU or name; m toggles the
-    methods view; arrows and PgUp/PgDn scroll; q quits.
+    Keys: m switches between the workers and the methods view; r/l/e/n sort the rows
+    of the view by req/s (requests), p99 latency, errors or name, and c by CPU (workers);
+    arrows and PgUp/PgDn scroll; q quits. 80x24 shows every column.
     """
     from . import top
 

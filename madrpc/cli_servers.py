@@ -23,20 +23,27 @@ W = cfg.WorkerConfig
 
 @click.command("broker")
 @click.option("--frontend", default=cfg.DEFAULT_FRONTEND, show_default=True,
-              help="Endpoint clients connect to.")
+              envvar="MADRPC_FRONTEND", show_envvar=True,
+              help="Endpoint clients connect to (their --broker).")
 @click.option("--backend", default=cfg.DEFAULT_BACKEND, show_default=True,
-              help="Endpoint workers connect to.")
+              envvar="MADRPC_BACKEND", show_envvar=True,
+              help="Endpoint workers connect to (their --broker).")
 @click.option("--curve-secret", metavar="FILE", default=None,
+              envvar="MADRPC_BROKER_SECRET", show_envvar=True,
               help="The broker's key pair (madrpc keygen): CURVE on both sockets.")
-@click.option("--client-keys", metavar="DIR", default=None,
+@click.option("--client-keys", metavar="DIR", default=None, envvar="MADRPC_CLIENT_KEYS",
+              show_envvar=True,
               help="Public keys of allowed clients. [default: any client, encrypted]")
-@click.option("--worker-keys", metavar="DIR", default=None,
+@click.option("--worker-keys", metavar="DIR", default=None, envvar="MADRPC_WORKER_KEYS",
+              show_envvar=True,
               help="Public keys of allowed workers (required with --curve-secret).")
-@click.option("--admin-keys", metavar="DIR", default=None,
-              help="Public keys of admins (management methods such as _drain).")
+@click.option("--admin-keys", metavar="DIR", default=None, envvar="MADRPC_ADMIN_KEYS",
+              show_envvar=True,
+              help="Public keys of admins (_drain, _deploy).")
 @click.option("--insecure", is_flag=True,
               help="Allow binding non-loopback addresses without CURVE (logs a warning).")
-@click.option("--state-dir", metavar="DIR", default=None,
+@click.option("--state-dir", metavar="DIR", default=None, envvar="MADRPC_STATE_DIR",
+              show_envvar=True,
               help="Keep deployed script versions here too, for restarts. "
                    "[default: in memory]")
 @click.option("--heartbeat-interval", "heartbeat_interval_s", type=float,
@@ -91,6 +98,7 @@ W = cfg.WorkerConfig
               help="ZeroMQ high-water mark (messages) of each socket.")
 @click.option("--no-metrics", is_flag=True, help="Do not collect latency histograms and rates.")
 @click.option("--metrics-http", metavar="HOST:PORT", default=None,
+              envvar="MADRPC_METRICS_HTTP", show_envvar=True,
               help="Serve Prometheus metrics on http://HOST:PORT/metrics.")
 @log_options("info")
 def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
@@ -117,14 +125,19 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
 
 
 @click.command("worker")
-@click.option("--script", type=click.Path(exists=True),
+@click.option("--script", type=click.Path(exists=True), envvar="MADRPC_SCRIPT",
+              show_envvar=True,
               help="JavaScript file (or folder with an index.js) that registers functions "
                    "with madrpc.register. [default: the script deployed to the grid]")
 @click.option("--broker", default=cfg.DEFAULT_BACKEND, show_default=True,
-              help="The broker's backend endpoint.")
+              envvar="MADRPC_BACKEND", show_envvar=True,
+              help="The broker's BACKEND endpoint, the workers' port (its --backend; "
+                   "clients use the frontend).")
 @click.option("--curve-secret", metavar="FILE", default=None,
+              envvar="MADRPC_WORKER_SECRET", show_envvar=True,
               help="This worker's key pair (madrpc keygen) when the broker has CURVE.")
-@click.option("--server-key", metavar="FILE", default=None,
+@click.option("--server-key", metavar="FILE", default=None, envvar="MADRPC_SERVER_KEY",
+              show_envvar=True,
               help="The broker's public key (its .key file) when it has CURVE.")
 @click.option("--contexts", type=click.IntRange(1, 1024), default=None,
               help="V8 contexts (engine processes).  [default: CPU count]")

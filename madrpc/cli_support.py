@@ -46,7 +46,9 @@ def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--broker, --curve-secret and --server-key, with their environment variables."""
     for option in reversed([
         click.option("--broker", envvar="MADRPC_BROKER", default=cfg.DEFAULT_FRONTEND,
-                     show_default=True, help="The broker's frontend endpoint [MADRPC_BROKER]."),
+                     show_default=True,
+                     help="The broker's FRONTEND endpoint, the clients' port (its "
+                          "--frontend; workers use the backend) [MADRPC_BROKER]."),
         click.option("--curve-secret", metavar="FILE", envvar="MADRPC_CURVE_SECRET",
                      default=None,
                      help="Our key pair when the broker has CURVE [MADRPC_CURVE_SECRET]."),
