@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from . import config as cfg
-from .cli_support import log_options, on_signals
+from .cli_support import ENDPOINT, log_options, on_signals
 from .errors import ConfigError
 from .logs import setup_logging
 
@@ -23,9 +23,11 @@ W = cfg.WorkerConfig
 
 @click.command("broker")
 @click.option("--frontend", default=cfg.DEFAULT_FRONTEND, show_default=True,
+              type=ENDPOINT,
               envvar="MADRPC_FRONTEND", show_envvar=True,
               help="Endpoint clients connect to (their --broker).")
 @click.option("--backend", default=cfg.DEFAULT_BACKEND, show_default=True,
+              type=ENDPOINT,
               envvar="MADRPC_BACKEND", show_envvar=True,
               help="Endpoint workers connect to (their --broker).")
 @click.option("--curve-secret", metavar="FILE", default=None,
@@ -130,6 +132,7 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
               help="JavaScript file (or folder with an index.js) that registers functions "
                    "with madrpc.register. [default: the script deployed to the grid]")
 @click.option("--broker", default=cfg.DEFAULT_BACKEND, show_default=True,
+              type=ENDPOINT,
               envvar="MADRPC_BACKEND", show_envvar=True,
               help="The broker's BACKEND endpoint, the workers' port (its --backend; "
                    "clients use the frontend).")

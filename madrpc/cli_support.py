@@ -16,6 +16,7 @@ import click
 import orjson
 
 from . import config as cfg
+from .endpoints import normalize
 from .errors import MadrpcError, RpcError
 from .logs import LOG_FORMATS
 
@@ -42,10 +43,31 @@ def log_options(default_level: str) -> Callable[[Callable[..., Any]], Callable[.
     return decorate
 
 
+class Endpoint(click.ParamType):
+    """A ZeroMQ endpoint; ``HOST:PORT`` means ``tcp://HOST:PORT``. Anything else is one
+    line on stderr and exit status 2 (no usage text, no traceback)."""
+
+    name = "ENDPOINT"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        try:
+            return normalize(str(value))
+        except ValueError as exc:
+            option = param.opts[0] if param is not None and param.opts else "endpoint"
+            error = click.ClickException(f"{option}: {exc}")
+            error.exit_code = 2
+            raise error from None
+
+
+ENDPOINT = Endpoint()
+
+
 def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--broker, --curve-secret and --server-key, with their environment variables."""
     for option in reversed([
         click.option("--broker", envvar="MADRPC_BROKER", default=cfg.DEFAULT_FRONTEND,
+                     type=ENDPOINT,
                      show_default=True,
                      help="The broker's FRONTEND endpoint, the clients' port (its "
                           "--frontend; workers use the backend) [MADRPC_BROKER]."),
