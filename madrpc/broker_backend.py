@@ -22,7 +22,15 @@ from .broker_tables import Request, WorkerRecord
 from .broker_workers import ready_fields
 from .curve import WORKER, KeyRing
 from .errors import ErrorCode, ProtocolError
-from .jsonrpc import Call, Invalid, checked_fragment, checked_items, error_fragment, parse_frame
+from .jsonrpc import (
+    Call,
+    Invalid,
+    checked_fragment,
+    checked_items,
+    error_fragment,
+    error_response,
+    parse_frame,
+)
 
 __all__ = ["MAX_HEARTBEAT_BYTES", "Backend"]
 
@@ -66,9 +74,29 @@ class Backend:
             worker.heartbeat.heard(now)
             self._on_command(worker, message, now)
         except ProtocolError as exc:
+            if self._client_at_the_wrong_port(identity, frames):
+                return
             if self.core.figures.refused(identity):   # say why once per peer, not per message
                 log.warning("refused a message from peer %s on the backend: %s",
                             identity.hex(), exc)
+
+    def _client_at_the_wrong_port(self, identity: bytes, frames: list[bytes]) -> bool:
+        """A JSON-RPC request on the backend: a client given the workers' port. Answer
+        it with an error that says so (it would otherwise wait for its timeout)."""
+        if not frames or frames[-1][:1] not in (b"{", b"["):
+            return False
+        parsed = parse_frame(frames[-1])
+        members = parsed if isinstance(parsed, list) else [parsed]
+        ids = [m.id_json for m in members if isinstance(m, Call) and not m.is_notification]
+        if not ids:
+            return False
+        self.core.figures.dropped["client request on the backend"] += 1
+        message = ("Invalid Request: this is the broker's backend, the workers' port; "
+                   "clients connect to its frontend (--frontend, port 5555 by default)")
+        for request_id in ids:
+            self.core.outbox.control(identity, [*frames[:-1], error_response(
+                request_id or b"null", ErrorCode.INVALID_REQUEST, message)])
+        return True
 
     def _on_command(self, worker: WorkerRecord, message: p.Message, now: float) -> None:
         core, command = self.core, message.command

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from . import protocol as p
 from .broker_core import BrokerCore
 from .broker_tables import Batch
 from .curve import ADMIN, KeyRing
@@ -57,6 +58,9 @@ class Frontend:
             core.figures.dropped["client message without body"] += 1
             return
         route, body = frames[:-1], frames[-1]
+        if frames[1].startswith(p.PROTOCOL_NAME):
+            self._worker_at_the_wrong_port(frames[0])
+            return
         parsed = parse_frame(body, max_batch=core.config.max_batch)
         admin = True
         if self.keys is not None:
@@ -101,6 +105,14 @@ class Frontend:
                     core.figures.error(member.code)
             if nothing_to_wait_for:   # otherwise the last member to finish sends the batch
                 core.delivery.send_batch(batch)
+
+    def _worker_at_the_wrong_port(self, identity: bytes) -> None:
+        """A worker-protocol message on the frontend: a worker given the clients' port.
+        Tell it so (it would otherwise wait in silence)."""
+        self.core.figures.dropped["worker message on the frontend"] += 1
+        self.core.outbox.reply([identity, p.TAG, p.DISCONNECT], json_dumps({
+            "reason": f"{p.WRONG_PORT}this is the broker's frontend, the clients' port; "
+                      "workers connect to its backend (--backend, port 5556 by default)"}))
 
     def _cancel(self, call: Call, now: float, route: list[bytes], batch: Batch | None = None,
                 index: int = 0) -> None:

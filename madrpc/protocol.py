@@ -43,6 +43,7 @@ __all__ = [
     "RESULT",
     "SCRIPT",
     "TAG",
+    "WRONG_PORT",
     "Message",
     "RequestMeta",
     "broker_run",
@@ -89,6 +90,9 @@ ABANDON = b"ABANDON"      # W->B  [call key]+: the worker's code no longer wants
 # script asks for the grid's current version; the broker sends it, and every new one.
 FETCH = b"FETCH"          # W->B  [version it runs, or empty]
 SCRIPT = b"SCRIPT"        # B->W  [version][bundle json]; [version]: nothing newer; none yet: []
+
+WRONG_PORT = "wrong port: "
+"""How the reason of the DISCONNECT a broker sends to a worker at its clients' port starts."""
 
 COMMANDS = frozenset(
     {READY, HEARTBEAT, DISCONNECT, REQUEST, REPLY, CREDIT, CALL, RESULT, CANCEL, DRAIN, ADOPT,

@@ -69,6 +69,7 @@ class Worker:
         self._drain_until: float | None = None
         self._process = psutil.Process(os.getpid())
         self._said_registered = False
+        self._said_wrong_port = False
         self.connected = self.link.connected
         """Set while the worker is registered with a broker (for tests and embedding)."""
 
@@ -169,6 +170,12 @@ class Worker:
             self._on_script(message.frames)
         elif command == p.DISCONNECT:
             reason = p.disconnect_reason(message)
+            if reason.startswith(p.WRONG_PORT):
+                if not self._said_wrong_port:
+                    self._said_wrong_port = True
+                    log.error("%s: %s", self.config.broker, reason.removeprefix(p.WRONG_PORT))
+                self._broker_lost(now, "wrong port")
+                return
             self._broker_lost(now, f"asked us to disconnect ({reason})", at_once=True)
 
     def _registered(self, instance: str | None, grace_s: float, now: float) -> None:

@@ -377,3 +377,32 @@ def test_with_curve_one_clients_idempotency_keys_are_its_own() -> None:
 
     assert len(sent(state).keys(W1)) == 2
     assert state.figures.counters["idempotent_hits"] == 0
+
+
+# ---------------------------------------------------------------- the wrong port (first run)
+
+def test_a_worker_at_the_clients_port_is_told_so_in_a_disconnect() -> None:
+    from madrpc.broker_state import FRONTEND
+
+    state = new_state()
+    state.on_client_frame([b"w", p.TAG, p.READY, b'{"methods": ["a"], "credit": 1}'], 0.0)
+
+    [(side, frames)] = state.take_sends()
+    assert side == FRONTEND
+    assert frames[:3] == [b"w", p.TAG, p.DISCONNECT]
+    reason = orjson.loads(frames[3])["reason"]
+    assert reason.startswith(p.WRONG_PORT) and "backend" in reason
+    assert state.figures.dropped["worker message on the frontend"] == 1
+
+
+def test_a_client_at_the_workers_port_gets_an_error_saying_so_for_each_id() -> None:
+    state = new_state()
+    batch = b'[{"jsonrpc": "2.0", "method": "a", "id": 7}, {"jsonrpc": "2.0", "method": "b"}]'
+    state.on_worker_message(b"c", [b"", batch], 0.0)
+
+    out = sent(state)
+    [frames] = out.backend
+    assert frames[:2] == [b"c", b""]
+    response = orjson.loads(frames[2])
+    assert response["id"] == 7 and response["error"]["code"] == -32600
+    assert "backend, the workers' port" in response["error"]["message"]
