@@ -7,7 +7,9 @@ CURVE, with ``--curve-secret`` (``MADRPC_CURVE_SECRET``) and ``--server-key``
 
 from __future__ import annotations
 
+import concurrent.futures
 import sys
+import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import closing
@@ -21,18 +23,20 @@ from . import config as cfg
 from .cli_deploy import deploy_command
 from .cli_servers import broker_command, worker_command
 from .cli_support import (
+    NO_BROKER_NOTICE_S,
     call_limit_options,
     client_options,
     error_object,
     exit_130_on_ctrl_c,
     log_options,
+    no_broker,
     parse_params,
     print_error,
     print_result,
     progress_bar,
     quiet_on_broken_pipe,
 )
-from .errors import MadrpcError
+from .errors import MadrpcError, RpcTimeoutError
 from .jsonrpc import MAX_STREAM_WINDOW
 from .logs import setup_logging
 
@@ -47,37 +51,44 @@ def main() -> None:
 
 # ------------------------------------------------------------------ call / run
 
-@click.command("call")
+@click.command("call", short_help="Call METHOD on a running grid and print the JSON result.")
 @click.argument("method")
 @click.argument("params_json", required=False)
 @client_options
-@click.option("--timeout", type=float, default=cfg.DEFAULT_TIMEOUT_MS / 1000, show_default=True,
+@click.option("--timeout", type=float, default=None,
               help="Seconds to wait for the result (retries included); with --stream, for "
-                   "the whole stream.")
+                   "the whole stream. Given, the call keeps trying while no broker answers "
+                   "(saying so); not given, it gives up after 3 s of silence.  [default: 60]")
 @click.option("--stream", is_flag=True,
               help="METHOD is a generator: print each item as a JSON line as it arrives.")
 @click.option("--window", type=click.IntRange(1, MAX_STREAM_WINDOW), default=None,
               help="With --stream: items the grid may send ahead of those printed.  "
                    "[default: 64]")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a failure as the JSON-RPC error object (default: readable, with "
+                   "the JavaScript stack one frame per line).")
 @call_limit_options
-def call_command(method: str, params_json: str | None, timeout: float, stream: bool,
+def call_command(method: str, params_json: str | None, timeout: float | None, stream: bool,
                  window: int | None, cpu_limit_s: float | None, max_memory_mb: int | None,
-                 **connection: Any) -> None:
+                 as_json: bool, **connection: Any) -> None:
     """Call METHOD on a running grid and print the JSON result.
 
     PARAMS_JSON is a JSON array (positional) or object (named). With --stream, each item
     of the stream is printed as one JSON line as it arrives. Exit status 1 and the
-    JSON-RPC error on stderr when the call fails (after the items that came before the
+    error on stderr when the call fails (after the items that came before the
     error); Ctrl-C cancels the call on the grid and exits 130.
     """
     if window is not None and not stream:
         raise click.UsageError("--window needs --stream")
     params = parse_params(params_json)
     limits = _limits(cpu_limit_s, max_memory_mb)
+    wait = timeout if timeout is not None else cfg.DEFAULT_TIMEOUT_MS / 1000
     if stream:
-        _stream_call(method, params, timeout, window, limits=limits, **connection)
+        _stream_call(method, params, wait, window, limits=limits, as_json=as_json,
+                     **connection)
     else:
-        print_result(_one_call(method, params, timeout, limits=limits, **connection))
+        print_result(_one_call(method, params, wait, limits=limits, as_json=as_json,
+                               give_up_on_silence=timeout is None, **connection))
 
 
 def _limits(cpu_limit_s: float | None, max_memory_mb: int | None) -> dict[str, Any]:
@@ -86,21 +97,43 @@ def _limits(cpu_limit_s: float | None, max_memory_mb: int | None) -> dict[str, A
 
 
 def _one_call(method: str, params: Any, timeout: float, broker: str,
-              limits: dict[str, Any] | None = None, **curve: Any) -> Any:
-    """The result of one call, or exit 1 with the error on stderr (130 on Ctrl-C)."""
+              limits: dict[str, Any] | None = None, as_json: bool = False,
+              give_up_on_silence: bool = True, **curve: Any) -> Any:
+    """The result of one call, or exit 1 with the error on stderr (130 on Ctrl-C). When
+    no broker answers within NO_BROKER_NOTICE_S, say so at once, and give up unless
+    ``give_up_on_silence`` is False (the user asked for a timeout of their own)."""
     from .client import Client
 
     with exit_130_on_ctrl_c():
         try:
             with Client(broker, timeout=timeout, **curve) as client:
-                return client.call(method, params, **(limits or {}))
+                future = client.submit(method, params, **(limits or {}))
+                try:
+                    _say_when_silent(client, future, broker, give_up_on_silence)
+                    return future.result()
+                finally:
+                    future.cancel()   # nothing once it is done; else cancelled on the grid
         except MadrpcError as exc:
-            print_error(exc)
+            print_error(exc, as_json)
             sys.exit(1)
 
 
+def _say_when_silent(client: Any, future: Any, broker: str, give_up: bool) -> None:
+    """Wait for ``future``; when no broker has answered after NO_BROKER_NOTICE_S, say so
+    (and exit 1 when ``give_up``)."""
+    notice_at = time.monotonic() + NO_BROKER_NOTICE_S
+    while not concurrent.futures.wait([future], timeout=0.1).done:
+        if time.monotonic() >= notice_at and not client.broker_answered:
+            if give_up:
+                click.echo(f"error: {no_broker(broker)}", err=True)
+                sys.exit(1)
+            click.echo(f"{no_broker(broker)}; still trying until --timeout", err=True)
+            concurrent.futures.wait([future])
+            return
+
+
 def _stream_call(method: str, params: Any, timeout: float, window: int | None, broker: str,
-                 limits: dict[str, Any], **curve: Any) -> None:
+                 limits: dict[str, Any], as_json: bool = False, **curve: Any) -> None:
     """Print each item of a stream as a JSON line as it arrives (click.echo flushes each);
     exit 1 with the error on stderr when the stream fails, 130 on Ctrl-C. The stream is
     cancelled on the grid before the client closes, however the loop ends."""
@@ -113,11 +146,11 @@ def _stream_call(method: str, params: Any, timeout: float, window: int | None, b
                 for item in items:
                     click.echo(orjson.dumps(item).decode())
         except MadrpcError as exc:
-            print_error(exc)
+            print_error(exc, as_json)
             sys.exit(1)
 
 
-@click.command("drain")
+@click.command("drain", short_help="Take a worker out of rotation (--resume puts it back).")
 @click.argument("worker_id")
 @click.option("--resume", is_flag=True, help="Put the worker back into rotation.")
 @client_options
@@ -129,7 +162,7 @@ def drain_command(worker_id: str, resume: bool, **connection: Any) -> None:
     print_result(_one_call("_drain", params, 10.0, **connection))
 
 
-@click.command("keygen")
+@click.command("keygen", short_help="Write a CURVE key pair: NAME.key and NAME.key_secret.")
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=".",
               show_default=True, help="Where to write NAME.key and NAME.key_secret.")
@@ -148,7 +181,7 @@ def keygen_command(name: str, directory: str, force: bool) -> None:
     click.echo(f"public key: {public}\nsecret key: {secret}")
 
 
-@click.command("run")
+@click.command("run", short_help="Run SCRIPT on an embedded grid and call METHOD once.")
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.argument("method")
 @click.argument("params_json", required=False)
@@ -156,19 +189,25 @@ def keygen_command(name: str, directory: str, force: bool) -> None:
               help="V8 contexts of the embedded worker.  [default: CPU count]")
 @click.option("--timeout", type=float, default=cfg.DEFAULT_TIMEOUT_MS / 1000, show_default=True,
               help="Seconds to wait for the result.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a failure as the JSON-RPC error object (default: readable, with "
+                   "the JavaScript stack one frame per line).")
 @log_options("warning")
 def run_command(
     script: str, method: str, params_json: str | None, contexts: int | None, timeout: float,
-    log_level: str, log_format: str,
+    as_json: bool, log_level: str, log_format: str,
 ) -> None:
     """Start a local grid for SCRIPT, call METHOD once, print the result, shut down.
 
     The broker and one worker run in this process on private endpoints; nothing is left
-    running afterwards.
+    running afterwards. The script's console output goes to stderr.
     """
+    import logging
+
     from .local import LocalGrid
 
     setup_logging(log_level, log_format)
+    logging.getLogger("madrpc.js").setLevel(logging.INFO)   # console.log is the user's
     params = parse_params(params_json)
     with exit_130_on_ctrl_c():
         try:
@@ -176,15 +215,15 @@ def run_command(
                 try:
                     result = grid.client(timeout_s=timeout).call(method, params)
                 except MadrpcError as exc:
-                    print_error(exc)
+                    print_error(exc, as_json)
                     sys.exit(1)
         except MadrpcError as exc:
-            print_error(exc)
+            print_error(exc, as_json)
             sys.exit(1)
     print_result(result)
 
 
-@click.command("top")
+@click.command("top", short_help="Watch a running grid: workers, methods, rates, errors.")
 @client_options
 @click.option("--interval", type=click.FloatRange(0.1, 3600), default=1.0, show_default=True,
               help="Seconds between refreshes.")
@@ -202,18 +241,22 @@ def top_command(broker: str, interval: float, once: bool, width: int, **curve: A
 
     if once:
         try:
-            click.echo(top.once(broker, width=width, timeout_s=max(5.0, interval), **curve),
+            click.echo(top.once(broker, width=width, timeout_s=NO_BROKER_NOTICE_S, **curve),
                        nl=False)
+        except RpcTimeoutError:
+            click.echo(f"error: {no_broker(broker)}", err=True)
+            sys.exit(1)
         except MadrpcError as exc:
             print_error(exc)
             sys.exit(1)
         return
     if not sys.stdout.isatty():
         raise click.ClickException("top needs a terminal; use --once for a plain snapshot")
-    sys.exit(top.run(broker, interval, **curve))
+    with exit_130_on_ctrl_c():
+        sys.exit(top.run(broker, interval, **curve))
 
 
-@click.command("map")
+@click.command("map", short_help="Call METHOD once per input line; print results in order.")
 @click.argument("method")
 @click.argument("params_jsonl", type=click.File("r"), default="-")
 @client_options

@@ -27,7 +27,7 @@ POLL_INTERVAL_S = 0.2
 """How often it looks while it waits."""
 
 
-@click.command("deploy")
+@click.command("deploy", short_help="Ship a script to the grid's workers (or --rollback).")
 @click.argument("path", required=False, type=click.Path(exists=True))
 @client_options
 @click.option("--rollback", is_flag=True, help="Go back to the previous version.")

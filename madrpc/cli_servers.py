@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from . import config as cfg
-from .cli_support import ENDPOINT, log_options, on_signals
+from .cli_support import ENDPOINT, exit_status, log_options, on_signals
 from .errors import ConfigError
 from .logs import setup_logging
 
@@ -21,7 +21,8 @@ B = cfg.BrokerConfig
 W = cfg.WorkerConfig
 
 
-@click.command("broker")
+@click.command("broker", short_help="Run a broker: clients on FRONTEND, workers on BACKEND.")
+@click.version_option(package_name="madrpc")
 @click.option("--frontend", default=cfg.DEFAULT_FRONTEND, show_default=True,
               type=ENDPOINT,
               envvar="MADRPC_FRONTEND", show_envvar=True,
@@ -121,12 +122,14 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - zmq bind errors deserve one clear line
         raise click.ClickException(f"cannot start the broker: {exc}") from exc
-    on_signals(lambda drain: broker.stop(drain))
+    signals = on_signals(lambda drain: broker.stop(drain))
     signal.signal(signal.SIGHUP, lambda *_: broker.reload_keys())
     broker.run()
+    sys.exit(exit_status(0, signals))
 
 
-@click.command("worker")
+@click.command("worker", short_help="Run a worker: V8 contexts serving a script's functions.")
+@click.version_option(package_name="madrpc")
 @click.option("--script", type=click.Path(exists=True), envvar="MADRPC_SCRIPT",
               show_envvar=True,
               help="JavaScript file (or folder with an index.js) that registers functions "
@@ -194,5 +197,6 @@ def worker_command(contexts: int | None, no_metrics: bool, log_level: str, log_f
         worker = Worker(config, engine_log_level=log_level.upper())
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    on_signals(lambda drain: worker.stop(drain))
-    sys.exit(worker.run())
+    signals = on_signals(lambda drain: worker.stop(drain))
+    status = worker.run()
+    sys.exit(exit_status(0 if signals["signal"] else status, signals))

@@ -115,12 +115,15 @@ def quiet_on_broken_pipe() -> Iterator[None]:
         sys.exit(141)
 
 
-def on_signals(stop: Callable[[bool], None]) -> None:
-    """First SIGINT/SIGTERM: stop gracefully (drain). Second: stop now."""
-    count = {"n": 0}
+def on_signals(stop: Callable[[bool], None]) -> dict[str, int]:
+    """First SIGINT/SIGTERM: stop gracefully (drain). Second: stop now. Returns where the
+    first signal's number is kept (``"signal"``; 0 for none), so that a server stopped by
+    Ctrl-C can exit with 130 as shells expect."""
+    count = {"n": 0, "signal": 0}
 
     def handler(signum: int, frame: Any) -> None:
         count["n"] += 1
+        count["signal"] = count["signal"] or signum
         name = signal.Signals(signum).name
         if count["n"] == 1:
             log.info("%s: stopping (again to stop at once)", name)
@@ -130,6 +133,12 @@ def on_signals(stop: Callable[[bool], None]) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    return count
+
+
+def exit_status(status: int, signals: dict[str, int]) -> int:
+    """``status``, or 130 when Ctrl-C (SIGINT) stopped the server cleanly."""
+    return 130 if status == 0 and signals["signal"] == signal.SIGINT else status
 
 
 def parse_params(text: str | None) -> Any:
@@ -158,12 +167,37 @@ def error_object(error: MadrpcError) -> dict[str, Any]:
     return body
 
 
-def print_error(error: MadrpcError) -> None:
-    if isinstance(error, RpcError):
+NO_BROKER_NOTICE_S = 3.0
+"""How long a command waits for any answer from the broker before it says none came."""
+
+
+def no_broker(endpoint: str) -> str:
+    """What to tell a user whose broker does not answer."""
+    return (f"no broker answering at {endpoint} (is `madrpc broker` running there? clients "
+            "connect to its frontend, port 5555 by default; with CURVE, check --server-key)")
+
+
+def print_error(error: MadrpcError, as_json: bool = False) -> None:
+    """A failed call on stderr: ``error CODE: message``, then a JavaScript stack one frame
+    per line, then any other data as JSON; with ``as_json``, the JSON-RPC error object."""
+    if not isinstance(error, RpcError):
+        click.echo(f"error: {error}", err=True)
+        return
+    if as_json:
         document = {"error": error_object(error)}
         click.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode(), err=True)
-    else:
-        click.echo(f"error: {error}", err=True)
+        return
+    click.echo(f"error {error.code}: {error.message}", err=True)
+    data = error.data
+    if isinstance(data, dict) and isinstance(data.get("stack"), str):
+        frames = data["stack"].splitlines()
+        if frames and frames[0].strip() == error.message.strip():
+            frames = frames[1:]
+        for frame in frames:
+            click.echo(f"  {frame.strip()}", err=True)
+        data = {k: v for k, v in data.items() if k not in ("stack", "name", "message")}
+    if data:
+        click.echo(f"  data: {orjson.dumps(data).decode()}", err=True)
 
 
 @contextmanager

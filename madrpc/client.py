@@ -105,6 +105,13 @@ class Client:
 
     # ------------------------------------------------------------ public API
 
+    @property
+    def broker_answered(self) -> bool:
+        """Whether a broker has answered anything on this client's connection yet (the
+        client sends ``_ping`` as it connects): False means nothing is listening there,
+        or it is not a MaDRPC broker's frontend, or its CURVE key does not match."""
+        return self._book.last_heard > 0
+
     def call(
         self, method: str, params: Params = None, *, timeout: float | None = None,
         idempotency_key: str | None | Any = AUTO_KEY, cpu_limit_ms: float | None = None,

@@ -123,16 +123,19 @@ class EnginePool:
         if identity is not None:
             self.send_to(identity, frames)
 
-    def send_to(self, identity: bytes, frames: list[bytes]) -> None:
+    def send_to(self, identity: bytes, frames: list[bytes], quiet: bool = False) -> None:
+        """Send, or say that the engine is unreachable (at debug level when ``quiet``)."""
         try:
             send_frames(self.socket, [identity, *frames])
         except zmq.ZMQError as exc:
-            log.warning("engine %s unreachable: %s", identity.decode(errors="replace"), exc)
+            log.log(logging.DEBUG if quiet else logging.WARNING, "engine %s unreachable: %s",
+                    identity.decode(errors="replace"), exc)
 
     def stop(self, process: EngineProcess) -> None:
         """Ask a process to exit; its exit is then expected, not a crash."""
         process.stopping = True
-        self.send_to(process.identity, [ep.STOP])
+        if process.popen.poll() is None:   # one that is stopping already may be gone
+            self.send_to(process.identity, [ep.STOP], quiet=True)
 
     def release(self, slot: int) -> None:
         """Stop the process serving ``slot`` and forget the slot."""

@@ -163,10 +163,22 @@ def test_madrpc_call_prints_the_json_result(shared_grid: Grid) -> None:
     assert json.loads(done.stdout) == "Hello, CLI!"
 
 
-def test_madrpc_call_exits_1_with_the_error_on_stderr(shared_grid: Grid) -> None:
+def test_madrpc_call_exits_1_with_the_error_and_its_stack_readable_on_stderr(
+    shared_grid: Grid,
+) -> None:
     done = madrpc("call", "fail", '["cli failure"]', "--broker", shared_grid.frontend)
     assert done.returncode == 1
     assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert lines[0] == "error -32000: TypeError: cli failure"
+    assert lines[1].startswith("  at ") and "simple.js:" in lines[1]
+    assert "\\n" not in done.stderr
+
+
+def test_madrpc_call_json_prints_the_json_rpc_error_object(shared_grid: Grid) -> None:
+    done = madrpc("call", "fail", '["cli failure"]', "--broker", shared_grid.frontend,
+                  "--json")
+    assert done.returncode == 1
     assert json.loads(done.stderr)["error"]["data"]["message"] == "cli failure"
 
 
@@ -179,7 +191,7 @@ def test_madrpc_call_rejects_params_that_are_not_json(shared_grid: Grid) -> None
 def test_madrpc_call_times_out_when_no_broker_answers() -> None:
     done = madrpc("call", "add", "[1, 2]", "--broker", "tcp://127.0.0.1:9", "--timeout", "1")
     assert done.returncode == 1
-    assert json.loads(done.stderr)["error"]["code"] == -32013   # the client gave up
+    assert done.stderr.splitlines()[-1].startswith("error -32013: ")   # the client gave up
 
 
 def test_madrpc_run_starts_a_local_grid_prints_the_result_and_stops() -> None:

@@ -3,12 +3,24 @@ no traceback (issue: first run)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from grid_support import SIMPLE_JS, Spawner, free_port, scaled, wait_for_workers
+from grid_support import (
+    NOTHING_LISTENS,
+    SIMPLE_JS,
+    Spawner,
+    free_port,
+    scaled,
+    wait_for_workers,
+)
+
+from madrpc.__about__ import __version__
+from madrpc.cli_support import no_broker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,3 +95,64 @@ def test_a_worker_logs_one_line_when_it_registers(spawn: Spawner) -> None:
     line = next(x for x in worker.wait_for_log(text, scaled(30)).splitlines() if text in x)
 
     assert endpoints.backend in line and "1 contexts" in line and "add" in line
+
+
+def test_call_with_no_broker_says_so_within_seconds_and_exits_1() -> None:
+    done, took = madrpc("call", "add", "[1, 2]", "--broker", NOTHING_LISTENS)
+
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: {no_broker(NOTHING_LISTENS)}"
+    assert took < scaled(10)
+
+
+def test_call_with_a_timeout_of_its_own_says_so_at_once_and_keeps_trying() -> None:
+    done, took = madrpc("call", "add", "[1, 2]", "--broker", NOTHING_LISTENS,
+                        "--timeout", str(scaled(6)))
+
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1
+    assert lines[0] == f"{no_broker(NOTHING_LISTENS)}; still trying until --timeout"
+    assert lines[-1].startswith("error -32013: ")
+    assert took >= scaled(6)
+
+
+def test_run_shows_console_output_and_a_clean_shutdown_is_quiet() -> None:
+    done, _ = madrpc("run", str(SIMPLE_JS), "sum_of_squares", "[3]")
+
+    assert (done.returncode, done.stdout.strip()) == (0, "5")
+    assert "summed 3 squares" in done.stderr
+    assert "WARNING" not in done.stderr and "unreachable" not in done.stderr
+
+
+@pytest.mark.parametrize("program", ["madrpc-broker", "madrpc-worker", "madrpc"])
+def test_every_program_has_version(program: str) -> None:
+    done = subprocess.run([str(Path(sys.executable).parent / program), "--version"],
+                          capture_output=True, text=True, timeout=scaled(30), check=False)
+
+    assert done.returncode == 0
+    assert done.stdout.strip().endswith(f"version {__version__}")
+
+
+def test_the_top_level_help_cuts_no_command_summary() -> None:
+    done, _ = madrpc("--help")
+
+    commands = done.stdout.split("Commands:")[1].strip().splitlines()
+    assert len(commands) == 9
+    assert not any(line.rstrip().endswith("...") for line in commands)
+
+
+@pytest.mark.parametrize(("role", "signum", "status"), [
+    ("broker", signal.SIGINT, 130), ("broker", signal.SIGTERM, 0),
+    ("worker", signal.SIGINT, 130), ("worker", signal.SIGTERM, 0),
+])
+def test_servers_exit_130_on_ctrl_c_and_0_on_sigterm(
+    spawn: Spawner, role: str, signum: int, status: int,
+) -> None:
+    endpoints = spawn.endpoints()
+    broker = spawn.broker(endpoints)
+    proc = broker if role == "broker" else spawn.worker(endpoints, SIMPLE_JS, 1)
+    wait_for_workers(endpoints.frontend, 0 if role == "broker" else 1)
+
+    proc.signal(signum)
+
+    assert proc.wait(scaled(20)) == status
