@@ -21,11 +21,10 @@ from .errors import MadrpcError, RpcError
 from .logs import LOG_FORMATS
 
 __all__ = [
-    "call_limit_options",
-    "client_options",
-    "exit_130_on_ctrl_c",
-    "error_object", "log_options", "on_signals", "parse_params", "print_error", "print_result",
-    "progress_bar", "quiet_on_broken_pipe",
+    "ENDPOINT", "NO_BROKER_NOTICE_S", "Endpoint", "call_limit_options", "client_options",
+    "error_object", "exit_130_on_ctrl_c", "exit_status", "log_options", "no_broker",
+    "on_signals", "parse_params", "print_error", "print_result", "progress_bar",
+    "quiet_on_broken_pipe",
 ]
 
 log = logging.getLogger("madrpc.cli")

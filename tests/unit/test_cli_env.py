@@ -22,6 +22,14 @@ ENDPOINT_AND_KEY_OPTIONS = {
 }
 
 
+ENDPOINTS = {"MADRPC_FRONTEND", "MADRPC_BACKEND", "MADRPC_BROKER"}
+
+
+def value_of(variable: str) -> str:
+    """A value for ``variable`` that its option takes as it is."""
+    return f"ipc:///tmp/{variable}" if variable in ENDPOINTS else f"value-of-{variable}"
+
+
 def command(name: str) -> click.Command:
     found = main.commands[name]
     return found
@@ -33,13 +41,13 @@ def test_each_endpoint_and_key_option_is_read_from_its_environment_variable(
 ) -> None:
     options = ENDPOINT_AND_KEY_OPTIONS[name]
     for variable in options.values():
-        monkeypatch.setenv(variable, f"value-of-{variable}")
+        monkeypatch.setenv(variable, value_of(variable))
     args = {"call": ["m"], "drain": ["w"], "map": ["m"]}.get(name, [])
 
     context = command(name).make_context(name, list(args), resilient_parsing=True)
 
     for param, variable in options.items():
-        assert context.params[param] == f"value-of-{variable}", param
+        assert context.params[param] == value_of(variable), param
 
 
 @pytest.mark.parametrize("name", sorted(ENDPOINT_AND_KEY_OPTIONS))
