@@ -111,8 +111,14 @@ def _loader_source() -> str:
 
 
 def _bootstrap_source() -> str:
-    source = (resources.files("madrpc") / "js" / "bootstrap.js").read_text(encoding="utf-8")
-    return source + "\n//# sourceURL=madrpc-runtime.js\n"
+    """js/webapi.js's loader, given this context's own crypto seed and the implementation as
+    a string (compiled when a script first uses it), then js/bootstrap.js."""
+    from os import urandom
+    js = resources.files("madrpc") / "js"
+    loader, api = (js / "webapi.js").read_text(encoding="utf-8").split("\n//@@\n")
+    bootstrap = (js / "bootstrap.js").read_text(encoding="utf-8")
+    webapi = f"({loader})('{urandom(32).hex()}', {orjson.dumps(api).decode()});"
+    return f"{webapi}\n{bootstrap}\n//# sourceURL=madrpc-runtime.js\n"
 
 
 class Runtime:

@@ -2,7 +2,8 @@
 //
 // It evaluates to a function that the engine calls once with (notify, markerBuffer) and
 // that returns the host interface {step, flush, methods}. Everything the engine needs
-// stays inside this closure; the script only sees `madrpc`, `console` and the timers.
+// stays inside this closure; the script only sees `madrpc`, `console`, the timers and
+// the standard web APIs js/webapi.js installs (TextEncoder, crypto, structuredClone...).
 //
 // One engine crossing = one call to step(), whose `this` is the payload: a JSON object
 // whose members are handled in this order (each may be missing):
@@ -179,10 +180,20 @@
                          {name: typeof e, message: String(text), stack: ''});
   }
 
-  // The error's stack without the frames of this runtime.
+  // The error's stack without the frames of this runtime, with the user's columns.
   function userStack(e) {
     return String(e.stack || '').split('\n')
-      .filter((line) => !line.includes(RUNTIME_URL)).join('\n');
+      .filter((line) => !line.includes(RUNTIME_URL)).map(userColumn).join('\n');
+  }
+
+  // Each file of a script is compiled behind a one-line prefix of MODULE_PREFIX_LENGTH
+  // characters (runtime's script_errors.MODULE_PREFIX; a unit test keeps them equal), so
+  // V8's columns on a file's first line are that much too far right: take it back.
+  const MODULE_PREFIX_LENGTH = 61;
+  function userColumn(frame) {
+    return frame.replace(/:1:(\d+)(\)?)$/, (whole, column, paren) =>
+      Number(column) > MODULE_PREFIX_LENGTH
+        ? `:1:${Number(column) - MODULE_PREFIX_LENGTH}${paren || ''}` : whole);
   }
 
   // The JSON of a result or a stream item (`what` names it in the error). Throws an
@@ -809,7 +820,43 @@
     return iterator;
   }
 
-  function register(name, fn) {
+  // method name -> where the script registered it: an object whose stack (which V8
+  // formats only when it is read) is the one frame of the script's call to register.
+  const places = new Map();
+  const BuiltinError = Error;   // the script may replace the globals later
+  const reflectSet = Reflect.set;
+
+  function callSite() {
+    const site = {};
+    const limit = BuiltinError.stackTraceLimit;
+    // One frame is all it takes (false: a script froze Error; its own limit then applies).
+    const limited = reflectSet(BuiltinError, 'stackTraceLimit', 1);
+    BuiltinError.captureStackTrace(site, register);
+    if (limited) BuiltinError.stackTraceLimit = limit;
+    return site;
+  }
+
+  // file:line:column of a call site: its first frame that is not the runtime's own.
+  function placeOf(site) {
+    let lines;
+    try {
+      lines = String(site.stack).split('\n');
+    } catch (_) {   // a script's Error.prepareStackTrace threw
+      lines = [];
+    }
+    for (let i = 1; i < lines.length; i++) {
+      const line = lines[i];
+      if (line.includes(RUNTIME_URL)) continue;
+      const frame = userColumn(line.trim().replace(/^at /, ''));
+      const inParens = /\(([^()]*)\)$/.exec(frame);
+      return inParens === null ? frame : inParens[1];
+    }
+    return 'an unknown place';
+  }
+
+  // madrpc.register(name, fn, {replace: true}): a name registered twice is an error
+  // (usually two functions pasted under one name), unless the second says it replaces.
+  function register(name, fn, options) {
     if (typeof name !== 'string' || name === '') {
       throw new TypeError('madrpc.register: name must be a non-empty string');
     }
@@ -819,7 +866,17 @@
     if (RESERVED.has(name) || name.startsWith('rpc.')) {
       throw new TypeError('madrpc.register: ' + name + ' is a reserved name');
     }
+    if (options !== undefined && options !== null && typeof options !== 'object') {
+      throw new TypeError('madrpc.register: options must be an object, e.g. {replace: true}');
+    }
+    const place = callSite();
+    if (registry.has(name) && !(options && options.replace)) {
+      throw new Error('madrpc.register: ' + stringify(name) + ' is already registered at ' +
+                      placeOf(places.get(name)) + ' (again at ' + placeOf(place) + '); pass ' +
+                      '{replace: true} to replace it');
+    }
     registry.set(name, fn);
+    places.set(name, place);
   }
 
   function format(value) {

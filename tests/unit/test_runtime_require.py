@@ -143,3 +143,18 @@ def test_a_computed_relative_require_still_finds_bundled_files() -> None:
     }
 
     assert methods_of(files) == ["ok"]
+
+
+def test_the_runtime_knows_the_module_prefix_length() -> None:
+    from importlib import resources
+
+    from madrpc.script_errors import MODULE_PREFIX
+
+    source = (resources.files("madrpc") / "js" / "bootstrap.js").read_text()
+    assert f"const MODULE_PREFIX_LENGTH = {len(MODULE_PREFIX)};" in source
+
+
+def test_a_register_twice_on_line_one_names_the_users_columns() -> None:
+    message = refusal({"index.js": "madrpc.register('a', () => 1); madrpc.register('a', () => 2);"})
+
+    assert "already registered at index.js:1:8 (again at index.js:1:39)" in message
