@@ -33,3 +33,17 @@ madrpc.register('sum_of_squares', async (n) => {
   console.log(`summed ${n} squares`);
   return squares.reduce((total, value) => total + value, 0);
 });
+
+// A generator streams its items: madrpc call --stream count '[3]' prints 0, 1, 2 as they
+// come (a plain call gets them all as one array).
+madrpc.register('count', function* (n) {
+  for (let i = 0; i < n; i++) yield i;
+});
+
+// So does an async generator: one {tick} every ms milliseconds.
+madrpc.register('ticks', async function* (n, ms) {
+  for (let i = 0; i < n; i++) {
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    yield {tick: i};
+  }
+});
