@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 from grid_support import (
     NOTHING_LISTENS,
@@ -156,3 +157,40 @@ def test_servers_exit_130_on_ctrl_c_and_0_on_sigterm(
     proc.signal(signum)
 
     assert proc.wait(scaled(20)) == status
+
+
+@pytest.mark.parametrize(("source", "says"), [
+    ("madrpc.register('a', () => 1);\nconst x = 1;\nJSON.parse('{bad json');\n",
+     "bad.js:3:6: SyntaxError: Expected property name"),
+    ("madrpc.register('a', () => 1);\nmadrpc.register('a', () => 2);\n",
+     'bad.js:2:8: Error: madrpc.register: "a" is already registered at bad.js:1:8 '
+     "(again at bad.js:2:8); pass {replace: true} to replace it"),
+    ("import x from './lib.js';\n", "bad.js:1:1: SyntaxError: Cannot use import statement "
+     "outside a module: ES module syntax (import/export) is not supported"),
+])
+def test_a_script_that_fails_to_load_names_the_users_line(
+    tmp_path: Path, source: str, says: str,
+) -> None:
+    (tmp_path / "bad.js").write_text(source)
+
+    done, _ = madrpc("run", str(tmp_path / "bad.js"), "a")
+
+    assert done.returncode == 1
+    assert f"{tmp_path}/{says}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_scripts_have_the_standard_web_apis(tmp_path: Path) -> None:
+    (tmp_path / "web.js").write_text("""madrpc.register('web', () => {
+  const bytes = new TextEncoder().encode('héllo 🌍');
+  queueMicrotask(() => {});
+  return [new TextDecoder().decode(bytes), atob(btoa('hi')), crypto.randomUUID().length,
+          structuredClone({a: [1]}), typeof performance.now(),
+          crypto.getRandomValues(new Uint8Array(4)).length];
+});
+""")
+
+    done, _ = madrpc("run", str(tmp_path / "web.js"), "web")
+
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout) == ["héllo 🌍", "hi", 36, {"a": [1]}, "number", 4]
