@@ -5,6 +5,12 @@ whose circuit breaker allows it; otherwise it waits in its method's queue (a req
 dispatched again after its worker died waits at the front). A worker that gains credit
 takes the longest-waiting requests it can run. Pure: ``now`` in, REQUEST frames out
 (through the outbox); refusals are returned to the caller, which answers them.
+
+Finding the next worker is a walk along the rotation; when every worker of a method is
+busy it walks all of them, so the dispatcher remembers which methods found nobody and
+queues their requests at once until some worker may have room again (it took requests
+and kept credit, registered, changed its methods, was resumed, or a tick passed: a
+circuit breaker lets a trial through only with time).
 """
 
 from __future__ import annotations
@@ -37,12 +43,23 @@ class Dispatcher:
         """Requests that may wait for a worker; past this, new ones are refused."""
         self.max_attempts = max_attempts
         """Dispatches of one request whose workers keep dying, before it fails."""
+        self._starved: set[str] = set()
+        """Served methods for which no worker could take a request when last asked."""
+        self._changes = workers.changes
 
     def route(self, request: Request, now: float, requeue: bool = False) -> Refusal | None:
         """Dispatch now or queue; a refusal when no registered worker serves the method
         or the queue is full (never for a request dispatched again: it was accepted)."""
         method = request.call.method
-        worker = self.workers.pick(method, now)
+        workers = self.workers
+        if workers.changes != self._changes:
+            self._changes = workers.changes
+            self._starved.clear()
+        worker = None
+        if method not in self._starved:
+            worker = workers.pick(method, now)
+            if worker is None and workers.serving(method):
+                self._starved.add(method)
         if worker is not None:
             self.dispatch(request, worker, now)
         elif not requeue and self.workers and self.workers.serving(method) == 0:
@@ -109,11 +126,15 @@ class Dispatcher:
                and worker.breaker.allows(now)):
             request = requests.take_oldest(worker.methods)
             if request is None:
-                return
+                break
             self.dispatch(request, worker, now)
+        if (self._starved and worker.credit > 0 and not worker.paused
+                and worker.breaker.allows(now)):
+            self._starved.difference_update(worker.methods)   # it has room for more
 
     def serve_all(self, now: float) -> None:
         """Every worker with credit takes what it can (e.g. after a circuit closed)."""
+        self._starved.clear()   # time may have let a circuit breaker try a request
         if self.requests.queued:
             for worker in list(self.workers.values()):
                 if worker.credit > 0:

@@ -86,11 +86,17 @@ def exposition(snapshot: Mapping[str, Any], latency: Mapping[str, CallStats]) ->
             [({"reason": reason}, n)
              for reason, n in sorted(broker.get("dropped_by_reason", {}).items())])
     workers = snapshot.get("workers", [])
-    labels = [{"worker": str(w.get("id")), "host": str(w.get("host"))} for w in workers]
+    labels = [_labels({"worker": str(w.get("id")), "host": str(w.get("host"))})
+              for w in workers]   # once per worker, not once per sample
     for name, help_text, value in _WORKER_METRICS:
         kind = "counter" if name.endswith("_total") else "gauge"
-        _metric(out, f"madrpc_worker_{name}", kind, help_text,
-                [(label, value(w)) for label, w in zip(labels, workers, strict=True)])
+        name = f"madrpc_worker_{name}"
+        out.append(f"# HELP {name} {escape_help(help_text)}")
+        out.append(f"# TYPE {name} {kind}")
+        for label, worker in zip(labels, workers, strict=True):
+            sample = value(worker)
+            if isinstance(sample, (int, float)):
+                out.append(f"{name}{label} {_number(sample)}")
     name = "madrpc_request_duration_seconds"
     out.append(f"# HELP {name} Request latency seen by the broker.")
     out.append(f"# TYPE {name} histogram")
