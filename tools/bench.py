@@ -17,6 +17,9 @@ Sections:
            and the bare echo broker with CURVE vs without (tools/bench_curve.py, ~100 s)
   stream   items/s of one generator streaming 20,000 small items (window 64 and 2,000) vs
            Client.map of 20,000 trivial calls (tools/bench_stream.py)
+  scale    one broker with 1,000 simulated workers vs 10: registration, idle CPU and RSS,
+           Client.map calls/s, _metrics/_info size and time, madrpc top frame time
+           (tools/bench_scale.py, ~2 min)
 The machine is shared and noisy: read ratios, not absolute figures.
 """
 
@@ -41,7 +44,7 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 PI_SCRIPT = ROOT / "examples" / "monte-carlo-pi" / "scripts" / "pi.js"
 BENCH_SCRIPT = ROOT / "tools" / "bench.js"
-SECTIONS = ("rpc", "pi", "fanout", "nested", "fresh", "metrics", "curve", "stream")
+SECTIONS = ("rpc", "pi", "fanout", "nested", "fresh", "metrics", "curve", "stream", "scale")
 
 
 def free_port() -> int:
@@ -374,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench_stream import bench_stream
 
             rows = bench_stream(args.runs)
+        elif name == "scale":
+            from bench_scale import bench_scale
+
+            rows = bench_scale(args.runs)
         else:
             rows = bench_metrics(args.duration)
         for row in rows:
