@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -142,7 +143,7 @@ class Broker:
                     self._reload_requested.clear()
                     self._reload(now)
                 wake = next_tick if not state.backlog else min(next_tick, now + BACKLOG_RETRY_S)
-                events = dict(poller.poll(max(0, int((wake - now) * 1000))))
+                events = dict(poller.poll(max(0, math.ceil((wake - now) * 1000))))   # no spin
                 now = time.monotonic()
                 if self.backend in events:
                     self._drain_socket(self.backend, BACKEND, now)

@@ -176,7 +176,7 @@ class Backend:
             core.dispatcher.serve(old, now)
             return
         worker_id = str(info.get("id") or identity.hex())
-        if any(w.id == worker_id and w.identity != identity for w in core.workers.values()):
+        if core.workers.id_taken(worker_id, identity):
             raise ProtocolError(f"READY refused: a worker with id {worker_id!r} is registered")
         if old is not None:
             self.remove_worker(old, "registered again", now)
