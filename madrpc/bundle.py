@@ -162,7 +162,12 @@ class Bundle:
         return os.path.join(self.origin, path) if self.origin else path
 
     def links(self) -> dict[str, dict[str, str]]:
-        """For each JavaScript file, the bundle path each literal ``require`` loads."""
+        """For each JavaScript file, the bundle path each literal ``require`` loads
+        (worked out once per bundle: a fresh context per request loads it again)."""
+        return self._links
+
+    @cached_property
+    def _links(self) -> dict[str, dict[str, str]]:
         exists, read = self.files.__contains__, self.files.get
         out: dict[str, dict[str, str]] = {}
         for path, source in self.files.items():
