@@ -66,6 +66,7 @@ class ErrorCode(IntEnum):
     CANCELLED = -32011
     CPU_LIMIT = -32012
     CLIENT_TIMEOUT = -32013
+    BROKER_UNREACHABLE = -32014
 
 
 ERROR_MESSAGES: dict[ErrorCode, str] = {
@@ -88,6 +89,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.CANCELLED: "Cancelled",
     ErrorCode.CPU_LIMIT: "CPU limit exceeded",
     ErrorCode.CLIENT_TIMEOUT: "Client timeout",
+    ErrorCode.BROKER_UNREACHABLE: "Broker unreachable",
 }
 
 

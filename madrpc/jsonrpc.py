@@ -32,12 +32,11 @@ __all__ = [
     "checked_items",
     "decode_response",
     "encode_request",
-    "error_fragment",
-    "error_response",
+    "error_fragment", "error_response",
     "fit_frame",
     "fragment_error_code",
     "json_dumps",
-    "parse_frame",
+    "load_frame", "parse_document", "parse_frame",
     "partial_response",
     "response",
 ]
@@ -138,10 +137,21 @@ def json_dumps(value: Any) -> bytes:
 
 def parse_frame(frame: bytes, *, max_batch: int = 10_000) -> Parsed:
     """Parse one client frame into a call, an error, or a batch of those. Never raises."""
+    document = load_frame(frame)
+    return document if isinstance(document, Invalid) else \
+        parse_document(document, frame, max_batch=max_batch)
+
+
+def load_frame(frame: bytes) -> Any:
+    """The JSON document of ``frame``, or the -32700 :class:`Invalid` answering it."""
     try:
-        document = orjson.loads(frame)
+        return orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
         return Invalid(NULL, ErrorCode.PARSE_ERROR, f"Parse error: {exc}")
+
+
+def parse_document(document: Any, frame: bytes | None, *, max_batch: int = 10_000) -> Parsed:
+    """:func:`parse_frame` of the document decoded from ``frame`` (kept by a lone call)."""
     if isinstance(document, dict):
         return _parse_member(document, frame)
     if isinstance(document, list):
