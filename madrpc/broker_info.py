@@ -27,6 +27,7 @@ from .errors import ErrorCode
 from .jsonrpc import Call, error_fragment, json_dumps
 from .metrics import CallStats
 from .policy import IdempotencyTable
+from .prometheus import exposition
 
 __all__ = ["ADMIN_METHODS", "BUILTIN_METHODS", "RATE_HISTORY_S", "GridReport"]
 
@@ -82,6 +83,8 @@ class GridReport:
             if worker is None:
                 return _invalid_params(f"no worker {worker_id!r}")
         if call.method == "_metrics":
+            if isinstance(params, dict) and "format" in params:
+                return self._formatted_metrics(params["format"], now)
             if worker is not None:
                 return None, _result(self.worker_detail(worker, now))
             return None, _result(self.metrics(now))
@@ -90,6 +93,12 @@ class GridReport:
                 return _invalid_params("name the worker to drain: {\"worker\": id}")
             return self._drain(worker, params)
         return None, _result(worker.info if worker is not None else self.info())
+
+    def _formatted_metrics(self, format_name: Any, now: float) -> tuple[int | None, bytes]:
+        """``_metrics {"format": "prometheus"}``: the Prometheus page, as one string."""
+        if format_name != "prometheus":
+            return _invalid_params('format must be "prometheus" (or absent for JSON)')
+        return None, _result(exposition(self.metrics(now), self.figures.methods))
 
     def _drain(self, worker: WorkerRecord, params: Any) -> tuple[int | None, bytes]:
         """Take a worker out of rotation (it finishes what it holds), or put it back."""

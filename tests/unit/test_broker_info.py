@@ -102,6 +102,19 @@ def test_metrics_holds_broker_workers_methods_rate_history_and_time() -> None:
     assert [w["id"] for w in result["workers"]] == ["host-a:11"]
 
 
+def test_metrics_in_prometheus_format_is_the_exposition_page_as_one_string() -> None:
+    report = new_report()
+    register(report, b"A", INFO_A)
+
+    page = ask(report, "_metrics", {"format": "prometheus"})
+
+    assert isinstance(page, str) and page.endswith("\n")
+    assert "# TYPE madrpc_requests_total counter" in page
+    assert 'madrpc_worker_contexts{worker="host-a:11"' in page
+    code, error = refusal(report, "_metrics", {"format": "xml"})
+    assert code == ErrorCode.INVALID_PARAMS and "prometheus" in error["message"]
+
+
 def test_metrics_without_params_and_with_empty_params_are_the_same_grid() -> None:
     report = new_report()
     register(report, b"A", INFO_A)
