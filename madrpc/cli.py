@@ -21,6 +21,7 @@ import orjson
 
 from . import config as cfg
 from .cli_deploy import deploy_command
+from .cli_gateway import gateway_command
 from .cli_servers import broker_command, worker_command
 from .cli_support import (
     NO_BROKER_NOTICE_S,
@@ -350,6 +351,7 @@ main.add_command(map_command)
 main.add_command(drain_command)
 main.add_command(keygen_command)
 main.add_command(deploy_command)
+main.add_command(gateway_command)
 
 
 def broker_main() -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "OVERLOAD_RETRY_AFTER_MS",
     "BrokerConfig",
     "ClientConfig",
+    "GatewayConfig",
     "WorkerConfig",
 ]
 
@@ -195,3 +196,42 @@ class ClientConfig:
     """This client's key pair (a ``.key_secret`` file or a z85 secret key) for CURVE."""
     server_key: Any = None
     """The broker's public key (a ``.key`` file or z85) for CURVE."""
+
+
+DEFAULT_GATEWAY_LISTEN = "127.0.0.1:8080"
+"""Where ``madrpc gateway`` serves HTTP."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The HTTP gateway (``madrpc gateway``): where it listens, whom it lets in, its limits."""
+
+    broker: str = DEFAULT_FRONTEND
+    """The broker's frontend; the gateway is one client of it."""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: str | None = None
+    """A keys file (one per line); without one the gateway listens on loopback only."""
+    insecure: bool = False
+    """Listen beyond loopback without API keys (anyone who reaches the port may call)."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    curve_secret: Any = None
+    server_key: Any = None
+    max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest request body (413 beyond); the broker takes no bigger frame anyway."""
+    max_in_flight_per_connection: int = 1_000
+    """Calls (requests with an id, batch members each) one HTTP connection may have in
+    the grid at once (429 beyond)."""
+    max_in_flight: int = 10_000
+    """Calls all HTTP callers together may have in the grid at once (429 beyond). The
+    broker counts the gateway as one client: raise its --max-client-requests to match."""
+    read_timeout_s: float = 30.0
+    """Time a caller has to send a whole request body (408 beyond)."""
+    default_timeout_s: float = DEFAULT_TIMEOUT_MS / 1000
+    """Deadline of a call that names none: the broker's --default-timeout."""
+    keepalive_timeout_s: float = 30.0
+    """An idle keep-alive connection is closed after this long; so is one whose request
+    headers have not all arrived by then (slow callers)."""
+    metrics_max_age_s: float = 1.0
+    """The dashboard's figures are at most this old (one ``_metrics`` serves all viewers)."""
