@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 import zmq
-import zmq.asyncio
 
 from .curve import ClientCurve, apply_client
 from .errors import ErrorCode, RpcError, rpc_error_from_object
@@ -38,6 +37,8 @@ UNREACHABLE_AFTER_S = 3.0
 """Silence after which the broker counts as unreachable."""
 LINK_HWM = 100_000
 """Messages the link's socket queues each way (as the broker's own --hwm)."""
+READER_CHECK_S = 0.5
+"""The reader looks at the socket at least this often, whatever its file descriptor says."""
 _NO_REPLY_TAG = b"-"
 
 
@@ -86,10 +87,11 @@ class BrokerLink:
         self.lost_reason: str | None = None
         """Why the broker counts as unreachable; None while it answers."""
         self._curve = curve
-        self._context = zmq.asyncio.Context()
-        self._socket: Any = None
-        self._io: zmq.Socket[Any] | None = None
-        """A synchronous shadow of the socket, for sends that never wait."""
+        self._context: zmq.Context[Any] = zmq.Context()
+        self._socket: zmq.Socket[Any] | None = None
+        self._readable = asyncio.Event()
+        """Set when the socket may have something to read (its fd, or after a send:
+        ZeroMQ's fd is edge-triggered, and a send may take the edge a reply brought)."""
         self._exchanges: dict[bytes, Exchange] = {}
         self._tags = itertools.count(1)
         self._ids = itertools.count(1)
@@ -109,7 +111,6 @@ class BrokerLink:
             apply_client(socket, self._curve)
         socket.connect(self.endpoint)
         self._socket = socket
-        self._io = zmq.Socket.shadow(socket.underlying)
         self.last_heard = time.monotonic()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._probe_loop())]
@@ -156,22 +157,43 @@ class BrokerLink:
         return reply.get("result")
 
     def _send(self, tag: bytes, frame: bytes) -> None:
-        assert self._io is not None
+        assert self._socket is not None
         try:
-            self._io.send_multipart([tag, frame], zmq.NOBLOCK, copy=len(frame) < 65536)
+            self._socket.send_multipart([tag, frame], zmq.NOBLOCK, copy=len(frame) < 65536)
         except zmq.ZMQError as exc:
             raise RpcError(ErrorCode.BROKER_UNREACHABLE,
                            f"Broker unreachable: cannot send to {self.endpoint}: {exc}") from exc
+        self._readable.set()
 
     async def _read_loop(self) -> None:
+        socket = self._socket
+        assert socket is not None
+        loop = asyncio.get_running_loop()
+        readable = self._readable
+        descriptor = socket.getsockopt(zmq.FD)
+        loop.add_reader(descriptor, readable.set)
+        try:
+            while True:
+                readable.clear()
+                self._read_all(socket)
+                if socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(readable.wait(), READER_CHECK_S)
+        finally:
+            loop.remove_reader(descriptor)
+
+    def _read_all(self, socket: zmq.Socket[Any]) -> None:
         while True:
-            frames = await self._socket.recv_multipart()
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             self.last_heard = time.monotonic()
-            if len(frames) != 2:
-                continue
-            exchange = self._exchanges.get(frames[0])
-            if exchange is not None:
-                exchange.deliver(frames[1])
+            if len(frames) == 2:
+                exchange = self._exchanges.get(frames[0])
+                if exchange is not None:
+                    exchange.deliver(frames[1])
 
     async def _probe_loop(self) -> None:
         while True:
