@@ -13,6 +13,7 @@ new ones are refused until the broker answers again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -49,27 +50,45 @@ class LinkLost(Exception):
 class Exchange:
     """Requests sent together; their replies arrive in :meth:`next`, in order."""
 
-    __slots__ = ("tag", "sent_at", "_replies", "_link")
+    __slots__ = ("tag", "sent_at", "_replies", "_waiter", "_link")
 
     def __init__(self, link: BrokerLink, tag: bytes, sent_at: float) -> None:
         self.tag = tag
         self.sent_at = sent_at
-        self._replies: asyncio.Queue[bytes | LinkLost] = asyncio.Queue()
+        self._replies: collections.deque[bytes | LinkLost] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._link = link
 
     async def next(self, timeout_s: float) -> bytes:
         """The next reply; ``TimeoutError`` after ``timeout_s``; :class:`LinkLost`."""
-        reply = await asyncio.wait_for(self._replies.get(), max(timeout_s, 0.001))
+        if not self._replies:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(max(timeout_s, 0.0), _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        reply = self._replies.popleft()
         if isinstance(reply, LinkLost):
             raise reply
         return reply
 
     def deliver(self, reply: bytes | LinkLost) -> None:
-        self._replies.put_nowait(reply)
+        self._replies.append(reply)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self) -> None:
         """Forget this exchange: later replies for it are dropped."""
         self._link.forget(self)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class BrokerLink:
