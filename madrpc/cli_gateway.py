@@ -64,6 +64,9 @@ class Listen(click.ParamType):
               help="The gateway's client key pair when the broker has CURVE.")
 @click.option("--server-key", metavar="FILE", envvar="MADRPC_SERVER_KEY", default=None,
               help="The broker's public key (.key).")
+@click.option("--cors-origin", "cors_origins", metavar="ORIGIN", multiple=True,
+              help="Let pages from ORIGIN (e.g. https://app.example; * for any) call from a "
+                   "browser; repeat for more. [default: same origin only]")
 @click.option("--max-body-bytes", type=click.IntRange(1), default=G.max_body_bytes,
               show_default=True, help="Largest request body (413 beyond).")
 @click.option("--max-in-flight-per-connection", type=click.IntRange(1),

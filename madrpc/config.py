@@ -218,6 +218,8 @@ class GatewayConfig:
     tls_key: str | None = None
     curve_secret: Any = None
     server_key: Any = None
+    cors_origins: tuple[str, ...] = ()
+    """Origins whose pages may call from a browser (``*``: any); none: same origin only."""
     max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     """Largest request body (413 beyond); the broker takes no bigger frame anyway."""
     max_in_flight_per_connection: int = 1_000

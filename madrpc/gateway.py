@@ -36,7 +36,14 @@ from .gateway_core import (
     restore_id,
 )
 from .gateway_link import BrokerLink, Exchange, LinkLost
-from .gateway_pages import GatewayStats, MetricsFeed, Pages, error_middleware, json_error
+from .gateway_pages import (
+    GatewayStats,
+    MetricsFeed,
+    Pages,
+    cors_middleware,
+    error_middleware,
+    json_error,
+)
 from .jsonrpc import error_response
 
 __all__ = ["JSON_TYPES", "Gateway", "is_loopback"]
@@ -87,8 +94,10 @@ class Gateway:
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware, self._count_middleware],
-                              client_max_size=self.config.max_body_bytes)
+        middlewares = [error_middleware, self._count_middleware]
+        if self.config.cors_origins:
+            middlewares.insert(0, cors_middleware(frozenset(self.config.cors_origins)))
+        app = web.Application(middlewares=middlewares, client_max_size=self.config.max_body_bytes)
         for path in ("/", "/rpc"):
             app.router.add_post(path, self.rpc)
         app.router.add_get("/", self.pages.dashboard)

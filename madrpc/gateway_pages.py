@@ -27,7 +27,8 @@ from .gateway_link import BrokerLink, LinkLost
 from .jsonrpc import NULL, error_response
 from .prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 
-__all__ = ["GatewayStats", "MetricsFeed", "Pages", "error_middleware", "json_error"]
+__all__ = ["GatewayStats", "MetricsFeed", "Pages", "cors_middleware", "error_middleware",
+           "json_error"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,36 @@ async def error_middleware(request: web.Request,
                    if name.lower() in ("allow", "retry-after", "www-authenticate")}
         return json_error(exc.status, code, f"{prefix}: {reason} ({request.method} "
                           f"{request.path})", headers=headers)
+
+
+CORS_MAX_AGE_S = 600
+"""How long a browser may reuse a CORS preflight answer."""
+CORS_HEADERS = "Content-Type, X-API-Key, Authorization, Accept"
+
+
+def cors_middleware(origins: frozenset[str]) -> Any:
+    """Let pages from ``origins`` (``*``: any) call the gateway from a browser: answer
+    preflights, and name the caller's origin on every answer to it."""
+    @web.middleware
+    async def cors(request: web.Request,
+                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and ("*" in origins or origin in origins)
+        if request.method == "OPTIONS" and allowed:
+            response: web.StreamResponse = web.Response(status=204, headers={
+                "Access-Control-Allow-Methods": "POST, GET",
+                "Access-Control-Allow-Headers": CORS_HEADERS,
+                "Access-Control-Max-Age": str(CORS_MAX_AGE_S)})
+        else:
+            response = await handler(request)
+        if allowed and not response.prepared:
+            assert origin is not None
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return cors
 
 
 @dataclass

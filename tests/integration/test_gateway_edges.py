@@ -183,6 +183,27 @@ def test_a_public_address_without_keys_is_refused(grid: tuple[Grid, Spawner]) ->
     assert "without --api-keys" in gateway.proc.stderr()
 
 
+# ---------------------------------------------------------------------------- CORS
+
+
+def test_browsers_may_call_from_the_origins_named_only(grid: tuple[Grid, Spawner],
+                                                       tight: HttpGateway) -> None:
+    gateway = start_gateway(grid[1], grid[0].frontend, "--cors-origin", "https://app.example")
+    preflight = gateway.request("OPTIONS", "/rpc", None, {
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type, x-api-key"})
+    assert preflight.status == 204
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    assert "x-api-key" in preflight.headers["access-control-allow-headers"].lower()
+    called = gateway.post(ADD, Origin="https://app.example")
+    assert called.json()["result"] == 3
+    assert called.headers["access-control-allow-origin"] == "https://app.example"
+    stranger = gateway.post(ADD, Origin="https://evil.example")
+    assert "access-control-allow-origin" not in stranger.headers
+    assert "access-control-allow-origin" not in tight.post(ADD, Origin="https://app.example"
+                                                           ).headers
+
+
 # ----------------------------------------------------------------------------- TLS
 
 
