@@ -185,6 +185,8 @@ class Gateway:
             return json_error(408, ErrorCode.INVALID_REQUEST,
                               "Invalid Request: the body did not arrive within "
                               f"{self.config.read_timeout_s:g} s", headers={"Connection": "close"})
+        except ConnectionError:   # the caller hung up while sending: nobody reads an answer
+            return web.Response(status=400)
 
     def _admit(self, request: web.Request, plan: Plan) -> web.Response | None:
         """429 when the calls would pass the connection's or the gateway's limit."""
