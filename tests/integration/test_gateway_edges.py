@@ -204,6 +204,15 @@ def test_browsers_may_call_from_the_origins_named_only(grid: tuple[Grid, Spawner
                                                            ).headers
 
 
+@pytest.mark.parametrize(("signum", "status"), [(2, 130), (15, 0)])
+def test_the_gateway_stops_on_ctrl_c_and_sigterm(grid: tuple[Grid, Spawner], signum: int,
+                                                 status: int) -> None:
+    gateway = start_gateway(grid[1], grid[0].frontend)
+    gateway.proc.signal(signum)
+    assert gateway.proc.wait(15) == status
+    assert "Traceback" not in gateway.proc.stderr()
+
+
 # ----------------------------------------------------------------------------- TLS
 
 
