@@ -8,7 +8,10 @@ from typing import Any
 
 from .metrics import MAX_ERROR_CODES, CallStats, Histogram, RateMeter
 
-__all__ = ["REFUSED_PEER_MEMORY", "BrokerFigures"]
+__all__ = ["RATE_HISTORY_S", "REFUSED_PEER_MEMORY", "BrokerFigures"]
+
+RATE_HISTORY_S = 60
+"""Seconds of req/s history kept, one count per second (``_metrics`` ``rate_history``)."""
 
 REFUSED_PEER_MEMORY = 10_000
 """Refused peers remembered (each is reported once), oldest forgotten first."""
@@ -25,7 +28,7 @@ class BrokerFigures:
         self.dropped: Counter[str] = Counter()
         """Messages dropped, by reason."""
         self.methods: defaultdict[str, CallStats] = defaultdict(CallStats)
-        self.rate = RateMeter()
+        self.rate = RateMeter(history_s=RATE_HISTORY_S)
         self._rated = 0
         """Requests already counted into ``rate`` (it is fed once per tick, not per request)."""
         self._refused_peers: OrderedDict[bytes, bool] = OrderedDict()

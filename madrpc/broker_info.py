@@ -17,7 +17,7 @@ import zmq
 
 from .__about__ import __version__
 from .broker_clients import ClientTable, ReplyBacklog
-from .broker_figures import BrokerFigures
+from .broker_figures import RATE_HISTORY_S, BrokerFigures
 from .broker_requests import RequestTable
 from .broker_scripts import ScriptStore
 from .broker_tables import BrokerRun, WorkerRecord
@@ -29,10 +29,8 @@ from .metrics import CallStats
 from .policy import IdempotencyTable
 from .prometheus import exposition
 
-__all__ = ["ADMIN_METHODS", "BUILTIN_METHODS", "RATE_HISTORY_S", "GridReport"]
+__all__ = ["ADMIN_METHODS", "BUILTIN_METHODS", "GridReport"]
 
-RATE_HISTORY_S = 60
-"""Seconds of req/s history in ``_metrics`` (for sparklines)."""
 ADMIN_METHODS = frozenset({"_drain"})
 """Built-in methods only admins may call (with CURVE: a key in the admin directory)."""
 BUILTIN_METHODS = frozenset({"_metrics", "_info", "_ping"}) | ADMIN_METHODS

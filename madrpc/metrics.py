@@ -128,22 +128,24 @@ class Histogram:
 
 
 class RateMeter:
-    """Events per second over a sliding window of whole seconds."""
+    """Events per second over a sliding window of whole seconds; it also remembers each
+    of the last ``history_s`` seconds (for :meth:`history`)."""
 
-    __slots__ = ("window_s", "_buckets")
+    __slots__ = ("window_s", "history_s", "_buckets")
 
-    def __init__(self, window_s: int = 5) -> None:
+    def __init__(self, window_s: int = 5, history_s: int = 0) -> None:
         self.window_s = window_s
+        self.history_s = max(window_s, history_s)
         self._buckets: dict[int, int] = {}
 
     def add(self, now: float, count: int = 1) -> None:
         second = int(now)
         self._buckets[second] = self._buckets.get(second, 0) + count
-        if len(self._buckets) > self.window_s + 2:
+        if len(self._buckets) > self.history_s + 2:
             self._trim(second)
 
     def _trim(self, second: int) -> None:
-        oldest = second - self.window_s
+        oldest = second - self.history_s
         for key in [k for k in self._buckets if k < oldest]:
             del self._buckets[key]
 

@@ -12,7 +12,8 @@ from madrpc import protocol as p
 from madrpc.__about__ import __version__
 from madrpc.broker_clients import ClientTable, ReplyBacklog
 from madrpc.broker_figures import BrokerFigures
-from madrpc.broker_info import RATE_HISTORY_S, GridReport
+from madrpc.broker_figures import RATE_HISTORY_S
+from madrpc.broker_info import GridReport
 from madrpc.broker_requests import RequestTable
 from madrpc.broker_state import BrokerState
 from madrpc.broker_tables import BrokerRun, Request, WorkerRecord

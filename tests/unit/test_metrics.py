@@ -331,3 +331,13 @@ def test_merging_call_stats_leaves_the_other_unchanged() -> None:
     first.record(0.001, -32000)
 
     assert (second.requests, second.errors, second.latency.total) == (1, Counter({-32000: 1}), 1)
+
+
+def test_a_rate_meter_remembers_its_history_beyond_its_rate_window() -> None:
+    meter = RateMeter(window_s=5, history_s=60)
+    for second in range(100, 170):   # 70 s of load, one event more each second
+        meter.add(second + 0.5, second)
+    history = meter.history(170.2, 60)
+    assert history == list(range(110, 170))          # every second of the last minute
+    assert meter.rate(170.2) == sum(range(165, 170)) / 5   # the rate stays a 5 s mean
+    assert len(meter._buckets) <= 62   # noqa: SLF001 - bounded memory is the point
