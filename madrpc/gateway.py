@@ -94,7 +94,7 @@ class Gateway:
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
-        middlewares = [error_middleware, self._count_middleware]
+        middlewares = [self._count_middleware, error_middleware]   # outermost first
         if self.config.cors_origins:
             middlewares.insert(0, cors_middleware(frozenset(self.config.cors_origins)))
         app = web.Application(middlewares=middlewares, client_max_size=self.config.max_body_bytes)

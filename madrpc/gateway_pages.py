@@ -32,7 +32,8 @@ __all__ = ["GatewayStats", "MetricsFeed", "Pages", "cors_middleware", "error_mid
 
 log = logging.getLogger(__name__)
 
-STATIC_PACKAGE = "madrpc.static"
+STATIC_DIR = "static"
+"""The dashboard's files, in the package (setup.cfg ships them as package data)."""
 METRICS_CALL_TIMEOUT_S = 2.0
 """How long the gateway waits for the broker's ``_metrics``."""
 PAGE_HEADERS = {
@@ -156,9 +157,15 @@ class MetricsFeed:
         if self._pending is None or self._pending.done():
             self._pending = asyncio.get_running_loop().create_task(
                 self.link.call("_metrics", None, METRICS_CALL_TIMEOUT_S))
+            self._pending.add_done_callback(_retrieve)   # its viewers may all have left
         self._latest = await asyncio.shield(self._pending)
         self._fetched = time.monotonic()
         return self._latest
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class Pages:
@@ -191,7 +198,7 @@ class Pages:
         if "/" in name or name.startswith(".") or suffix not in STATIC_TYPES:
             raise web.HTTPNotFound()
         try:
-            body = resources.files(STATIC_PACKAGE).joinpath(name).read_bytes()
+            body = resources.files("madrpc").joinpath(STATIC_DIR, name).read_bytes()
         except (FileNotFoundError, IsADirectoryError) as exc:
             raise web.HTTPNotFound() from exc
         return web.Response(body=body, content_type=STATIC_TYPES[suffix],
@@ -239,8 +246,9 @@ class Pages:
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while the broker answers the gateway, else 503 (for load balancers)."""
-        body = {"status": "ok" if self.link.reachable else "unavailable",
-                "broker": self.link.endpoint, "broker_run": self.link.run,
-                "error": self.link.lost_reason}
+        body: dict[str, Any] = {"status": "ok" if self.link.reachable else "unavailable"}
+        if self.keys is None:   # with keys, callers without one learn nothing more
+            body.update(broker=self.link.endpoint, broker_run=self.link.run,
+                        error=self.link.lost_reason)
         return web.Response(status=200 if self.link.reachable else 503,
                             body=orjson.dumps(body), content_type="application/json")

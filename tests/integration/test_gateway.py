@@ -241,6 +241,9 @@ def test_metrics_and_healthz(setup: Setup) -> None:
     assert 'madrpc_gateway_http_responses_total{status="200"}' in text
     health = setup.gateway.get("/healthz")
     assert health.status == 200 and health.json()["status"] == "ok"
+    setup.gateway.get("/nowhere")
+    counted = setup.gateway.get("/api/metrics").json()["gateway"]["responses"]
+    assert counted.get("404", 0) >= 1   # errors made by aiohttp are counted too
 
 
 def test_the_dashboard_and_its_figures_are_served(setup: Setup) -> None:
