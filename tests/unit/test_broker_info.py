@@ -11,8 +11,7 @@ import pytest
 from madrpc import protocol as p
 from madrpc.__about__ import __version__
 from madrpc.broker_clients import ClientTable, ReplyBacklog
-from madrpc.broker_figures import BrokerFigures
-from madrpc.broker_figures import RATE_HISTORY_S
+from madrpc.broker_figures import RATE_HISTORY_S, BrokerFigures
 from madrpc.broker_info import GridReport
 from madrpc.broker_requests import RequestTable
 from madrpc.broker_state import BrokerState
