@@ -57,6 +57,13 @@ class HttpGateway:
         return self.request("GET", path, None,
                             {name.replace("_", "-"): value for name, value in headers.items()})
 
+    def get_or_none(self, path: str) -> int | None:
+        """The status of GET ``path``, or None while nothing answers on the port."""
+        try:
+            return self.get(path).status
+        except OSError:
+            return None
+
     def healthy(self) -> bool:
         try:
             return self.get("/healthz").status == 200

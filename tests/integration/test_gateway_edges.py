@@ -4,6 +4,7 @@ keys, TLS, and a broker that goes away and comes back. None of it takes the gate
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import ssl
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from grid_support import Grid, Spawner, scaled, wait_for_workers, wait_until
+import zmq.auth
+from grid_support import SIMPLE_JS, Grid, Spawner, scaled, wait_for_workers, wait_until
 from http_support import HttpGateway, start_gateway
 
 pytestmark = pytest.mark.timeout(90)
@@ -228,6 +230,36 @@ def test_tls_serves_https(grid: tuple[Grid, Spawner], tmp_path: Path) -> None:
     assert gateway.post(ADD).json()["result"] == 3
     plain = raw_exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", wait_s=3)
     assert not plain.startswith(b"HTTP/1.1 200")   # no plaintext on the TLS port
+
+
+# --------------------------------------------------------------------------- CURVE
+
+
+def test_with_a_curve_broker_the_gateway_is_a_client_with_its_own_key(
+        spawn: Spawner, tmp_path: Path) -> None:
+    secrets, clients, workers = (tmp_path / d for d in ("secrets", "clients", "workers"))
+    for directory in (secrets, clients, workers):
+        directory.mkdir()
+    for name, role in (("broker", None), ("gateway", clients), ("worker", workers),
+                       ("stranger", None)):
+        public, _ = zmq.auth.create_certificates(str(secrets), name)
+        if role is not None:
+            shutil.copy(public, role)
+    endpoints = spawn.endpoints()
+    spawn.broker(endpoints, "--curve-secret", str(secrets / "broker.key_secret"),
+                 "--client-keys", str(clients), "--worker-keys", str(workers))
+    spawn.worker(endpoints, SIMPLE_JS, 1, "--curve-secret", str(secrets / "worker.key_secret"),
+                 "--server-key", str(secrets / "broker.key"))
+    gateway = start_gateway(spawn, endpoints.frontend,
+                            "--curve-secret", str(secrets / "gateway.key_secret"),
+                            "--server-key", str(secrets / "broker.key"))
+    wait_until(lambda: gateway.post(ADD).status == 200, 30, 0.2, "the worker to serve")
+    assert gateway.post(ADD).json()["result"] == 3
+    stranger = start_gateway(spawn, endpoints.frontend, "--curve-secret",
+                             str(secrets / "stranger.key_secret"), "--server-key",
+                             str(secrets / "broker.key"), wait=False)
+    wait_until(lambda: stranger.get_or_none("/healthz") == 503, 15, 0.2,
+               "the gateway with an unknown key to find no broker")
 
 
 # ------------------------------------------------------------- the broker goes away
