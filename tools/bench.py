@@ -20,6 +20,11 @@ Sections:
   scale    one broker with 1,000 simulated workers vs 10: registration, idle CPU and RSS,
            Client.map calls/s, _metrics/_info size and time, madrpc top frame time
            (tools/bench_scale.py, ~2 min)
+  http     madrpc gateway, wrk at 1 and 64 connections, vs ZeroMQ (tools/bench_http.py)
+  goals    issue 13's goals, each as MaDRPC/baseline beside its target: Client.call and
+           Client.map vs multiprocessing.Pool(2) + one MiniRacer per process, 64 in flight
+           vs the bare echo broker, the pi job vs bare V8, a 1 MiB round trip vs a raw echo
+           (tools/bench_pool.py, tools/bench_payload.py; ~1 min; printed as its own table)
 The machine is shared and noisy: read ratios, not absolute figures.
 """
 
@@ -35,6 +40,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +50,11 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 PI_SCRIPT = ROOT / "examples" / "monte-carlo-pi" / "scripts" / "pi.js"
 BENCH_SCRIPT = ROOT / "tools" / "bench.js"
-SECTIONS = ("rpc", "pi", "fanout", "nested", "fresh", "metrics", "curve", "stream", "scale")
+SECTIONS = ("rpc", "pi", "fanout", "nested", "fresh", "metrics", "curve", "stream", "scale", "http",
+            "goals")
+OWN_TABLES = ("goals",)
+"""Sections that print a table of their own, after the table of the others."""
+CASE_HEADER = "| case | measured | baseline | ratio |\n|---|---|---|---|"
 
 
 def free_port() -> int:
@@ -347,6 +357,25 @@ def bench_metrics(duration_s: float, rounds: int = 4) -> list[str]:
     ]
 
 
+def run_section(name: str, duration_s: float, runs: int) -> list[str]:
+    """The rows of one section; those in tools/bench_<part>.py are imported when run
+    (tools/ is on sys.path when this runs as a script)."""
+    runners: dict[str, Callable[[], list[str]]] = {
+        "rpc": lambda: bench_rpc(duration_s),
+        "pi": lambda: bench_pi(runs),
+        "fanout": lambda: bench_fanout(runs),
+        "nested": lambda: bench_nested(runs),
+        "fresh": lambda: bench_fresh(runs),
+        "metrics": lambda: bench_metrics(duration_s),
+        "curve": lambda: import_module("bench_curve").bench_curve(duration_s, runs),
+        "stream": lambda: import_module("bench_stream").bench_stream(runs),
+        "scale": lambda: import_module("bench_scale").bench_scale(runs),
+        "http": lambda: import_module("bench_http").bench_http(duration_s),
+        "goals": lambda: import_module("bench_pool").bench_goals(duration_s, runs),
+    }
+    return list(runners[name]())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=SECTIONS, action="append",
@@ -356,34 +385,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="repetitions (best is kept; median in the curve section)")
     args = parser.parse_args(argv)
     sections = args.only or list(SECTIONS)
+    sections = [n for n in sections if n not in OWN_TABLES] + [
+        n for n in sections if n in OWN_TABLES]
     print(f"# MaDRPC bench  ({os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')})")
-    print("| case | measured | baseline | ratio |\n|---|---|---|---|")
-    for name in sections:
-        if name == "rpc":
-            rows = bench_rpc(args.duration)
-        elif name == "pi":
-            rows = bench_pi(args.runs)
-        elif name == "fanout":
-            rows = bench_fanout(args.runs)
-        elif name == "nested":
-            rows = bench_nested(args.runs)
-        elif name == "fresh":
-            rows = bench_fresh(args.runs)
-        elif name == "curve":
-            from bench_curve import bench_curve  # tools/ is on sys.path when run as a script
-
-            rows = bench_curve(args.duration, args.runs)
-        elif name == "stream":
-            from bench_stream import bench_stream
-
-            rows = bench_stream(args.runs)
-        elif name == "scale":
-            from bench_scale import bench_scale
-
-            rows = bench_scale(args.runs)
-        else:
-            rows = bench_metrics(args.duration)
-        for row in rows:
+    if sections[0] not in OWN_TABLES:
+        print(CASE_HEADER)
+    for index, name in enumerate(sections):
+        if name in OWN_TABLES and index > 0:
+            print()
+        for row in run_section(name, args.duration, args.runs):
             print(row, flush=True)
     return 0
 
