@@ -24,14 +24,19 @@ from . import protocol as p
 from .worker_tables import LocalRequest
 
 __all__ = [
-    "KEY_MARK", "MAX_RECENT_RESULTS", "RECENT_RESULTS_S", "HandOver", "idempotency_key",
-    "is_stream",
+    "KEY_MARK", "MAX_RECENT_BYTES", "MAX_RECENT_RESULT_BYTES", "MAX_RECENT_RESULTS",
+    "RECENT_RESULTS_S", "HandOver", "idempotency_key", "is_stream",
 ]
 
 RECENT_RESULTS_S = 30.0
 """How long results of keyed requests are kept to hand to a restarted broker."""
 MAX_RECENT_RESULTS = 10_000
 """Most keyed results kept for a restarted broker (oldest forgotten first)."""
+MAX_RECENT_RESULT_BYTES = 1024 * 1024
+"""A keyed result longer than this is not kept (the broker stores none longer by default:
+its --max-idempotent-result-bytes)."""
+MAX_RECENT_BYTES = 64 * 1024 * 1024
+"""Request bodies and results kept for a restarted broker, in all (oldest forgotten first)."""
 KEY_MARK = b'"idempotency_key"'
 """Bodies without it have no idempotency key (a cheap test before parsing)."""
 
@@ -49,6 +54,8 @@ class HandOver:
     def __init__(self) -> None:
         self.recent: OrderedDict[bytes, _Result] = OrderedDict()
         """Broker key -> a keyed request that finished lately."""
+        self.recent_bytes = 0
+        """Bytes of the bodies and results in :attr:`recent`."""
         self.call_bodies: dict[int, tuple[bytes, bytes]] = {}
         """Nested call key -> (CALL meta, body), until its result arrives."""
 
@@ -57,15 +64,21 @@ class HandOver:
 
     def remember_result(self, request: LocalRequest, fragment: bytes, now: float) -> None:
         """Keep a finished request's reply if the request carries an idempotency key."""
-        if KEY_MARK not in request.body:
+        if len(fragment) > MAX_RECENT_RESULT_BYTES or KEY_MARK not in request.body:
             return
         recent = self.recent
+        replaced = recent.pop(request.key, None)
+        if replaced is not None:
+            self.recent_bytes -= len(replaced.body) + len(replaced.fragment)
         recent[request.key] = _Result(request.method, request.body, fragment, now)
+        self.recent_bytes += len(request.body) + len(fragment)
         while recent:
             oldest = next(iter(recent.values()))
-            if len(recent) <= MAX_RECENT_RESULTS and now - oldest.finished_at <= RECENT_RESULTS_S:
+            if (len(recent) <= MAX_RECENT_RESULTS and self.recent_bytes <= MAX_RECENT_BYTES
+                    and now - oldest.finished_at <= RECENT_RESULTS_S):
                 break
             recent.popitem(last=False)
+            self.recent_bytes -= len(oldest.body) + len(oldest.fragment)
 
     def track_call(self, call_key: int, meta: bytes, body: bytes) -> None:
         self.call_bodies[call_key] = (meta, body)
@@ -103,6 +116,7 @@ class HandOver:
     def clear(self) -> None:
         """The broker re-dispatched all we held: nothing of it is ours to hand over."""
         self.recent.clear()
+        self.recent_bytes = 0
         self.call_bodies.clear()
 
 

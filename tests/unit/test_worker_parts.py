@@ -10,6 +10,8 @@ from madrpc import protocol as p
 from madrpc.worker_credit import EWMA_WEIGHT, CreditLedger, RunTimes
 from madrpc.worker_figures import WorkerFigures
 from madrpc.worker_handover import (
+    MAX_RECENT_BYTES,
+    MAX_RECENT_RESULT_BYTES,
     MAX_RECENT_RESULTS,
     RECENT_RESULTS_S,
     HandOver,
@@ -269,6 +271,23 @@ def test_remembered_results_expire_and_are_bounded() -> None:
         handover.recent[p.encode_key(100 + n)] = handover.recent[p.encode_key(2)]
     handover.remember_result(add(book, 3, key="last"), b"x", RECENT_RESULTS_S + 1)
     assert len(handover.recent) == MAX_RECENT_RESULTS
+
+
+def test_remembered_results_are_bounded_in_bytes_and_big_ones_are_not_kept() -> None:
+    book, handover = RequestBook(), HandOver()
+    handover.remember_result(add(book, 1, key="huge"), b"x" * (MAX_RECENT_RESULT_BYTES + 1), 0.0)
+    assert not handover.recent and handover.recent_bytes == 0
+
+    result = b"r" * (MAX_RECENT_RESULT_BYTES // 2)
+    kept = MAX_RECENT_BYTES // (len(result) + len(add(book, 0, key="k-0").body))
+    for n in range(kept + 10):
+        handover.remember_result(add(book, 10 + n, key=f"k-{n}"), result, 1.0)
+    assert kept - 1 <= len(handover.recent) <= kept   # bodies differ by a byte or two
+    assert handover.recent_bytes == sum(len(r.body) + len(r.fragment)
+                                        for r in handover.recent.values())
+    assert handover.recent_bytes <= MAX_RECENT_BYTES
+    handover.clear()
+    assert handover.recent_bytes == 0
 
 
 def test_the_adoption_body_lists_held_requests_then_recent_keyed_results() -> None:
