@@ -261,20 +261,23 @@ def encode_step_payload(
     """``{"s": [[call, {fragment}]..], "x": [local..], "r": [[local, deadline, cpu, depth,
     body]..], "m": [[local, n]..], "p": [[call, items]..]}`` with empty members left out.
     Bodies, fragments and items (a JSON array each) are spliced in as they are (they are
-    JSON already). The runtime's order (x, p, s, r, m) does not depend on this one."""
-    parts: list[bytes] = []
-    if settles:
-        parts.append(b'"s":[' + b",".join(b"[%d,{%b}]" % (c, f) for c, f in settles) + b"]")
-    if cancels:
-        parts.append(b'"x":[' + b",".join(b"%d" % c for c in cancels) + b"]")
-    if starts:
-        parts.append(b'"r":[' + b",".join(b"[%d,%d,%d,%d,%b]" % entry for entry in starts)
-                     + b"]")
-    if grants:
-        parts.append(b'"m":[' + b",".join(b"[%d,%d]" % grant for grant in grants) + b"]")
-    if feeds:
-        parts.append(b'"p":[' + b",".join(b"[%d,%b]" % feed for feed in feeds) + b"]")
-    return b"{" + b",".join(parts) + b"}"
+    JSON already), with one copy in all: a 1 MiB body is copied once, not once per
+    nesting level. The runtime's order (x, p, s, r, m) does not depend on this one."""
+    pieces: list[bytes] = []
+    for name, entries in ((b'"s":[', [(b"[%d,{" % c, f, b"}]") for c, f in settles]),
+                          (b'"x":[', [(b"%d" % c,) for c in cancels]),
+                          (b'"r":[', [(b"[%d,%d,%d,%d," % e[:4], e[4], b"]") for e in starts]),
+                          (b'"m":[', [(b"[%d,%d]" % grant,) for grant in grants]),
+                          (b'"p":[', [(b"[%d," % c, items, b"]") for c, items in feeds])):
+        if not entries:
+            continue
+        pieces += (b"," if pieces else b"", name)
+        for index, entry in enumerate(entries):
+            if index:
+                pieces.append(b",")
+            pieces += entry
+        pieces.append(b"]")
+    return b"".join([b"{", *pieces, b"}"])
 
 
 class Reply(NamedTuple):
@@ -337,29 +340,45 @@ OutboxEntry = Reply | NestedCall | ConsoleLine | Items | StreamAck | Abandon
 
 
 def parse_outbox(outbox: bytes) -> Iterator[OutboxEntry]:
-    """The entries of an outbox in order; unknown lines are skipped."""
-    if not outbox:
-        return
-    for line in outbox.split(b"\n"):
-        kind = line[:1]
+    """The entries of an outbox in order; unknown lines are skipped. The long field of a
+    line (a fragment, items, a body) is sliced from the outbox once, not split twice."""
+    position, size = 0, len(outbox)
+    while position < size:
+        end = outbox.find(b"\n", position)
+        if end < 0:
+            end = size
+        kind = outbox[position:position + 1]
         if kind == b"R":
-            _, local, fragment = line.split(b" ", 2)
-            yield Reply(int(local), fragment)
+            local, fragment = _fields(outbox, position, end, 1)
+            yield Reply(int(local[0]), fragment)
         elif kind == b"P":
-            _, local, count, items = line.split(b" ", 3)
-            yield Items(int(local), int(count), items)
+            numbers, items = _fields(outbox, position, end, 2)
+            yield Items(int(numbers[0]), int(numbers[1]), items)
         elif kind == b"C":
-            _, js_call, owner, body = line.split(b" ", 3)
-            yield NestedCall(int(js_call), int(owner), body)
+            numbers, body = _fields(outbox, position, end, 2)
+            yield NestedCall(int(numbers[0]), int(numbers[1]), body)
         elif kind == b"L":
-            _, level, owner, text = line.split(b" ", 3)
-            yield ConsoleLine(level.decode(), int(owner), text)
+            words, text = _fields(outbox, position, end, 2)
+            yield ConsoleLine(words[0].decode(), int(words[1]), text)
         elif kind == b"M":
-            _, js_call, n = line.split(b" ", 2)
-            yield StreamAck(int(js_call), int(n))
+            numbers, n = _fields(outbox, position, end, 1)
+            yield StreamAck(int(numbers[0]), int(n))
         elif kind == b"X":
-            _, js_call = line.split(b" ", 1)
+            _, js_call = _fields(outbox, position, end, 0)
             yield Abandon(int(js_call))
+        position = end + 1
+
+
+def _fields(outbox: bytes, start: int, end: int, count: int) -> tuple[list[bytes], bytes]:
+    """The ``count`` short space-separated fields after a line's kind letter, and the
+    rest of the line (sliced once)."""
+    fields = []
+    position = start + 2
+    for _ in range(count):
+        space = outbox.index(b" ", position, end)
+        fields.append(outbox[position:space])
+        position = space + 1
+    return fields, outbox[position:end]
 
 
 def answered(outbox: bytes, slot: bytes) -> bool:
