@@ -30,7 +30,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class Listen(click.ParamType):
+class Listen(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 on
     name = "HOST:PORT"
 
     def convert(self, value: Any, param: click.Parameter | None,

@@ -189,13 +189,13 @@ class BrokerLink:
         assert socket is not None
         loop = asyncio.get_running_loop()
         readable = self._readable
-        descriptor = socket.getsockopt(zmq.FD)
+        descriptor = int(socket.getsockopt(zmq.FD))
         loop.add_reader(descriptor, readable.set)
         try:
             while True:
                 readable.clear()
                 self._read_all(socket)
-                if socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if int(socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(readable.wait(), READER_CHECK_S)
