@@ -372,13 +372,13 @@ class Worker:
 
     def _flush(self) -> None:
         state = self.state
+        for level, method, request_id, text in state.logs:   # logged before it is answered
+            js_log.log(_JS_LEVELS.get(level, logging.INFO), "[%s id=%s] %s",
+                       method or "-", request_id, text)
+        state.logs.clear()
         for slot, frames in state.take_engine_messages():
             self.pool.send(slot, frames)
         if self.connected.is_set():   # else replies wait for the broker to acknowledge us
             for frames in state.take_broker_messages():
                 self.link.send(frames)
-        for level, method, request_id, text in state.logs:
-            js_log.log(_JS_LEVELS.get(level, logging.INFO), "[%s id=%s] %s",
-                       method or "-", request_id, text)
-        state.logs.clear()
 
