@@ -6,7 +6,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from grid_support import SIMPLE_JS, TIME_FACTOR, Grid, Spawner, scaled, wait_for_workers
+from grid_support import (
+    SIMPLE_JS,
+    TIME_FACTOR,
+    Grid,
+    GridPool,
+    GridSettings,
+    Spawner,
+    scaled,
+    wait_for_workers,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,15 +64,56 @@ def start_grid(spawn: Spawner) -> Callable[..., Grid]:
     return start
 
 
-@pytest.fixture(scope="module")
-def shared_grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
-    """One broker and two single-context workers for tests that only make calls."""
-    spawner = Spawner(tmp_path_factory.mktemp("shared-grid"))
+@pytest.fixture(scope="session")
+def grid_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GridPool]:
+    """Grids kept between tests (see GridPool); all stopped at the end of the session."""
+    pool = GridPool(tmp_path_factory.mktemp("grid-pool"))
     try:
-        endpoints = spawner.endpoints()
-        broker = spawner.broker(endpoints)
-        workers = [spawner.worker(endpoints, SIMPLE_JS, 1) for _ in range(2)]
-        wait_for_workers(endpoints.frontend, 2)
-        yield Grid(endpoints, broker, workers)
+        yield pool
     finally:
-        spawner.cleanup()
+        pool.close()
+
+
+def print_logs(grid: Grid) -> None:
+    for proc in (grid.broker, *grid.workers):
+        print(f"----- {proc.name} stderr -----\n{proc.stderr()[-4000:]}")
+
+
+@pytest.fixture
+def pooled_grid(grid_pool: GridPool, request: pytest.FixtureRequest,
+                ) -> Iterator[Callable[..., Grid]]:
+    """As ``start_grid``, for a test that leaves the grid as it found it (it may change a
+    context's globals, never a worker or the broker): a grid of the pool, started by an
+    earlier test with the same settings if one is at rest. Its logs hold earlier tests'
+    lines too. After the test, the grid goes back to the pool if it is at rest, else it
+    is stopped; its processes' logs are printed when the test failed."""
+    taken: list[Grid] = []
+
+    def get(script: Path | str = SIMPLE_JS, workers: int = 1, contexts: int = 1,
+            broker_args: tuple[str, ...] = (), worker_args: tuple[str, ...] = ()) -> Grid:
+        grid = grid_pool.acquire(GridSettings(str(script), workers, contexts,
+                                              tuple(broker_args), tuple(worker_args)))
+        taken.append(grid)
+        return grid
+
+    try:
+        yield get
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        failed = report is None or report.failed
+        for grid in taken:
+            if failed:
+                print_logs(grid)
+            grid_pool.release(grid, reusable=not failed)
+
+
+@pytest.fixture(scope="module")
+def shared_grid(grid_pool: GridPool, request: pytest.FixtureRequest) -> Iterator[Grid]:
+    """One broker and two single-context workers for a module's tests that only make
+    calls (from the pool, so modules share it while it stays at rest)."""
+    failures = request.session.testsfailed
+    grid = grid_pool.acquire(GridSettings(str(SIMPLE_JS), workers=2, contexts=1))
+    try:
+        yield grid
+    finally:
+        grid_pool.release(grid, reusable=request.session.testsfailed == failures)

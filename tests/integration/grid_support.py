@@ -19,9 +19,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +189,7 @@ def wait_for_workers(frontend: str, count: int, timeout_s: float = 30.0) -> dict
         snapshot = metrics(frontend)
         return snapshot if len(snapshot["workers"]) >= count else None
 
-    result: dict[str, Any] = wait_until(ready, timeout_s, 0.1, f"{count} worker(s)")
+    result: dict[str, Any] = wait_until(ready, timeout_s, 0.05, f"{count} worker(s)")
     return result
 
 
@@ -223,3 +225,201 @@ class Grid:
 
         return Client(config=ClientConfig(endpoint=self.frontend, timeout_s=scaled(timeout),
                                           **options))
+
+
+# ------------------------------------------------------------------ grids kept between tests
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """What :class:`GridPool` tells grids apart by (the arguments of ``start_grid``)."""
+
+    script: str = str(SIMPLE_JS)
+    workers: int = 1
+    contexts: int = 1
+    broker_args: tuple[str, ...] = ()
+    worker_args: tuple[str, ...] = ()
+
+
+@dataclass(eq=False)
+class PooledGrid:
+    settings: GridSettings
+    grid: Grid
+    spawner: Spawner
+    runs: int = field(default=0)
+
+
+class GridPool:
+    """Grids kept running between the tests that only make calls on them, one per set of
+    settings, so each such test does not start a broker and workers of its own.
+
+    A grid goes back to the pool only at rest: its broker and every worker alive, the same
+    workers registered, nothing in flight or queued (a test that leaves work running, kills
+    a worker or fails gets its grid stopped, and the next test a new one). At most ``keep``
+    idle grids are kept (the least recently used is stopped first); :meth:`close` stops
+    every grid, by PID, as :class:`Spawner` does."""
+
+    def __init__(self, log_root: Path, keep: int = 6) -> None:
+        self.log_root = log_root
+        self.keep = keep
+        self._idle: OrderedDict[int, PooledGrid] = OrderedDict()
+        self._busy: dict[int, PooledGrid] = {}
+        self._started = 0
+
+    def acquire(self, settings: GridSettings) -> Grid:
+        """An idle grid with ``settings``, or a new one (started and waited for)."""
+        for key, pooled in self._idle.items():
+            if pooled.settings == settings:
+                del self._idle[key]
+                break
+        else:
+            pooled = self._start(settings)
+        pooled.runs += 1
+        self._busy[id(pooled.grid)] = pooled
+        return pooled.grid
+
+    def release(self, grid: Grid, reusable: bool = True) -> None:
+        """Take ``grid`` back: kept if ``reusable`` and at rest, else stopped."""
+        pooled = self._busy.pop(id(grid))
+        if not (reusable and self._at_rest(pooled)):
+            pooled.spawner.cleanup()
+            return
+        self._idle[id(grid)] = pooled
+        while len(self._idle) > self.keep:
+            _, oldest = self._idle.popitem(last=False)
+            oldest.spawner.cleanup()
+
+    def close(self) -> None:
+        for pooled in [*self._idle.values(), *self._busy.values()]:
+            pooled.spawner.cleanup()
+        self._idle.clear()
+        self._busy.clear()
+
+    def _start(self, settings: GridSettings) -> PooledGrid:
+        self._started += 1
+        log_dir = self.log_root / f"grid-{self._started:02d}"
+        log_dir.mkdir(parents=True)
+        spawner = Spawner(log_dir)
+        try:
+            endpoints = spawner.endpoints()
+            broker = spawner.broker(endpoints, *settings.broker_args)
+            workers = [spawner.worker(endpoints, settings.script, settings.contexts,
+                                      *settings.worker_args)
+                       for _ in range(settings.workers)]
+            wait_for_workers(endpoints.frontend, settings.workers)
+        except BaseException:
+            spawner.cleanup()
+            raise
+        return PooledGrid(settings, Grid(endpoints, broker, workers), spawner)
+
+    @staticmethod
+    def _at_rest(pooled: PooledGrid, timeout_s: float = 5.0) -> bool:
+        grid = pooled.grid
+        pids = sorted(w.pid for w in grid.workers)
+        deadline = time.monotonic() + scaled(timeout_s)
+        while True:
+            if not grid.broker.alive() or not all(w.alive() for w in grid.workers):
+                return False
+            try:
+                snapshot = metrics(grid.frontend)
+            except Exception:  # noqa: BLE001 - a broker that does not answer is not at rest
+                return False
+            broker = snapshot["broker"]
+            if (sorted(w["pid"] for w in snapshot["workers"]) == pids
+                    and broker["in_flight"] == 0 and broker["queue_depth"] == 0):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
+
+# ------------------------------------------------------------------ command lines run ahead
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """A command line that test ``test`` (a function name) checks: ``madrpc ARGS``, or
+    with ``cli=False``, ``python ARGS`` (an example's script)."""
+
+    test: str
+    args: tuple[str, ...]
+    cli: bool = True
+
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, *(("-m", "madrpc.cli") if self.cli else ()), *self.args]
+
+
+@dataclass
+class Finished:
+    done: subprocess.CompletedProcess[str]
+    seconds: float
+    """From its start to its exit, however late a test asked."""
+
+
+class Background:
+    """Command lines started when their module starts, each waited for by the
+    test that checks it: runs that mostly wait (for a broker that is not there, an embedded
+    grid to start and stop) overlap the module's other tests instead of adding up. Each
+    runs as a user runs it, in a session of its own, its output in files; a thread takes
+    the time it exits; :meth:`close` kills (by PID) whatever still runs."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._procs: dict[str, Proc] = {}
+        self._seconds: dict[str, float] = {}
+        self._exited: dict[str, threading.Event] = {}
+        self._waiters: list[threading.Thread] = []
+
+    def start(self, name: str, argv: list[str]) -> None:
+        started = time.monotonic()
+        proc = Proc(argv, self.log_dir, f"ahead-{len(self._procs):02d}")
+        self._procs[name] = proc
+        exited = self._exited[name] = threading.Event()
+
+        def wait() -> None:
+            proc.popen.wait()
+            self._seconds[name] = time.monotonic() - started
+            exited.set()
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        self._waiters.append(waiter)
+
+    def finish(self, name: str, timeout_s: float = 30.0) -> Finished:
+        """Wait (``timeout_s`` scaled) for run ``name`` to exit; fail the test if it does
+        not (it is killed then)."""
+        proc = self._procs.get(name)
+        if proc is None:
+            pytest.fail(f"{name!r} was not started ahead (is its test in the module's AHEAD?)")
+        if not self._exited[name].wait(scaled(timeout_s)):
+            proc.kill_group()
+            pytest.fail(f"{name!r} did not exit within {scaled(timeout_s):g} s:\n"
+                        f"{proc.stderr()[-3000:]}")
+        done = subprocess.CompletedProcess(proc.popen.args, proc.popen.returncode,
+                                           proc.stdout(), proc.stderr())
+        return Finished(done, self._seconds[name])
+
+    def close(self) -> None:
+        for proc in self._procs.values():
+            proc.kill_group()
+        for waiter in self._waiters:
+            waiter.join(scaled(10))
+
+
+@contextlib.contextmanager
+def run_ahead(request: pytest.FixtureRequest, log_dir: Path, ahead: dict[str, Ahead],
+              ) -> Iterator[Background]:
+    """For a module-scoped fixture: start the ``ahead`` runs whose test is selected in
+    the module (``-k`` may leave it out), and kill what is left at the end."""
+    module = request.module
+    selected = {getattr(item, "originalname", item.name) for item in request.session.items
+                if getattr(item, "module", None) is module}
+    runs = Background(log_dir)
+    try:
+        for name, job in ahead.items():
+            if job.test in selected:
+                runs.start(name, job.argv)
+        yield runs
+    finally:
+        runs.close()
