@@ -1,5 +1,8 @@
 """Cancellation down the call tree, with real V8: from the asyncio client, from a
-Future, from Ctrl-C on the CLI and on the wire; and a failed root cancels its subtree."""
+Future, from Ctrl-C on the CLI and on the wire; and a failed root cancels its subtree.
+
+The grids come from the pool: every test frees what it cancelled (and checks it), so the
+next test finds the grid at rest; one that does not gets a new grid."""
 
 from __future__ import annotations
 
@@ -36,10 +39,20 @@ def answers_at_once(grid: Grid, count: int = 1) -> None:
         assert time.monotonic() - started < scaled(2)
 
 
+def ready_grid(pooled_grid: Callable[..., Grid], contexts: int) -> Grid:
+    """A grid of the pool that has just answered: its contexts are built and free, so the
+    requests these tests cancel are running JavaScript when the cancel lands (a context is
+    built when a request first needs it, as after a cancel dropped the last one; a cancel
+    that lands while it is being built is another case, not the one tested here)."""
+    grid = pooled_grid(RUNTIME_JS, contexts=contexts)
+    answers_at_once(grid, count=4 * contexts)
+    return grid
+
+
 def test_cancelling_the_task_awaiting_an_async_call_frees_its_only_context(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=1)
+    grid = ready_grid(pooled_grid, contexts=1)
 
     async def main() -> None:
         async with AsyncClient(grid.frontend, timeout=60) as client:
@@ -56,9 +69,9 @@ def test_cancelling_the_task_awaiting_an_async_call_frees_its_only_context(
 
 
 def test_closing_a_client_cancels_the_calls_it_still_waits_for(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=1)
+    grid = ready_grid(pooled_grid, contexts=1)
 
     async def main() -> None:
         client = AsyncClient(grid.frontend, timeout=60)
@@ -75,9 +88,9 @@ def test_closing_a_client_cancels_the_calls_it_still_waits_for(
 
 
 def test_cancelling_a_submitted_future_frees_its_only_context(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=1)
+    grid = ready_grid(pooled_grid, contexts=1)
     with Client(grid.frontend, timeout=60) as client:
         future = client.submit("long_spin", {"ms": LONG_MS})
         wait_for_in_flight(grid.frontend)
@@ -87,9 +100,9 @@ def test_cancelling_a_submitted_future_frees_its_only_context(
 
 
 def test_submitted_futures_complete_by_themselves_and_as_completed_yields_them(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=2)
+    grid = ready_grid(pooled_grid, contexts=2)
     with Client(grid.frontend, timeout=30) as client:
         futures = [client.submit("sleep", {"ms": ms}) for ms in (1500, 10, 600)]
         order = [future.result() for future in as_completed(futures, timeout=scaled(20))]
@@ -98,9 +111,9 @@ def test_submitted_futures_complete_by_themselves_and_as_completed_yields_them(
 
 
 def test_cancelling_a_fan_out_cancels_every_nested_call_and_frees_every_context(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=2)
+    grid = ready_grid(pooled_grid, contexts=2)
     with Client(grid.frontend, timeout=60) as client:
         future = client.submit("fan_long", {"n": 8, "ms": LONG_MS})
         wait_for_in_flight(grid.frontend, count=9)   # the root and its 8 nested calls
@@ -110,9 +123,9 @@ def test_cancelling_a_fan_out_cancels_every_nested_call_and_frees_every_context(
 
 
 def test_a_cancelled_request_fires_its_signal_and_its_nested_call_rejects(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=2)
+    grid = ready_grid(pooled_grid, contexts=2)
     with Client(grid.frontend, timeout=60) as client:
         future = client.submit("watch_cancel", {"ms": LONG_MS})
         wait_for_in_flight(grid.frontend, count=2)
@@ -122,8 +135,8 @@ def test_a_cancelled_request_fires_its_signal_and_its_nested_call_rejects(
     assert "ABORTED -32011" in log and "NESTED REJECTED -32011" in log
 
 
-def test_a_failed_root_cancels_its_subtree_at_once(start_grid: Callable[..., Grid]) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=2)
+def test_a_failed_root_cancels_its_subtree_at_once(pooled_grid: Callable[..., Grid]) -> None:
+    grid = ready_grid(pooled_grid, contexts=2)
     with grid.client(timeout=30) as client:
         with pytest.raises(Exception) as failed:
             client.call("fan_long", {"n": 8, "ms": LONG_MS}, timeout=scaled(1))
@@ -133,9 +146,9 @@ def test_a_failed_root_cancels_its_subtree_at_once(start_grid: Callable[..., Gri
 
 
 def test_cancel_on_the_wire_answers_the_request_and_says_whether_it_ran(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=1)
+    grid = ready_grid(pooled_grid, contexts=1)
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(grid.frontend)
@@ -167,9 +180,9 @@ def test_cancel_on_the_wire_answers_the_request_and_says_whether_it_ran(
 
 @pytest.mark.parametrize("command", ["call", "map"])
 def test_ctrl_c_on_the_cli_cancels_on_the_grid_and_exits_130(
-    start_grid: Callable[..., Grid], command: str, tmp_path: Any,
+    pooled_grid: Callable[..., Grid], command: str, tmp_path: Any,
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=1)
+    grid = ready_grid(pooled_grid, contexts=1)
     if command == "call":
         args = ["call", "long_spin", f'{{"ms": {LONG_MS}}}']
     else:
@@ -199,9 +212,9 @@ def test_ctrl_c_on_the_cli_cancels_on_the_grid_and_exits_130(
 
 
 def test_a_cancelled_call_raises_cancelled_error_and_is_not_kept_for_its_key(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=1)
+    grid = ready_grid(pooled_grid, contexts=1)
     with Client(grid.frontend, timeout=60) as client:
         future = client.submit("sleep", {"ms": 2000}, idempotency_key="once")
         wait_for_in_flight(grid.frontend)

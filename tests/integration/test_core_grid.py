@@ -9,17 +9,22 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from grid_support import (
     HEARTBEAT_S,
     LIVENESS,
     PI_JS,
+    ROOT,
     SCRIPTS,
     SIMPLE_JS,
+    Ahead,
+    Background,
     Grid,
     Spawner,
     metrics,
+    run_ahead,
     scaled,
     scaled_ms,
     wait_for_workers,
@@ -28,18 +33,46 @@ from grid_support import (
 
 from madrpc import AsyncClient, Client, JSError, RpcError, RpcTimeoutError
 
+AHEAD = {
+    "no broker": Ahead("test_madrpc_call_times_out_when_no_broker_answers",
+                       ("call", "add", "[1, 2]", "--broker", "tcp://127.0.0.1:9",
+                        "--timeout", "1")),
+    "run pi": Ahead("test_madrpc_run_starts_a_local_grid_prints_the_result_and_stops",
+                    ("run", str(PI_JS), "monte_carlo_sample", '{"samples": 10000, "seed": 3}',
+                     "--contexts", "1")),
+    "run fail": Ahead("test_madrpc_run_exits_1_on_a_js_error",
+                      ("run", str(SIMPLE_JS), "fail", '["run failure"]', "--contexts", "1")),
+    "run broken": Ahead("test_madrpc_run_with_a_broken_script_exits_1",
+                        ("run", str(SCRIPTS / "broken.js"), "ok", "--contexts", "1")),
+    "estimate_pi": Ahead("test_the_pi_example_driver_estimates_pi_on_an_embedded_grid",
+                         (str(ROOT / "examples" / "monte-carlo-pi" / "estimate_pi.py"),),
+                         cli=False),
+}
+"""Runs that need no grid of the tests' and mostly wait (for a broker that never answers,
+an embedded grid to start and stop): started when the module starts, so they overlap its
+other tests."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ahead(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          ) -> Iterator[Background]:
+    """The AHEAD runs, started at the module's first test (whichever it is)."""
+    with run_ahead(request, tmp_path_factory.mktemp("ahead"), AHEAD) as runs:
+        yield runs
+
 
 def served(frontend: str) -> dict[str, int]:
     return {w["id"]: w["requests"] for w in metrics(frontend)["workers"]}
 
 
-def test_calls_are_spread_round_robin_over_two_workers(start_grid) -> None:
-    grid: Grid = start_grid(workers=2)
-    with grid.client() as client:
+def test_calls_are_spread_round_robin_over_two_workers(shared_grid: Grid) -> None:
+    before = served(shared_grid.frontend)   # what earlier tests had them do
+    with shared_grid.client() as client:
         for i in range(100):
             assert client.call("add", [i, 1]) == i + 1
-    counts = sorted(served(grid.frontend).values())
-    assert sum(counts) == 100
+    after = served(shared_grid.frontend)
+    counts = sorted(after[worker] - before.get(worker, 0) for worker in after)
+    assert len(counts) == 2 and sum(counts) == 100
     assert all(40 <= n <= 60 for n in counts), counts
 
 
@@ -188,39 +221,40 @@ def test_madrpc_call_rejects_params_that_are_not_json(shared_grid: Grid) -> None
     assert "not valid JSON" in done.stderr
 
 
-def test_madrpc_call_times_out_when_no_broker_answers() -> None:
-    done = madrpc("call", "add", "[1, 2]", "--broker", "tcp://127.0.0.1:9", "--timeout", "1")
+def test_madrpc_call_times_out_when_no_broker_answers(ahead: Background) -> None:
+    done = ahead.finish("no broker").done
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1].startswith("error -32013: ")   # the client gave up
 
 
-def test_madrpc_run_starts_a_local_grid_prints_the_result_and_stops() -> None:
-    done = madrpc("run", str(PI_JS), "monte_carlo_sample", '{"samples": 10000, "seed": 3}',
-                  "--contexts", "1")
+def test_madrpc_run_starts_a_local_grid_prints_the_result_and_stops(ahead: Background) -> None:
+    done = ahead.finish("run pi", 60).done
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"inside": json.loads(done.stdout)["inside"],
                                        "total": 10000}
 
 
-def test_madrpc_run_exits_1_on_a_js_error() -> None:
-    done = madrpc("run", str(SIMPLE_JS), "fail", '["run failure"]', "--contexts", "1")
+def test_madrpc_run_exits_1_on_a_js_error(ahead: Background) -> None:
+    done = ahead.finish("run fail", 60).done
     assert done.returncode == 1
     assert "run failure" in done.stderr
 
 
-def test_madrpc_run_with_a_broken_script_exits_1() -> None:
-    done = madrpc("run", str(SCRIPTS / "broken.js"), "ok", "--contexts", "1")
+def test_madrpc_run_with_a_broken_script_exits_1(ahead: Background) -> None:
+    done = ahead.finish("run broken", 60).done
     assert done.returncode == 1
     assert "broken.js:3:" in done.stderr
 
 
 def test_every_command_has_help_with_defaults() -> None:
+    helps = {}
     for command in ("broker", "worker", "call", "run"):
         done = madrpc(command, "--help")
         assert done.returncode == 0
         assert "Usage:" in done.stdout
-    assert "tcp://127.0.0.1:5556" in madrpc("worker", "--help").stdout
-    assert "[default: 60]" in " ".join(madrpc("call", "--help").stdout.split())
+        helps[command] = done.stdout
+    assert "tcp://127.0.0.1:5556" in helps["worker"]
+    assert "[default: 60]" in " ".join(helps["call"].split())
 
 
 # ------------------------------------------------------------------ Python clients
@@ -306,8 +340,6 @@ def test_an_oversized_request_is_refused_by_the_client_with_a_clear_error(
 
 
 def test_the_simple_test_example_client_runs_against_a_grid(shared_grid: Grid) -> None:
-    from grid_support import ROOT
-
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "simple-test" / "client.py"),
          shared_grid.frontend], capture_output=True, text=True, timeout=scaled(60),
@@ -320,13 +352,8 @@ def test_the_simple_test_example_client_runs_against_a_grid(shared_grid: Grid) -
     assert "async gather   -> [0, 1, 4, 9, 16, 25, 36, 49]" in done.stdout
 
 
-def test_the_pi_example_driver_estimates_pi_on_an_embedded_grid() -> None:
-    from grid_support import ROOT
-
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "monte-carlo-pi" / "estimate_pi.py")],
-        capture_output=True, text=True, timeout=scaled(120),
-    )
+def test_the_pi_example_driver_estimates_pi_on_an_embedded_grid(ahead: Background) -> None:
+    done = ahead.finish("estimate_pi", 120).done
     assert done.returncode == 0, done.stderr
     estimate = float(done.stdout.split("pi ~ ")[1].split()[0])
     assert abs(estimate - 3.14159) < 0.01

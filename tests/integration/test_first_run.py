@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -14,16 +15,52 @@ import pytest
 from grid_support import (
     NOTHING_LISTENS,
     SIMPLE_JS,
+    Ahead,
+    Background,
     Spawner,
     free_port,
+    run_ahead,
     scaled,
     wait_for_workers,
 )
 
 from madrpc.__about__ import __version__
-from madrpc.cli_support import no_broker
+from madrpc.cli import main as madrpc_cli
+from madrpc.cli_support import NO_BROKER_NOTICE_S, no_broker
 
 pytestmark = pytest.mark.timeout(60)
+
+OWN_TIMEOUT_S = scaled(NO_BROKER_NOTICE_S + 2)
+"""A --timeout that ends well after `call` has said that no broker answers."""
+NOT_AN_ENDPOINT = "127.0.0.1:abc"
+TAKE_A_BROKER = [
+    ("call", "add", "[1, 2]"), ("map", "add", "-"), ("top", "--once"),
+    ("worker", "--script", str(SIMPLE_JS)), ("deploy", "--rollback"), ("drain", "w"),
+]
+"""Commands that take --broker (each given one that is not an endpoint)."""
+AHEAD = {
+    **{f"--broker {NOT_AN_ENDPOINT}: {command[0]}": Ahead(
+        "test_a_broker_endpoint_that_is_not_one_gets_one_line_and_status_2",
+        (*command, "--broker", NOT_AN_ENDPOINT)) for command in TAKE_A_BROKER},
+    "no broker": Ahead("test_call_with_no_broker_says_so_within_seconds_and_exits_1",
+                       ("call", "add", "[1, 2]", "--broker", NOTHING_LISTENS)),
+    "own timeout": Ahead("test_call_with_a_timeout_of_its_own_says_so_at_once_and_keeps_trying",
+                         ("call", "add", "[1, 2]", "--broker", NOTHING_LISTENS,
+                          "--timeout", str(OWN_TIMEOUT_S))),
+    "run": Ahead("test_run_shows_console_output_and_a_clean_shutdown_is_quiet",
+                 ("run", str(SIMPLE_JS), "sum_of_squares", "[3]")),
+}
+"""Runs that need no grid of the tests' (most of them mostly wait: for a broker that never
+answers, an embedded grid): started when the module starts, so they overlap its other
+tests."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ahead(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          ) -> Iterator[Background]:
+    """The AHEAD runs, started at the module's first test (whichever it is)."""
+    with run_ahead(request, tmp_path_factory.mktemp("ahead"), AHEAD) as runs:
+        yield runs
 
 
 def madrpc(*args: str, timeout_s: float = 30) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -34,14 +71,11 @@ def madrpc(*args: str, timeout_s: float = 30) -> tuple[subprocess.CompletedProce
     return done, time.monotonic() - started
 
 
-@pytest.mark.parametrize("command", [
-    ["call", "add", "[1, 2]"], ["map", "add", "-"], ["top", "--once"],
-    ["worker", "--script", str(SIMPLE_JS)], ["deploy", "--rollback"], ["drain", "w"],
-])
+@pytest.mark.parametrize("command", TAKE_A_BROKER, ids=[c[0] for c in TAKE_A_BROKER])
 def test_a_broker_endpoint_that_is_not_one_gets_one_line_and_status_2(
-    command: list[str],
+    command: tuple[str, ...], ahead: Background,
 ) -> None:
-    done, _ = madrpc(*command, "--broker", "127.0.0.1:abc")
+    done = ahead.finish(f"--broker {NOT_AN_ENDPOINT}: {command[0]}").done
 
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
@@ -98,27 +132,30 @@ def test_a_worker_logs_one_line_when_it_registers(spawn: Spawner) -> None:
     assert endpoints.backend in line and "1 contexts" in line and "add" in line
 
 
-def test_call_with_no_broker_says_so_within_seconds_and_exits_1() -> None:
-    done, took = madrpc("call", "add", "[1, 2]", "--broker", NOTHING_LISTENS)
+def test_call_with_no_broker_says_so_within_seconds_and_exits_1(ahead: Background) -> None:
+    finished = ahead.finish("no broker")
+    done, took = finished.done, finished.seconds
 
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: {no_broker(NOTHING_LISTENS)}"
     assert took < scaled(10)
 
 
-def test_call_with_a_timeout_of_its_own_says_so_at_once_and_keeps_trying() -> None:
-    done, took = madrpc("call", "add", "[1, 2]", "--broker", NOTHING_LISTENS,
-                        "--timeout", str(scaled(6)))
+def test_call_with_a_timeout_of_its_own_says_so_at_once_and_keeps_trying(
+    ahead: Background,
+) -> None:
+    finished = ahead.finish("own timeout")
+    done, took = finished.done, finished.seconds
 
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1
     assert lines[0] == f"{no_broker(NOTHING_LISTENS)}; still trying until --timeout"
     assert lines[-1].startswith("error -32013: ")
-    assert took >= scaled(6)
+    assert took >= OWN_TIMEOUT_S
 
 
-def test_run_shows_console_output_and_a_clean_shutdown_is_quiet() -> None:
-    done, _ = madrpc("run", str(SIMPLE_JS), "sum_of_squares", "[3]")
+def test_run_shows_console_output_and_a_clean_shutdown_is_quiet(ahead: Background) -> None:
+    done = ahead.finish("run").done
 
     assert (done.returncode, done.stdout.strip()) == (0, "5")
     assert "summed 3 squares" in done.stderr
@@ -138,7 +175,7 @@ def test_the_top_level_help_cuts_no_command_summary() -> None:
     done, _ = madrpc("--help")
 
     commands = done.stdout.split("Commands:")[1].strip().splitlines()
-    assert len(commands) == 9
+    assert len(commands) == len([c for c in madrpc_cli.commands.values() if not c.hidden])
     assert not any(line.rstrip().endswith("...") for line in commands)
 
 

@@ -1,5 +1,6 @@
 """Lazy maps: Client.imap takes its input as room frees up and yields as results come;
-madrpc map streams its input and its output in bounded memory."""
+madrpc map streams its input and its output in bounded memory. (The grids come from the
+pool: each test leaves nothing running on them.)"""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ RUNTIME_JS = SCRIPTS / "runtime.js"
 
 
 def test_imap_takes_input_only_as_room_frees_up_and_an_early_exit_cancels_the_rest(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=2)
+    grid = pooled_grid(RUNTIME_JS, contexts=2)
     taken = 0
 
     def endless() -> itertools.count[int]:
@@ -42,9 +43,9 @@ def test_imap_takes_input_only_as_room_frees_up_and_an_early_exit_cancels_the_re
 
 
 def test_imap_unordered_yields_each_result_as_its_call_finishes(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=2)
+    grid = pooled_grid(RUNTIME_JS, contexts=2)
     with grid.client(timeout=30) as client:
         order = list(client.imap("sleep", [{"ms": 1500}, {"ms": 10}, {"ms": 500}],
                                  ordered=False))
@@ -53,9 +54,9 @@ def test_imap_unordered_yields_each_result_as_its_call_finishes(
 
 
 def test_madrpc_map_streams_a_long_input_through_in_bounded_memory(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=2)
+    grid = pooled_grid(RUNTIME_JS, contexts=2)
     lines = 20_000
     padding = "x" * 2000   # 40 MB of input: held at once, it would show in the RSS
     producer = subprocess.Popen(

@@ -1,6 +1,7 @@
 """The CPU limit holds in every phase of a request: its first step, continuations after a
 timer, a nested call or a resolved promise, and timer callbacks; and it counts all of a
-request's JavaScript, not one stretch of it. Real V8 behind a real grid."""
+request's JavaScript, not one stretch of it. Real V8 behind a real grid (grids of the pool:
+a stopped request leaves the worker as it found it, which each test checks)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ PHASES = ["spin_after_timer", "spin_after_call", "spin_after_promise", "spin_in_
 
 @pytest.mark.parametrize("method", PHASES)
 def test_runaway_js_in_any_phase_is_stopped_at_the_workers_cpu_limit(
-    start_grid: Callable[..., Grid], method: str,
+    pooled_grid: Callable[..., Grid], method: str,
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=1, worker_args=("--cpu-limit", str(scaled(0.5))))
+    grid = pooled_grid(RUNTIME_JS, contexts=1, worker_args=("--cpu-limit", str(scaled(0.5))))
     with grid.client(timeout=30) as client:
         started = time.monotonic()
         with pytest.raises(RpcError) as stopped:
@@ -35,9 +36,9 @@ def test_runaway_js_in_any_phase_is_stopped_at_the_workers_cpu_limit(
 
 @pytest.mark.parametrize("method", PHASES)
 def test_runaway_js_in_any_phase_is_stopped_at_a_lower_per_request_limit(
-    start_grid: Callable[..., Grid], method: str,
+    pooled_grid: Callable[..., Grid], method: str,
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=1)   # the worker's own limit: 60 s
+    grid = pooled_grid(RUNTIME_JS, contexts=1)   # the worker's own limit: 60 s
     with grid.client(timeout=30) as client:
         started = time.monotonic()
         with pytest.raises(RpcError) as stopped:
@@ -48,9 +49,9 @@ def test_runaway_js_in_any_phase_is_stopped_at_a_lower_per_request_limit(
 
 
 def test_the_cpu_limit_counts_all_of_a_requests_javascript(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=1)
+    grid = pooled_grid(RUNTIME_JS, contexts=1)
     with grid.client(timeout=30) as client:
         # 10 slices of 50 ms, each well under the limit, 500 ms in all: over 300 ms
         with pytest.raises(RpcError) as stopped:
@@ -60,8 +61,8 @@ def test_the_cpu_limit_counts_all_of_a_requests_javascript(
 
 
 def test_a_chain_of_zero_delay_timers_runs_to_its_end_and_lets_others_in(
-    start_grid: Callable[..., Grid],
+    pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = start_grid(RUNTIME_JS, contexts=1)
+    grid = pooled_grid(RUNTIME_JS, contexts=1)
     with grid.client(timeout=30) as client:
         assert client.call("drip", {"n": 200, "ms": 0}) == 200

@@ -26,6 +26,9 @@ from madrpc import Client, RpcError, RpcTimeoutError
 
 RUNTIME_JS = SCRIPTS / "runtime.js"
 COMPAT_JS = SCRIPTS / "compat.js"
+CPU_LIMIT_ARGS = ("--cpu-limit", str(scaled(0.5)))
+"""A worker's own CPU limit (test_limits.py's grids use the same, so the pool shares them)."""
+MAX_MEMORY_ARGS = ("--max-memory", "64")
 
 
 def call_in_background(client: Client, method: str, params: Any, timeout: float) -> dict[str, Any]:
@@ -58,14 +61,14 @@ def test_aggregate_gives_the_same_estimate_for_the_same_seeds_every_run(start_gr
     assert abs(first["piEstimate"] - 3.14159) < 0.01
 
 
-def test_a_200_way_fan_out_completes_on_a_worker_with_one_context(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1)
+def test_a_200_way_fan_out_completes_on_a_worker_with_one_context(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=1)
     with grid.client(timeout=30) as client:
         assert client.call("fan", {"n": 200}) == sum(range(200))
 
 
-def test_a_recursive_fan_out_three_levels_deep_completes(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1)
+def test_a_recursive_fan_out_three_levels_deep_completes(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=1)
     with grid.client(timeout=30) as client:
         assert client.call("recurse", {"depth": 3, "width": 4}) == 64
 
@@ -80,8 +83,8 @@ def test_a_nested_chain_deeper_than_the_limit_fails_with_a_clear_error(start_gri
     assert "deeper than 8" in info.value.message
 
 
-def test_a_timeout_cuts_a_nested_chain_and_the_worker_serves_on(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=2)
+def test_a_timeout_cuts_a_nested_chain_and_the_worker_serves_on(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=2)
     with grid.client(timeout=30) as client:
         started = time.monotonic()   # the whole chain would take 20 x 200 ms (all scaled)
         with pytest.raises(RpcTimeoutError):
@@ -97,9 +100,9 @@ def test_a_timeout_cuts_a_nested_chain_and_the_worker_serves_on(start_grid) -> N
 
 
 def test_runaway_js_is_stopped_by_the_deadline_while_another_context_keeps_working(
-    start_grid,
+    pooled_grid,
 ) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=2)
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=2)
     neighbour_ms = scaled_ms(1500)   # still working while the runaway is stopped
     with grid.client(timeout=30) as client:
         neighbour = call_in_background(client, "busy", {"ms": neighbour_ms}, timeout=30)
@@ -113,9 +116,8 @@ def test_runaway_js_is_stopped_by_the_deadline_while_another_context_keeps_worki
         assert client.call("noop", ["after"]) == "after"
 
 
-def test_the_cpu_limit_terminates_runaway_js_with_a_cpu_limit_error(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1,
-                            worker_args=("--cpu-limit", str(scaled(0.5))))
+def test_the_cpu_limit_terminates_runaway_js_with_a_cpu_limit_error(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=1, worker_args=CPU_LIMIT_ARGS)
     with grid.client(timeout=30) as client:
         started = time.monotonic()
         with pytest.raises(RpcError) as info:
@@ -125,8 +127,8 @@ def test_the_cpu_limit_terminates_runaway_js_with_a_cpu_limit_error(start_grid) 
         assert client.call("busy", {"ms": 100}) == 100   # under the limit: fine
 
 
-def test_a_request_may_lower_its_cpu_limit(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1)
+def test_a_request_may_lower_its_cpu_limit(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=1)
     started = time.monotonic()
     with pytest.raises(RpcError) as info:
         raw_call(grid.frontend, "spin",
@@ -162,9 +164,9 @@ def raw_call(frontend: str, method: str, options: dict[str, Any], params: Any = 
 
 @pytest.mark.parametrize("method", ["hog_objects", "hog_doubles"])
 def test_unbounded_allocation_gets_out_of_memory_while_another_context_keeps_working(
-    start_grid, method: str,
+    pooled_grid, method: str,
 ) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=2, worker_args=("--max-memory", "64"))
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=2, worker_args=MAX_MEMORY_ARGS)
     neighbour_ms = scaled_ms(2000)   # still working while the other context runs out
     with grid.client(timeout=60) as client:
         neighbour = call_in_background(client, "busy", {"ms": neighbour_ms}, timeout=60)
@@ -177,8 +179,8 @@ def test_unbounded_allocation_gets_out_of_memory_while_another_context_keeps_wor
         assert client.map("noop", [[i] for i in range(10)]) == list(range(10))
 
 
-def test_a_request_may_lower_its_memory_limit(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1)
+def test_a_request_may_lower_its_memory_limit(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=1)
     with grid.client(timeout=60) as client:
         assert client.call("alloc", {"mb": 64}) == 64 * 16
     with pytest.raises(RpcError) as info:
@@ -189,8 +191,8 @@ def test_a_request_may_lower_its_memory_limit(start_grid) -> None:
         assert client.call("alloc", {"mb": 64}) == 64 * 16   # the default limit is back
 
 
-def test_a_huge_array_buffer_fails_inside_javascript(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1, worker_args=("--max-memory", "64"))
+def test_a_huge_array_buffer_fails_inside_javascript(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=2, worker_args=MAX_MEMORY_ARGS)
     with grid.client(timeout=60) as client:
         with pytest.raises(RpcError) as info:
             client.call("buffer_bomb")
@@ -201,31 +203,32 @@ def test_a_huge_array_buffer_fails_inside_javascript(start_grid) -> None:
 # ------------------------------------------------------------------ context pool
 
 
-def test_contexts_are_reused_so_global_state_persists(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1)
+def test_contexts_are_reused_so_global_state_persists(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=1)
     with grid.client() as client:
-        assert [client.call("counter") for _ in range(3)] == [1, 2, 3]
+        first = client.call("counter")   # earlier tests may have counted on this context
+        assert [client.call("counter") for _ in range(3)] == [first + 1, first + 2, first + 3]
 
 
-def test_a_context_is_rebuilt_after_it_was_terminated(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1,
-                            worker_args=("--cpu-limit", str(scaled(0.3))))
+def test_a_context_is_rebuilt_after_it_was_terminated(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=1, worker_args=CPU_LIMIT_ARGS)
     with grid.client(timeout=30) as client:
-        assert client.call("counter") == 1
+        first = client.call("counter")
+        assert client.call("counter") == first + 1   # one context, its globals kept
         with pytest.raises(RpcError, match="CPU limit"):
             client.call("spin")
         assert client.call("counter") == 1   # a new context: globals start afresh
 
 
-def test_fresh_context_mode_gives_every_request_a_new_context(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1, worker_args=("--fresh-context",))
+def test_fresh_context_mode_gives_every_request_a_new_context(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=1, worker_args=("--fresh-context",))
     with grid.client(timeout=30) as client:
         assert [client.call("counter") for _ in range(3)] == [1, 1, 1]
         assert client.call("fan", {"n": 20}) == sum(range(20))
 
 
-def test_fresh_context_mode_drops_the_context_of_a_request_that_timed_out(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1, worker_args=("--fresh-context",))
+def test_fresh_context_mode_drops_the_context_of_a_request_that_timed_out(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=1, worker_args=("--fresh-context",))
     with grid.client(timeout=30) as client:
         with pytest.raises(RpcTimeoutError):
             client.call("sleep", {"ms": 3000}, timeout=0.5)
@@ -235,8 +238,8 @@ def test_fresh_context_mode_drops_the_context_of_a_request_that_timed_out(start_
         assert client.call("sleep", {"ms": 10}) == 10
 
 
-def test_console_output_reaches_the_worker_log_with_method_and_id(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1)
+def test_console_output_reaches_the_worker_log_with_method_and_id(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=1)
     with grid.client() as client:
         assert client.call("shout", {"text": "hey"}) == "HEY"
     worker = grid.workers[0]
@@ -252,8 +255,8 @@ def test_console_output_reaches_the_worker_log_with_method_and_id(start_grid) ->
     assert "WARNING" in warning
 
 
-def test_a_function_returning_undefined_answers_null(start_grid) -> None:
-    grid: Grid = start_grid(RUNTIME_JS, contexts=1)
+def test_a_function_returning_undefined_answers_null(pooled_grid) -> None:
+    grid: Grid = pooled_grid(RUNTIME_JS, contexts=1)
     with grid.client() as client:
         assert client.call("nothing") is None
 

@@ -25,8 +25,12 @@ STREAMS_JS = SCRIPTS / "streams.js"
 
 
 @pytest.fixture
-def grid(start_grid: Callable[..., Grid]) -> Grid:
-    return start_grid(STREAMS_JS, contexts=1)
+def grid(pooled_grid: Callable[..., Grid]) -> Grid:
+    """A grid of the pool, its one context's counters of earlier tests set back to 0."""
+    grid = pooled_grid(STREAMS_JS, contexts=1)
+    with grid.client() as client:
+        assert client.call("reset") is True
+    return grid
 
 
 def context_value(grid: Grid, method: str) -> Any:
