@@ -71,17 +71,14 @@ def make_key(keys_root: Path, role: str | None, name: str) -> None:
         (keys_root / role / f"{name}.key").write_bytes(Path(public).read_bytes())
 
 
-def make_keys(root: Path) -> Keys:
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    root = tmp_path / "keys"
     (root / "secrets").mkdir(parents=True)
     for role, name in (("server", "broker"), ("clients", "c1"), ("workers", "w1"),
                        ("workers", "w2"), ("admins", "a1"), (None, "outsider")):
         make_key(root, role, name)
     return Keys(root)
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Keys:
-    return make_keys(tmp_path / "keys")
 
 
 @dataclass
@@ -128,29 +125,12 @@ def curve_worker(spawn: Spawner, endpoints: GridEndpoints, keys: Keys, name: str
                         "--server-key", keys.server)
 
 
-def start_curve_grid(spawn: Spawner, keys: Keys) -> CurveGrid:
+@pytest.fixture
+def curve_grid(spawn: Spawner, keys: Keys) -> CurveGrid:
     endpoints, broker = curve_broker(spawn, keys)
     grid = CurveGrid(endpoints, broker, [curve_worker(spawn, endpoints, keys, "w1")], keys)
     grid.wait_for_workers(1)
     return grid
-
-
-@pytest.fixture
-def curve_grid(spawn: Spawner, keys: Keys) -> CurveGrid:
-    """A CURVE grid of the test's own, for a test that revokes a key or drains the worker."""
-    return start_curve_grid(spawn, keys)
-
-
-@pytest.fixture(scope="module")
-def calls_only_curve_grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CurveGrid]:
-    """A CURVE grid, with keys of its own, shared by the module's tests that only make
-    calls on it (none changes a key, a worker or the broker)."""
-    root = tmp_path_factory.mktemp("curve-grid")
-    spawner = Spawner(root)
-    try:
-        yield start_curve_grid(spawner, make_keys(root / "keys"))
-    finally:
-        spawner.cleanup()
 
 
 # ---------------------------------------------------------------- keys
@@ -177,10 +157,7 @@ def test_keygen_writes_a_zmq_auth_pair_with_a_private_secret_and_refuses_to_over
 # ---------------------------------------------------------------- legit use
 
 
-def test_a_client_and_a_worker_with_allowed_keys_work_under_curve(
-    calls_only_curve_grid: CurveGrid,
-) -> None:
-    curve_grid = calls_only_curve_grid
+def test_a_client_and_a_worker_with_allowed_keys_work_under_curve(curve_grid: CurveGrid) -> None:
     with curve_grid.client() as client:
         assert client.call("add", [1, 2]) == 3
     public, secret = curve_grid.keys.pair("c1")
@@ -200,9 +177,8 @@ def test_a_client_and_a_worker_with_allowed_keys_work_under_curve(
 
 
 def test_madrpc_call_takes_its_keys_from_options_or_the_environment(
-    calls_only_curve_grid: CurveGrid,
+    curve_grid: CurveGrid,
 ) -> None:
-    curve_grid = calls_only_curve_grid
     env = {**os.environ, "MADRPC_BROKER": curve_grid.frontend,
            "MADRPC_CURVE_SECRET": curve_grid.keys.secret("c1"),
            "MADRPC_SERVER_KEY": curve_grid.keys.server}
@@ -252,9 +228,8 @@ def hostile_socket(context: zmq.Context[Any], grid: CurveGrid, attempt: Attempt,
 
 
 def test_plaintext_unknown_and_wrong_role_peers_get_nothing_while_a_client_is_served(
-    calls_only_curve_grid: CurveGrid,
+    curve_grid: CurveGrid,
 ) -> None:
-    curve_grid = calls_only_curve_grid
     before = curve_grid.metrics()
     stop = threading.Event()
     served: list[int] = []
