@@ -12,7 +12,6 @@ connection closes, which is what cancels a call).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 from typing import Any
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from .config import GatewayConfig
 from .curve import client_curve
+from .endpoints import is_private
 from .errors import ConfigError, ErrorCode
 from .gateway_auth import ApiKeys
 from .gateway_core import (
@@ -44,7 +44,7 @@ from .gateway_pages import (
     error_middleware,
     json_error,
 )
-from .jsonrpc import error_response
+from .jsonrpc import NULL, error_response
 
 __all__ = ["JSON_TYPES", "Gateway", "is_loopback"]
 
@@ -61,13 +61,9 @@ SSE = "text/event-stream"
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or name to listen on) is this machine only."""
-    if host in ("localhost", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """Whether ``host`` (an address or name to listen on) is this machine only: the
+    broker's own rule for its binds (:func:`madrpc.endpoints.is_private`)."""
+    return is_private(f"tcp://{host}:0")
 
 
 class Gateway:
@@ -283,7 +279,7 @@ def _wrong_type(request: web.Request) -> web.Response | None:
                       f"application/json), not {request.content_type}")
 
 
-def _unreachable(reason: str | None, id_json: bytes = b"null") -> web.Response:
+def _unreachable(reason: str | None, id_json: bytes = NULL) -> web.Response:
     return json_error(503, ErrorCode.BROKER_UNREACHABLE,
                       f"Broker unreachable: {reason or 'no answer from the broker'}",
                       {"retry_after_ms": RETRY_AFTER_S * 1000}, id_json=id_json,
@@ -294,7 +290,7 @@ def _lone_id(plan: Plan) -> bytes:
     """The caller's id of a lone request, for a gateway-made error (null for a batch)."""
     if plan.batch is None and len(plan.names) == 1:
         return next(iter(plan.names.values()))
-    return b"null"
+    return NULL
 
 
 def _answer(body: bytes | None) -> web.Response:
