@@ -1,35 +1,36 @@
-"""An engine process: one V8 context serving its worker over a private ipc socket.
+"""An engine process: one V8 context serving its worker over an inherited socket.
 
 Started by the worker as ``python -m madrpc.engine ...``. A process per context means a
 fatal V8 error (some out-of-memory paths abort the process instead of raising) costs one
 context, never the worker, and the Python side of each context has its own GIL.
 
-It speaks the worker <-> engine protocol of :mod:`madrpc.engine_protocol`: READY once
-loaded, OUT after each step or flush, RESET when a step had to be stopped.
+It speaks the worker <-> engine protocol of :mod:`madrpc.engine_protocol` over its end
+of a socket pair (:mod:`madrpc.engine_channel`): READY once loaded, OUT after each step
+or flush, RESET when a step had to be stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
 import resource
+import select
 import signal
+import socket
 import sys
 import time
 from collections import deque
-from typing import Any
-
-import zmq
 
 from . import engine_protocol as ep
 from .bundle import Bundle
 from .bundle import decode as decode_bundle
+from .engine_channel import Channel, ChannelClosed
 from .engine_protocol import POOLED, Mode, ResetReason
 from .errors import ScriptError
 from .runtime import Event, EventKind, Runtime, init_engine, v8_version
-from .sockets import make_socket, send_frames
 
 __all__ = ["Engine", "main"]
 
@@ -43,12 +44,12 @@ RESET_FLUSH_TIMEOUT_S = 1.0
 """After a termination, how long collecting the finished replies may take."""
 DATA_LIMIT_HEADROOM_MB = 512
 """RLIMIT_DATA = 2 x the heap limit + this: a huge ArrayBuffer fails inside JavaScript."""
-ENGINE_HWM = 10_000
-"""Queue bound of the engine's socket (the worker sends one step at a time anyway)."""
+LOAD_ERROR_SEND_TIMEOUT_S = 2.0
+"""How long a script that failed to load waits for the worker to take its LOADERR."""
 
 
 class Engine:
-    """The engine's socket loop around its V8 context(s).
+    """The engine's loop around its V8 context(s), reading its link to the worker.
 
     Pooled (the default): one context, reused by every request; its slot is ``b""``.
     Fresh (``--fresh-context``): every request gets a context of its own, named by the
@@ -57,8 +58,7 @@ class Engine:
     """
 
     def __init__(
-        self, endpoint: str, identity: bytes, bundle: Bundle, max_memory_mb: int,
-        fresh: bool = False,
+        self, channel: Channel, bundle: Bundle, max_memory_mb: int, fresh: bool = False,
     ) -> None:
         self.bundle = bundle
         self.max_memory_bytes = max_memory_mb * 1024 * 1024
@@ -84,11 +84,7 @@ class Engine:
         self.methods = self._spare.methods
         if not fresh:
             self.runtimes[POOLED], self._spare = self._spare, None
-        self.context: zmq.Context[Any] = zmq.Context()
-        self.socket = make_socket(
-            self.context, zmq.DEALER, hwm=ENGINE_HWM, identity=identity, linger_ms=1000
-        )
-        self.socket.connect(endpoint)
+        self.channel = channel
 
     def _build(self, slot: bytes) -> Runtime:
         return Runtime(
@@ -114,10 +110,11 @@ class Engine:
 
     def run(self) -> None:
         info = {"methods": self.methods, "v8": v8_version(), "pid": os.getpid()}
-        send_frames(self.socket, ep.ready_message(info), block=True)
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
-        poller.register(self._wake_read, zmq.POLLIN)
+        self.channel.send_blocking(ep.ready_message(info))
+        link = self.channel.fileno()
+        poller = select.poll()
+        poller.register(link, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
         while True:
             timeout_s = WATCHDOG_TICK_S if self._running is not None else IDLE_TICK_S
             ready = dict(poller.poll(int(timeout_s * 1000)))
@@ -125,7 +122,7 @@ class Engine:
                 self._read_wakeups()
             while self._events:
                 self._on_outcome(*self._events.popleft())
-            if self.socket in ready and not self._read_socket():
+            if link in ready and not self._read_link():
                 return
             self._watchdog()
             self._start_next()
@@ -143,12 +140,14 @@ class Engine:
         except BlockingIOError:
             pass
 
-    def _read_socket(self) -> bool:
-        while True:
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return True
+    def _read_link(self) -> bool:
+        """Act on what the worker sent; False when it said STOP or is gone."""
+        try:
+            messages = self.channel.receive()
+        except ChannelClosed:
+            log.warning("engine %d: the worker closed the link, exiting", os.getpid())
+            return False
+        for frames in messages:
             command = ep.decode_worker_command(frames)
             if isinstance(command, ep.Step):
                 slot = command.slot if self.fresh else POOLED
@@ -163,6 +162,7 @@ class Engine:
                 self._abort()
             elif command == ep.STOP:
                 return False
+        return True
 
     def _abort(self) -> None:
         """The worker dropped every request: stop the running step; its context is reset."""
@@ -238,7 +238,7 @@ class Engine:
             mode = self._mode or Mode.STEP
             self._running, self._mode = None, None
             self._interrupts.clear()
-            send_frames(self.socket, ep.output_message(mode, event.data, slot), block=True)
+            self.channel.send_blocking(ep.output_message(mode, event.data, slot))
             if self.fresh and (ep.answered(event.data, slot) or self._dropping == slot):
                 self._dropping = None
                 self.runtimes.pop(slot).close()
@@ -273,16 +273,14 @@ class Engine:
             self.runtimes[POOLED] = self._build(POOLED)
         self._segment = (-1, 0.0)
         log.info("engine %d: context dropped after %s (%s)", os.getpid(), reason, detail)
-        send_frames(self.socket, ep.reset_message(reason, culprit, outbox, detail, slot),
-                    block=True)
+        self.channel.send_blocking(ep.reset_message(reason, culprit, outbox, detail, slot))
 
     def close(self) -> None:
         for runtime in self.runtimes.values():
             runtime.close()
         if self._spare is not None:
             self._spare.close()
-        self.socket.close(linger=1000)
-        self.context.term()
+        self.channel.close()
 
 
 def _die_with_parent() -> None:
@@ -313,8 +311,8 @@ def _read_bundle(path: str, origin: str) -> Bundle:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="madrpc.engine", description=__doc__)
-    parser.add_argument("--endpoint", required=True)
-    parser.add_argument("--identity", required=True)
+    parser.add_argument("--fd", type=int, required=True,
+                        help="This engine's end of its link to the worker (a socket).")
     parser.add_argument("--bundle", required=True,
                         help="The script bundle's file (madrpc.bundle.Bundle.encode).")
     parser.add_argument("--origin", default="",
@@ -334,24 +332,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         flags = list(args.v8_flag)
     init_engine(flags)
+    channel = Channel(socket.socket(fileno=args.fd))
     try:
-        engine = Engine(
-            args.endpoint, args.identity.encode(), _read_bundle(args.bundle, args.origin),
-            args.max_memory_mb,
-            fresh=args.fresh_context,
-        )
+        engine = Engine(channel, _read_bundle(args.bundle, args.origin), args.max_memory_mb,
+                        fresh=args.fresh_context)
     except (ScriptError, OSError) as exc:
-        context: zmq.Context[Any] = zmq.Context()
-        socket = make_socket(
-            context, zmq.DEALER, hwm=ENGINE_HWM, identity=args.identity.encode(), linger_ms=2000
-        )
-        socket.connect(args.endpoint)
-        send_frames(socket, ep.load_error_message(str(exc)), block=True)
-        socket.close()
-        context.term()
+        with contextlib.suppress(ChannelClosed, TimeoutError):
+            channel.send(ep.load_error_message(str(exc)))
+            channel.flush_blocking(LOAD_ERROR_SEND_TIMEOUT_S)
+        channel.close()
         return 1
     try:
         engine.run()
+    except ChannelClosed:
+        log.warning("engine %d: the worker closed the link, exiting", os.getpid())
     finally:
         engine.close()
     return 0

@@ -2,9 +2,11 @@
 
 Mechanism only: the worker decides what to start and what an engine's message means.
 Each process runs ``python -m madrpc.engine`` (one V8 context, see :mod:`madrpc.engine`)
-and talks to the worker through one ROUTER socket on a private ``ipc://`` endpoint: a
-socket file in a directory only this user can enter (see
-:func:`madrpc.sockets.private_endpoint`), removed again by :meth:`EnginePool.close`.
+and talks to the worker over its own end of a Unix socket pair
+(:mod:`madrpc.engine_channel`), inherited as a file descriptor. The pool watches every
+link with one ``epoll`` descriptor, which the worker's loop polls (:meth:`EnginePool.fileno`).
+Script bundles go to files in a directory only this user can enter (see
+:func:`madrpc.sockets.private_directory`), removed again by :meth:`EnginePool.close`.
 A context *slot* is the worker's name for a context; the process serving a slot changes
 when an engine dies or the script is reloaded.
 """
@@ -14,20 +16,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import psutil
-import zmq
 
 from . import engine_protocol as ep
 from .bundle import Bundle
 from .config import WorkerConfig
-from .sockets import bind_private, make_socket, remove_private_directory, send_frames
+from .engine_channel import Channel, ChannelClosed, socketpair
+from .sockets import private_directory, remove_private_directory
 
 __all__ = ["EnginePool", "EngineProcess"]
 
@@ -38,6 +40,8 @@ ENGINE_STOP_TIMEOUT_S = 2.0
 BUNDLES_KEPT = 2
 """Script bundle files kept beside the socket (the one engines start with now, and the
 one before it, which an engine started just before a reload may still be reading)."""
+_READ = select.EPOLLIN
+_READ_WRITE = select.EPOLLIN | select.EPOLLOUT
 
 
 @dataclass
@@ -45,6 +49,8 @@ class EngineProcess:
     slot: int
     identity: bytes
     popen: subprocess.Popen[bytes]
+    channel: Channel | None
+    """Its link; None once the process closed its end."""
     replaces: int | None = None
     """For a script reload: the slot this engine takes over once it is ready."""
     version: str = ""
@@ -53,20 +59,18 @@ class EngineProcess:
 
 
 class EnginePool:
-    """The engine processes of one worker and the socket they talk on."""
+    """The engine processes of one worker and their links."""
 
-    def __init__(self, context: zmq.Context[Any], config: WorkerConfig, log_level: str) -> None:
+    def __init__(self, config: WorkerConfig, log_level: str) -> None:
         self.config = config
         self.bundle: Bundle | None = None
         """The script engines started from now on load (see :meth:`use`)."""
         self._bundle_files: list[str] = []
         self.log_level = log_level
-        self.socket = make_socket(context, zmq.ROUTER, hwm=config.hwm, router_mandatory=True)
-        try:
-            self.endpoint, self._directory = bind_private(self.socket, "engines")
-        except BaseException:
-            self.socket.close(linger=0)
-            raise
+        self.directory = private_directory()
+        """Where the bundle files go (mode 0700; removed by :meth:`close`)."""
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, EngineProcess] = {}
         self.processes: dict[bytes, EngineProcess] = {}
         self.current: dict[int, bytes] = {}
         """Slot -> identity of the process serving it now."""
@@ -75,7 +79,7 @@ class EnginePool:
     def use(self, bundle: Bundle) -> None:
         """Engines started from now on load ``bundle`` (written to a file only this user
         can read, beside the engines' socket)."""
-        path = os.path.join(self._directory, f"script-{bundle.version}.json")
+        path = os.path.join(self.directory, f"script-{bundle.version}.json")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(bundle.encode())
@@ -96,10 +100,10 @@ class EnginePool:
             raise RuntimeError("EnginePool.spawn before use(bundle)")
         self._spawned += 1
         identity = b"e%d.%d" % (slot, self._spawned)
+        ours, theirs = socketpair()
         command = [
             sys.executable, "-m", "madrpc.engine",
-            "--endpoint", self.endpoint,
-            "--identity", identity.decode(),
+            "--fd", str(theirs.fileno()),
             "--bundle", self._bundle_files[-1],
             "--origin", bundle.origin,
             "--max-memory-mb", str(self.config.max_memory_mb),
@@ -107,8 +111,18 @@ class EnginePool:
             *[f"--v8-flag={flag}" for flag in self.config.v8_flags],
             *(["--fresh-context"] if self.config.fresh_context else []),
         ]
-        popen = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        process = EngineProcess(slot, identity, popen, replaces, bundle.version)
+        try:
+            popen = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                     pass_fds=(theirs.fileno(),))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        channel = Channel(ours)
+        process = EngineProcess(slot, identity, popen, channel, replaces, bundle.version)
+        self._by_fd[channel.fileno()] = process
+        self._epoll.register(channel.fileno(), _READ)
         self.processes[identity] = process
         self.current[slot] = identity
         return process
@@ -117,25 +131,44 @@ class EnginePool:
         """Whether engines started to replace others (a reload) are still loading."""
         return any(p.replaces is not None and not p.stopping for p in self.processes.values())
 
+    def fileno(self) -> int:
+        """A descriptor that is readable when an engine's link wants attention (a message
+        came, or a queued write can go on): then call :meth:`receive`."""
+        return self._epoll.fileno()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a link to want attention."""
+        return bool(self._epoll.poll(timeout_s))
+
     def send(self, slot: int, frames: list[bytes]) -> None:
         """To the process serving ``slot`` (nothing if none does)."""
         identity = self.current.get(slot)
-        if identity is not None:
-            self.send_to(identity, frames)
+        if identity is not None and identity in self.processes:
+            self.send_to(self.processes[identity], frames)
 
-    def send_to(self, identity: bytes, frames: list[bytes], quiet: bool = False) -> None:
-        """Send, or say that the engine is unreachable (at debug level when ``quiet``)."""
+    def send_to(self, process: EngineProcess, frames: list[bytes], quiet: bool = False) -> None:
+        """Send (what the link cannot take now goes out from :meth:`receive`), or say that
+        the engine is unreachable (at debug level when ``quiet``)."""
+        channel = process.channel
+        if channel is None:
+            log.log(logging.DEBUG if quiet else logging.WARNING, "engine %s unreachable",
+                    process.identity.decode(errors="replace"))
+            return
         try:
-            send_frames(self.socket, [identity, *frames])
-        except zmq.ZMQError as exc:
+            channel.send(frames)
+        except ChannelClosed as exc:
             log.log(logging.DEBUG if quiet else logging.WARNING, "engine %s unreachable: %s",
-                    identity.decode(errors="replace"), exc)
+                    process.identity.decode(errors="replace"), exc)
+            self._close_channel(process)
+            return
+        if channel.wants_write:
+            self._epoll.modify(channel.fileno(), _READ_WRITE)
 
     def stop(self, process: EngineProcess) -> None:
         """Ask a process to exit; its exit is then expected, not a crash."""
         process.stopping = True
         if process.popen.poll() is None:   # one that is stopping already may be gone
-            self.send_to(process.identity, [ep.STOP], quiet=True)
+            self.send_to(process, [ep.STOP], quiet=True)
 
     def release(self, slot: int) -> None:
         """Stop the process serving ``slot`` and forget the slot."""
@@ -144,15 +177,32 @@ class EnginePool:
             self.stop(self.processes[identity])
 
     def receive(self) -> Iterator[tuple[EngineProcess, list[bytes]]]:
-        """Messages waiting on the socket from processes that still serve their slot."""
-        while True:
+        """Messages waiting on the links of processes that still serve their slot; queued
+        writes go on as the links take them."""
+        for fd, events in self._epoll.poll(0):
+            process = self._by_fd.get(fd)
+            if process is None or process.channel is None:
+                continue
+            channel = process.channel
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            process = self.processes.get(frames[0])
-            if process is not None and self.current.get(process.slot) == process.identity:
-                yield process, frames[1:]
+                if events & select.EPOLLOUT and channel.flush():
+                    self._epoll.modify(fd, _READ)
+                messages = channel.receive() if events & ~select.EPOLLOUT else []
+            except ChannelClosed:
+                self._close_channel(process)
+                continue
+            if self.current.get(process.slot) == process.identity:
+                for frames in messages:
+                    yield process, frames
+
+    def _close_channel(self, process: EngineProcess) -> None:
+        """The process closed its end (it exits; :meth:`exited` reports it)."""
+        channel, process.channel = process.channel, None
+        if channel is not None:
+            self._by_fd.pop(channel.fileno(), None)
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(channel.fileno())
+            channel.close()
 
     def exited(self) -> list[tuple[EngineProcess, int]]:
         """Processes that ended unasked since the last call, with their exit codes."""
@@ -161,7 +211,10 @@ class EnginePool:
             code = process.popen.poll()
             if code is None:
                 continue
+            if process.channel is not None and process.channel.readable():
+                continue   # what it said before it exited is read first (receive)
             del self.processes[identity]
+            self._close_channel(process)
             if not process.stopping and self.current.get(process.slot) == identity:
                 ended.append((process, code))
         return ended
@@ -192,7 +245,9 @@ class EnginePool:
                 except subprocess.TimeoutExpired:
                     process.popen.kill()
                     process.popen.wait()
+            for process in self.processes.values():
+                self._close_channel(process)
             self.processes.clear()
         finally:
-            self.socket.close(linger=0)
-            remove_private_directory(self._directory)
+            self._epoll.close()
+            remove_private_directory(self.directory)

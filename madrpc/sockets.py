@@ -39,6 +39,7 @@ from .errors import TransportError
 __all__ = [
     "bind_private",
     "make_socket",
+    "private_directory",
     "private_endpoint",
     "process_start",
     "remove_private_directory",
@@ -106,12 +107,19 @@ def private_endpoint(name: str) -> tuple[str, str]:
     :class:`~madrpc.errors.TransportError` when the per-user base directory is unsafe (a
     symbolic link, another user's, open to others) or no path is short enough.
     """
+    directory = private_directory(name)
+    return f"ipc://{directory}/{name}", directory
+
+
+def private_directory(name: str = "") -> str:
+    """A new directory only the current user can enter (where :func:`private_endpoint`
+    puts its socket file ``name``; the path must leave room for it). Remove it with
+    :func:`remove_private_directory`. Raises as :func:`private_endpoint` does."""
     pid = os.getpid()
     prefix = f"madrpc-{pid}-{process_start(pid)}-"
     base = _user_base(_short_parent(prefix, name))
     _remove_stale(base)
-    directory = tempfile.mkdtemp(prefix=prefix, dir=base)
-    return f"ipc://{directory}/{name}", directory
+    return tempfile.mkdtemp(prefix=prefix, dir=base)
 
 
 def bind_private(socket: zmq.Socket[Any], name: str) -> tuple[str, str]:

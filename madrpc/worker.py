@@ -57,7 +57,7 @@ class Worker:
         self.context = context or zmq.Context()
         self.state = WorkerState(config)
         self.worker_id = f"{socketlib.gethostname()}:{os.getpid()}"
-        self.pool = EnginePool(self.context, config, engine_log_level)
+        self.pool = EnginePool(config, engine_log_level)
         self.methods: list[str] = []
         self.v8 = ""
         self.link = BrokerLink(self.context, config)
@@ -210,7 +210,8 @@ class Worker:
 
     def _loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.pool.socket, zmq.POLLIN)
+        engines = self.pool.fileno()
+        poller.register(engines, zmq.POLLIN)
         registered: zmq.Socket[Any] | None = None
         next_tick = 0.0
         next_watch = 0.0
@@ -231,7 +232,7 @@ class Worker:
                 if broker is not None and broker in events:
                     for frames in self.link.receive():
                         self._on_broker(frames, now)
-                if self.pool.socket in events:
+                if engines in events:
                     self._drain_engines(now)
             except WorkerStartError:
                 raise

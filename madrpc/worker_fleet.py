@@ -58,12 +58,12 @@ class EngineFleet:
             if time.monotonic() > deadline:
                 raise WorkerStartError(
                     f"engines did not start within {ENGINE_START_TIMEOUT_S:.0f} s")
-            if pool.socket.poll(100):
+            if pool.wait(0.1):
                 self._read_engines(time.monotonic(), True)
             dead = pool.first_exit()
             if dead is not None:
                 # Its LOADERR may still be on the way: read it before giving up.
-                if pool.socket.poll(LOADERR_GRACE_MS):
+                if pool.wait(LOADERR_GRACE_MS / 1000):
                     self._read_engines(time.monotonic(), True)
                 raise WorkerStartError(
                     f"engine process exited with status {dead.popen.returncode} while "

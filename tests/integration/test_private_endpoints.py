@@ -1,9 +1,10 @@
 """Private endpoints keep other local users out, and leave no directories behind.
 
-A LocalGrid (and every worker's link to its engines) listens on ``ipc://`` socket files in
-directories only their user can enter. Here another user (uid 65534, "nobody") tries to
-connect to all of them, and to anything named madrpc that ``/proc/net/unix`` shows it,
-with nothing but the standard library's ``socket`` module.
+A LocalGrid listens on ``ipc://`` socket files in directories only their user can enter
+(a worker's links to its engines are socket pairs, with no path at all). Here another
+user (uid 65534, "nobody") tries to connect to all of them, and to anything named madrpc
+that ``/proc/net/unix`` shows it, with nothing but the standard library's ``socket``
+module.
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def test_another_user_cannot_reach_a_local_grid_or_its_engines() -> None:
     if python is None:
         pytest.skip("no Python interpreter that uid 65534 may run")
     with local_grid() as grid:
-        paths = [endpoint.removeprefix("ipc://")
-                 for endpoint in (grid.frontend, grid.backend, grid.worker.pool.endpoint)]
+        paths = [endpoint.removeprefix("ipc://") for endpoint in (grid.frontend, grid.backend)]
+        bundles = grid.worker.pool.directory   # engines' links are socket pairs: no path
         client = grid.client(timeout_s=scaled(10))
         assert client.call("add", [1, 2]) == 3
 
@@ -135,6 +136,8 @@ def test_another_user_cannot_reach_a_local_grid_or_its_engines() -> None:
                 if ours in path and result not in ("EACCES", "ENOENT")} == {}
         listed = unix_sockets()
         assert set(paths) <= set(listed)
+        assert [path for path in listed if path.startswith(bundles)] == []
+        assert stat.S_IMODE(os.lstat(bundles).st_mode) == 0o700
         assert [path for path in listed if path.startswith(f"@{ours}")] == []
         for path in paths:
             directory = os.lstat(os.path.dirname(path))
@@ -171,11 +174,11 @@ def test_a_killed_workers_directory_goes_with_the_next_private_endpoint(
     worker = madrpc(spawn, short_tmp, "worker", "--script", str(SIMPLE_JS), "--contexts", "1",
                     "--broker", spawn.endpoints().backend, name="worker")
 
-    def engine_socket() -> Path | None:
-        found = base.glob(f"madrpc-{worker.pid}-*/engines") if base.exists() else []
+    def bundle_file() -> Path | None:
+        found = base.glob(f"madrpc-{worker.pid}-*/script-*.json") if base.exists() else []
         return next(iter(found), None)
 
-    left = wait_until(engine_socket, 30, message="the worker's engine socket").parent
+    left = wait_until(bundle_file, 30, message="the worker's script bundle file").parent
     worker.kill_group()   # SIGKILL, and reaped
 
     assert left.exists()
