@@ -30,6 +30,7 @@ from typing import Any
 
 from .client_args import AUTO_KEY, call_options
 from .client_stream import StreamState, check_window
+from .client_timers import ResendTimers
 from .config import ClientConfig
 from .errors import (
     CancelledError,
@@ -89,6 +90,7 @@ class CallBook:
     def __init__(self, config: ClientConfig, rng: random.Random | None = None) -> None:
         self.config = config
         self.calls: dict[int, PendingCall] = {}
+        self._timers = ResendTimers(self.calls)
         self._ids = itertools.count(1)
         self._prefix = os.urandom(6).hex()
         self._rng = rng or random.Random()
@@ -152,6 +154,7 @@ class CallBook:
         # A stream has no key: sent again on a hunch, it could run twice.
         call.resend_at = (call.deadline if call.stream is not None
                          else min(call.deadline, now + retry_in))
+        self._timers.schedule(call)
         return frame
 
     def check_size(self, frame: bytes) -> bytes:
@@ -263,6 +266,7 @@ class CallBook:
         if now + delay >= call.deadline:
             return False
         call.resend_at = now + delay
+        self._timers.schedule(call)
         return True
 
     def _complete(
@@ -277,7 +281,12 @@ class CallBook:
 
     def expire(self, now: float) -> list[PendingCall]:
         """Calls past their deadline fail with :class:`RpcTimeoutError`."""
-        expired = [c for c in self.calls.values() if now >= c.deadline]
+        expired = []
+        for call in self._timers.take_ripe(now):
+            if now >= call.deadline:
+                expired.append(call)
+            else:
+                self._timers.schedule(call)   # due for a resend (due_for_resend), not expired
         for call in expired:
             self._complete(call, error=RpcTimeoutError(
                 ErrorCode.CLIENT_TIMEOUT,
@@ -287,7 +296,8 @@ class CallBook:
         return expired
 
     def due_for_resend(self, now: float) -> list[PendingCall]:
-        due = [c for c in self.calls.values() if now >= c.resend_at]
+        """Calls to send again now (each is then encoded, which schedules its next try)."""
+        due = self._timers.take_ripe(now)
         self.retries += len(due)
         return due
 
@@ -305,7 +315,9 @@ class CallBook:
     def next_wakeup(self, now: float) -> float | None:
         if not self.calls:
             return None
-        wake = min(min(c.resend_at, c.deadline) for c in self.calls.values())
+        wake = self._timers.soonest()
+        if wake is None:
+            wake = now
         if self.broker_restarted:
             wake = min(wake, self.resend_after)
         if self.probe_id is None:
