@@ -8,17 +8,19 @@ retry transient failures within each call's timeout (see :mod:`madrpc.client_cor
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import Future
 from typing import Any
 
 import zmq
 
 from .client_args import AUTO_KEY, Params, call_options, check_params, client_config
+from .client_batches import batch_frames
 from .client_core import CANCEL_LINGER_MS, CallBook, PendingCall
+from .client_future import CallFuture
 from .client_stream import check_window
 from .config import DEFAULT_FRONTEND, ClientConfig
 from .curve import apply_client, client_curve
@@ -34,32 +36,6 @@ POLL_SLICE_S = 0.05
 FUTURES_POLL_SLICE_S = 0.005
 """The same for the thread that settles submitted calls: short, because it holds the
 socket meanwhile and other threads wait for it to start their calls."""
-
-
-class CallFuture(Future[Any]):
-    """A call started by :meth:`Client.submit`. ``cancel()`` also cancels the call on the
-    grid (and every nested call it made), even while it runs."""
-
-    def __init__(self, client: Client, call: PendingCall) -> None:
-        super().__init__()
-        self._client = client
-        self._call = call
-        call.callbacks.append(self.settle)
-
-    def settle(self, call: PendingCall) -> None:
-        """Take the call's outcome (it completed)."""
-        if self.done():
-            return
-        if call.error is not None:
-            self.set_exception(call.error)
-        else:
-            self.set_result(call.result)
-
-    def cancel(self) -> bool:
-        if not super().cancel():
-            return False
-        self._client.cancel_call(self._call)
-        return True
 
 
 class Client:
@@ -138,7 +114,7 @@ class Client:
         ``madrpc.as_completed(futures)`` yields them as they finish."""
         call = self._start(method, check_params(params), timeout, idempotency_key,
                            cpu_limit_ms, max_memory_mb)
-        future = CallFuture(self, call)
+        future = CallFuture(call, self.cancel_call)
         with self._lock:
             self._pending_futures += 1
             call.callbacks.append(self._future_settled)
@@ -230,44 +206,53 @@ class Client:
         self, method: str, params: Iterable[Params], *, timeout: float | None = None,
         return_exceptions: bool = False, max_in_flight: int | None = None,
         progress: Callable[[int], None] | None = None, cpu_limit_ms: float | None = None,
-        max_memory_mb: float | None = None,
+        max_memory_mb: float | None = None, batch_size: int | None = None,
     ) -> list[Any]:
         """Call ``method`` once per item of ``params``, many in flight; results in order.
 
         ``timeout`` applies to each call. The first error is raised unless
         ``return_exceptions`` is true (then errors take their call's place in the list).
         ``progress``, if given, is called with the number of calls just completed each
-        time some complete (e.g. to advance a progress bar). See :meth:`imap` to consume
-        the input and the results lazily.
+        time some complete (e.g. to advance a progress bar). Calls go out in JSON-RPC
+        batches of ``batch_size`` (default ``map_batch_size``, 32; 1 sends each alone),
+        and each batch is answered once all its calls are done. See :meth:`imap` to
+        consume the input and the results lazily.
         """
         return list(self.imap(method, params, timeout=timeout,
                               return_exceptions=return_exceptions, max_in_flight=max_in_flight,
                               progress=progress, cpu_limit_ms=cpu_limit_ms,
-                              max_memory_mb=max_memory_mb))
+                              max_memory_mb=max_memory_mb, batch_size=batch_size))
 
     def imap(
         self, method: str, params: Iterable[Params], *, ordered: bool = True,
         timeout: float | None = None, return_exceptions: bool = False,
         max_in_flight: int | None = None, progress: Callable[[int], None] | None = None,
         cpu_limit_ms: float | None = None, max_memory_mb: float | None = None,
+        batch_size: int | None = None,
     ) -> Iterator[Any]:
         """Like :meth:`map`, lazily: items are taken from ``params`` only as room frees up
         (at most ``max_in_flight`` calls at once), and results are yielded as they come,
         in input order when ``ordered``, else as they finish; memory stays bounded however
-        long the input. Leaving the loop early cancels the calls still running."""
+        long the input. Leaving the loop early cancels the calls still running.
+
+        Ordered, calls go out in batches as for :meth:`map`; unordered, one by one unless
+        ``batch_size`` says otherwise (a batch's results come back together)."""
         window = max_in_flight or self.config.max_in_flight
+        batch = batch_size or (self.config.map_batch_size if ordered else 1)
+        if batch < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch}")
         source = iter(params)
         pending: deque[PendingCall] = deque()   # in input order
         exhausted = False
         try:
             while True:
                 while not exhausted and len(pending) < window:
-                    item = next(source, _END)
-                    if item is _END:
-                        exhausted = True
-                        break
-                    pending.append(self._start(method, check_params(item), timeout, AUTO_KEY,
-                                               cpu_limit_ms, max_memory_mb))
+                    room = min(batch, window - len(pending))
+                    items = [check_params(item) for item in itertools.islice(source, room)]
+                    exhausted = len(items) < room
+                    if items:
+                        pending += self._start_batch(method, items, timeout, cpu_limit_ms,
+                                                     max_memory_mb)
                 if not pending:
                     return
                 ready = self._take_ready(pending, ordered)
@@ -330,6 +315,32 @@ class Client:
                 self._book.abandon(call, exc)
                 raise
             return call
+
+    def _start_batch(
+        self, method: str, items: list[Any], timeout: float | None,
+        cpu_limit_ms: float | None, max_memory_mb: float | None,
+    ) -> list[PendingCall]:
+        """Calls of ``method``, one per item, sent as JSON-RPC batches (as many as the
+        message limit needs); a failure to send fails them all, and is raised."""
+        with self._lock:
+            if self._closed:
+                raise TransportError("client is closed")
+            book = self._book
+            now = time.monotonic()
+            calls: list[PendingCall] = []
+            try:
+                frames = []
+                for params in items:
+                    calls.append(book.new_call(method, params, timeout, now, AUTO_KEY,
+                                               cpu_limit_ms, max_memory_mb))
+                    frames.append(book.encode(calls[-1], now))
+                for frame in batch_frames(frames, self.config.max_message_bytes):
+                    self._send(frame)
+            except MadrpcError as exc:   # the caller learns of it: nothing is left behind
+                for call in calls:
+                    book.abandon(call, exc)
+                raise
+            return calls
 
     def _send(self, frame: bytes) -> None:
         try:

@@ -178,6 +178,9 @@ class ClientConfig:
     """Default overall deadline of one call (retries included)."""
     max_in_flight: int = 1_000
     """Calls ``map`` keeps outstanding at once."""
+    map_batch_size: int = 32
+    """Calls ``Client.map``/``imap`` send together as one JSON-RPC batch (one frame each
+    way: the broker answers a batch once all its calls are done); 1 sends each alone."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     """Requests bigger than this are refused locally (the broker would drop them)."""
     retry_interval_s: float = 5.0

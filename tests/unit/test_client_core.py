@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from madrpc.client_args import AUTO_KEY, check_params, client_config
+from madrpc.client_batches import batch_frames
 from madrpc.client_core import RETRYABLE_CODES, CallBook, PendingCall
 from madrpc.config import ClientConfig
 from madrpc.errors import JSError, MessageTooLargeError, RpcError, RpcTimeoutError, TransportError
@@ -518,3 +519,56 @@ def test_a_malformed_retry_after_hint_is_ignored(hint: Any) -> None:
     book.on_frame(error(call.id, OVERLOADED, data={"retry_after_ms": hint}), 1.0)
 
     assert not call.done and call.resend_at <= 1.01
+
+
+# ---------------------------------------------------------------- map's batches, timers
+
+
+def test_batch_frames_join_requests_into_json_rpc_batches_in_order() -> None:
+    frames = [orjson.dumps({"id": i}) for i in range(5)]
+
+    joined = batch_frames(frames, 1000)
+
+    assert [orjson.loads(frame) for frame in joined] == [[{"id": i} for i in range(5)]]
+
+
+def test_batch_frames_split_at_the_size_limit_and_leave_a_lone_request_bare() -> None:
+    frames = [b'{"id":%d,"p":"%s"}' % (i, b"x" * 40) for i in range(5)]   # 55 bytes each
+
+    joined = batch_frames(frames, 120)   # [a,b] is 113 bytes; [a,b,c] would be 169
+
+    assert [len(orjson.loads(f)) if f.startswith(b"[") else 1 for f in joined] == [2, 2, 1]
+    assert joined[-1] == frames[-1]
+    assert all(len(frame) <= 120 for frame in joined)
+
+
+def test_next_wakeup_is_the_soonest_resend_of_a_call_still_waiting() -> None:
+    book = make_book(retry_interval_s=5.0, probe_interval_s=100.0)
+    first = sent(book, now=0.0)
+    second = sent(book, now=1.0)
+
+    assert book.next_wakeup(1.0) == first.resend_at == 5.0
+    book.on_frame(result(first.id), 1.5)
+    assert book.next_wakeup(1.5) == second.resend_at == 6.0
+
+
+def test_the_timers_of_completed_calls_neither_wake_nor_pile_up() -> None:
+    book = make_book(retry_interval_s=5.0, probe_interval_s=100.0)
+    for _ in range(10_000):
+        call = sent(book, now=0.0)
+        book.on_frame(result(call.id), 0.0)
+    last = sent(book, now=1.0)
+
+    assert book.next_wakeup(1.0) == last.resend_at == 6.0
+    assert book.due_for_resend(5.9) == []
+    assert book.due_for_resend(6.0) == [last]
+
+
+def test_expired_calls_fail_and_the_others_stay_due_for_a_resend() -> None:
+    book = make_book(retry_interval_s=5.0)
+    short = sent(book, now=0.0, timeout=5.0)
+    long = sent(book, now=0.0, timeout=60.0)
+
+    assert book.expire(5.0) == [short]
+    assert isinstance(short.error, RpcTimeoutError)
+    assert book.due_for_resend(5.0) == [long]
