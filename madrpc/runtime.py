@@ -373,7 +373,10 @@ class Runtime:
         """(sequence, request key, budget in ms, whether the budget is what is left of the
         request's CPU limit rather than of its deadline) of the segment running now."""
         marker = self._marker
-        return int(marker[0]), int(marker[1]), float(marker[2]), marker[3] == 1.0
+        sequence, key, budget, kind = marker[0], marker[1], marker[2], marker[3]
+        if sequence != marker[0] or int(sequence) % 2:   # read while JavaScript wrote it
+            return -1, 0, 0.0, False
+        return int(sequence), int(key), float(budget), kind == 1.0
 
     def set_memory_limit(self, limit_bytes: int) -> None:
         """Hard heap limit from now on (0: none)."""

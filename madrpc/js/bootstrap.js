@@ -28,10 +28,13 @@
 //
 // The marker (a shared Float64Array) tells the engine which request's code is running
 // and for how long it may run: [sequence, key, budget_ms, 1 if the budget is the CPU
-// limit's rest, 2 if the deadline's]. A request's budget is what is
-// left of its CPU limit (all its segments count: the first step, continuations after
-// nested calls, timers and promises, and the code of the generators it streams) or of
-// its deadline, whichever is less. The engine's watchdog terminates a segment that
+// limit's rest, 2 if the deadline's]. The sequence is odd while the other fields change
+// (the engine reads it before and after them, and ignores a read that overlapped a
+// change: once a pooled engine starts a queued step the moment the one before ends, its
+// watchdog often looks just as the new step's first request enters). A request's budget
+// is what is left of its CPU limit (all its segments count: the first step,
+// continuations after nested calls, timers and promises, and the code of the generators
+// it streams) or of its deadline, whichever is less. The engine's watchdog terminates a segment that
 // outlives its budget.
 //
 // Streams. A request whose body has madrpc.stream (true, or {window: n}) runs in stream
@@ -106,6 +109,7 @@
     if (current !== null) current.spent += t - enteredAt;
     current = req;
     enteredAt = t;
+    marker[0] = marker[0] + 1;   // odd while the fields change (a seqlock: see runtime.py)
     if (req === null) {
       marker[1] = 0;
       marker[2] = 0;

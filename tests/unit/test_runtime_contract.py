@@ -87,3 +87,26 @@ def test_one_step_runs_a_registered_function_and_returns_its_outbox() -> None:
 def test_a_script_that_fails_to_load_raises_script_error_naming_the_line() -> None:
     with pytest.raises(ScriptError, match=r"bad\.js:2:"):
         Runtime("madrpc.register('a', () => 1);\nlet x = ;\n", "bad.js", lambda event: None)
+
+
+def test_the_marker_is_never_read_half_written_while_requests_switch() -> None:
+    """The watchdog reads the marker while JavaScript switches between requests; a read
+    that overlapped a switch must not show one request's key with another's budget."""
+    done = threading.Event()
+    source = """madrpc.register('hop', async (n) => {
+        for (let i = 0; i < n; i++) await null;   // each continuation enters the request
+        return n; });"""
+    runtime = Runtime(source, "hop.js", lambda event: done.set())
+    torn = []
+    try:
+        entries = [b'[%d,9007199254740991,60000,0,{"jsonrpc":"2.0","method":"hop",'
+                   b'"params":[200000],"id":%d}]' % (key, key) for key in (1, 2, 3)]
+        runtime.step(b'{"r":[%b]}' % b",".join(entries))
+        while not done.is_set():
+            sequence, key, budget_ms, _ = runtime.marker()
+            if key and budget_ms < 1:   # every budget is at least 1 ms
+                torn.append((sequence, key, budget_ms))
+        assert done.wait(30)
+    finally:
+        runtime.close()
+    assert torn == []
