@@ -169,6 +169,9 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
 @click.option("--batch-threshold", "batch_threshold_ms", type=float,
               default=W.batch_threshold_ms, show_default=True,
               help="Only methods quicker than this (ms) are batched.")
+@click.option("--queue-step", "queue_step_ms", type=click.FloatRange(0), default=W.queue_step_ms,
+              show_default=True, help="Send a context its next step while it runs one "
+              "expected to end within this (ms); 0: off.")
 @click.option("--reconnect-initial", "reconnect_initial_s", type=float,
               default=W.reconnect_initial_s, show_default=True,
               help="First back-off (s) before reconnecting to the broker.")

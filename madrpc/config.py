@@ -141,6 +141,11 @@ class WorkerConfig:
     """Requests handed to one context in one engine crossing."""
     batch_threshold_ms: float = 2.0
     """Only methods whose mean run time is below this are batched together."""
+    queue_step_ms: float = 50.0
+    """A context busy with a step expected to end within this many ms (by its methods'
+    mean run times) is sent its next step already, which it starts the moment the running
+    one ends instead of waiting a round trip to the worker (whose process may be waiting
+    for a CPU that V8 holds). 0 turns this off; fresh contexts never queue."""
     cpu_limit_s: float = 60.0
     """Seconds of JavaScript a request may run in all (its first step and every
     continuation after an await) before it is terminated with -32012."""

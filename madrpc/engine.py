@@ -54,7 +54,8 @@ class Engine:
     Pooled (the default): one context, reused by every request; its slot is ``b""``.
     Fresh (``--fresh-context``): every request gets a context of its own, named by the
     request's key (its slot), built ahead of time while the engine is idle and dropped
-    when the request has answered. Either way one step runs at a time.
+    when the request has answered. Either way one step runs at a time; a pooled engine may
+    hold the worker's next step, and starts it the moment the one before ends.
     """
 
     def __init__(
@@ -72,6 +73,8 @@ class Engine:
         """Slot of the step or flush in progress."""
         self._dropping: bytes | None = None
         self._mode: Mode | None = None
+        self._crossing = Mode.STEP
+        """What the crossing in progress started as (STEP or FLUSH), for its RESET."""
         self._segment = (-1, 0.0)
         self._flush_started = 0.0
         self._stopping: tuple[ResetReason, int, str] | None = None
@@ -155,8 +158,10 @@ class Engine:
             elif isinstance(command, ep.Drop):
                 self._drop(command.slot)
             elif isinstance(command, ep.Interrupt):
-                if self._running is not None and (command.slot == self._running
-                                                  or not self.fresh):
+                if self.fresh:
+                    if command.slot == self._running:
+                        self._interrupts.add(command.local)
+                elif self._running is not None or self._steps:   # now, or in a queued step
                     self._interrupts.add(command.local)
             elif command == ep.ABORT:
                 self._abort()
@@ -186,6 +191,7 @@ class Engine:
         if self._steps:
             slot, payload, limit = self._steps.popleft()
             self._running, self._mode = slot, Mode.STEP
+            self._crossing = Mode.STEP
             runtime = self._runtime_for(slot)
             runtime.set_memory_limit(limit or self.max_memory_bytes)
             runtime.step(payload)
@@ -195,6 +201,7 @@ class Engine:
             waiting = self.runtimes.get(slot)
             if waiting is not None:
                 self._running, self._mode = slot, Mode.FLUSH
+                self._crossing = Mode.FLUSH
                 waiting.flush()
                 return
 
@@ -237,7 +244,9 @@ class Engine:
                 return
             mode = self._mode or Mode.STEP
             self._running, self._mode = None, None
-            self._interrupts.clear()
+            self._forget_interrupts()
+            if not self.fresh:   # a queued step starts before the worker hears of this one
+                self._start_next()
             self.channel.send_blocking(ep.output_message(mode, event.data, slot))
             if self.fresh and (ep.answered(event.data, slot) or self._dropping == slot):
                 self._dropping = None
@@ -266,14 +275,21 @@ class Engine:
         self._stopping = None
         self._running = None
         self._mode = None
-        self._interrupts.clear()
+        self._forget_interrupts()
         self._flush_wanted.discard(slot)
         self.runtimes.pop(slot).close()
         if not self.fresh:
             self.runtimes[POOLED] = self._build(POOLED)
         self._segment = (-1, 0.0)
         log.info("engine %d: context dropped after %s (%s)", os.getpid(), reason, detail)
-        self.channel.send_blocking(ep.reset_message(reason, culprit, outbox, detail, slot))
+        self.channel.send_blocking(ep.reset_message(reason, culprit, outbox, detail, slot,
+                                                    self._crossing))
+
+    def _forget_interrupts(self) -> None:
+        """A crossing ended: interrupts only matter to the steps still queued (a pooled
+        engine may hold the worker's next step already)."""
+        if not self._steps:
+            self._interrupts.clear()
 
     def close(self) -> None:
         for runtime in self.runtimes.values():

@@ -1,14 +1,15 @@
 """The worker <-> engine protocol (internal): constants, encoders and parsers. Pure code.
 
-Each V8 context lives in an engine process (:mod:`madrpc.engine`) whose DEALER talks to
-the worker's private ``ipc://`` ROUTER (:mod:`madrpc.engine_pool`). docs/protocol.md §6
-has the full table; in short::
+Each V8 context lives in an engine process (:mod:`madrpc.engine`) that talks to its
+worker over a socket pair (:mod:`madrpc.engine_channel`, :mod:`madrpc.engine_pool`).
+docs/protocol.md §6 has the full table; in short::
 
   engine -> worker  READY <json {methods, v8, pid}>      context built, script loaded
                     LOADERR <text>                        the script failed to load
                     OUT <mode> <outbox> <slot>            a step (S) or a flush (F) ended
-                    RESET <reason> <culprit> <outbox> <detail> <slot>
-                                                          a step was stopped, context gone
+                    RESET <reason> <culprit> <outbox> <detail> <slot> <mode>
+                                                          a step (S) or flush (F) was stopped,
+                                                          context gone
   worker -> engine  STEP <payload> <slot> [<memory limit bytes>]
                     INTERRUPT <local> <slot>              stop that request's code if it runs
                     DROP <slot>   ABORT   STOP
@@ -133,6 +134,9 @@ class Reset:
     """What finished before the stop."""
     detail: str
     slot: bytes
+    step_done: bool = True
+    """True when it ended a STEP; False when it ended a flush (steps the worker sent
+    meanwhile are still queued in the engine, and run in the new context)."""
 
 
 EngineMessage = Ready | LoadError | Output | Reset
@@ -151,9 +155,11 @@ def output_message(mode: Mode, outbox: bytes, slot: bytes) -> list[bytes]:
 
 
 def reset_message(
-    reason: ResetReason, culprit: int, outbox: bytes, detail: str, slot: bytes
+    reason: ResetReason, culprit: int, outbox: bytes, detail: str, slot: bytes,
+    mode: Mode = Mode.STEP,
 ) -> list[bytes]:
-    return [RESET, reason.value.encode(), b"%d" % culprit, outbox, detail.encode(), slot]
+    return [RESET, reason.value.encode(), b"%d" % culprit, outbox, detail.encode(), slot,
+            mode.value]
 
 
 def decode_engine_message(frames: Sequence[bytes]) -> EngineMessage:
@@ -162,9 +168,10 @@ def decode_engine_message(frames: Sequence[bytes]) -> EngineMessage:
     try:
         if command == OUT and len(frames) == 4:
             return Output(frames[1] == Mode.STEP.value, frames[2], frames[3])
-        if command == RESET and len(frames) == 6:
+        if command == RESET and len(frames) == 7:
             return Reset(ResetReason(frames[1].decode()), int(frames[2]), frames[3],
-                         frames[4].decode(errors="replace"), frames[5])
+                         frames[4].decode(errors="replace"), frames[5],
+                         frames[6] != Mode.FLUSH.value)
         if command == READY and len(frames) == 2:
             info = orjson.loads(frames[1])
             if isinstance(info, dict):

@@ -278,7 +278,7 @@ class Worker:
                                         message.slot)
         elif isinstance(message, ep.Reset):
             self.state.on_engine_reset(index, message.reason, message.culprit, message.outbox,
-                                       message.detail, now, message.slot)
+                                       message.detail, now, message.slot, message.step_done)
         elif isinstance(message, ep.Ready):
             self._on_engine_ready(proc, message.info, now)
         else:

@@ -69,7 +69,7 @@ class WorkerTables:
         engine = self.engines[index]
         engine.identity = identity
         engine.ready = True
-        engine.busy = False
+        engine.forget_steps()
 
     # ================================================================ one request
 

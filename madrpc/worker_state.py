@@ -105,7 +105,8 @@ class WorkerState(WorkerTables):
     # ================================================================ scheduling
 
     def schedule(self, now: float, wall_ms: float) -> None:
-        """Start a step on every idle engine that has something to do."""
+        """Start a step on every idle engine that has something to do; then queue the next
+        step on pooled engines whose running step is about to end."""
         idle = [e for e in self.engines.values() if e.idle]
         idle.sort(key=lambda e: (e.retiring, len(e.held)))
         for engine in idle:
@@ -114,6 +115,15 @@ class WorkerState(WorkerTables):
                 continue
             batch = self._take_batch() if self.requests.queue and not engine.retiring else []
             if batch or engine.has_input:
+                self._start_step(engine, batch, now)
+        max_wait_s = self.config.queue_step_ms / 1000
+        if self.fresh or not max_wait_s or not self.requests.queue:
+            return
+        for engine in self.engines.values():
+            if engine.can_queue(max_wait_s):
+                batch = self._take_batch()
+                if not batch:
+                    return
                 self._start_step(engine, batch, now)
 
     def _take_batch(self) -> list[LocalRequest]:
@@ -125,7 +135,9 @@ class WorkerState(WorkerTables):
         """One step: the settles and cancels of one context slot, then new requests."""
         slot = self.slot_of(batch[0]) if batch else engine.input_slot()
         waiting = engine.take_input(slot)
-        engine.begin_step(batch, now)
+        by_method = self.run_times.by_method
+        estimate_s = sum(by_method.get(r.method, float("inf")) for r in batch)
+        engine.begin_step(batch, now, estimate_s if batch else float("inf"))
         for request in batch:
             if request.granted:
                 waiting.grants.append((request.local, request.granted))
@@ -147,8 +159,8 @@ class WorkerState(WorkerTables):
             self._end_step(engine, now)
 
     def _end_step(self, engine: EngineSlot, now: float) -> None:
-        started_at = engine.step_started
-        ran = engine.end_step()
+        started_at, methods = engine.step_started, engine.step_methods
+        ran = engine.end_step(now)
         if not ran:
             return
         for local in ran:
@@ -161,7 +173,7 @@ class WorkerState(WorkerTables):
             else:
                 request.stage = Stage.PARKED   # awaiting nested calls or timers
                 self._release_credit(request)
-        self.run_times.learn(engine.step_methods, (now - started_at) / len(ran))
+        self.run_times.learn(methods, (now - started_at) / len(ran))
 
     def _read_outbox(self, engine: EngineSlot, outbox: bytes, now: float, slot: bytes) -> None:
         for entry in ep.parse_outbox(outbox):
@@ -225,10 +237,12 @@ class WorkerState(WorkerTables):
 
     def on_engine_reset(
         self, index: int, reason: str, culprit: int, outbox: bytes, detail: str, now: float,
-        slot: bytes = b"",
+        slot: bytes = b"", step_done: bool = True,
     ) -> None:
-        """The engine stopped a step (watchdog, memory limit, error) and dropped the slot's
-        context; what ran in that context is failed (the culprit) or requeued."""
+        """The engine stopped a step (``step_done``) or a flush (watchdog, memory limit,
+        error) and dropped the slot's context; what ran in that context is failed (the
+        culprit) or requeued. Steps the engine was sent and has not started run in the
+        new context."""
         engine = self.engines[index]
         self._read_outbox(engine, outbox, now, slot)
         request = self.requests.get(culprit) if culprit else None
@@ -236,16 +250,17 @@ class WorkerState(WorkerTables):
             if request is not None else None
         if request is not None and stopped is not None:
             self._fail(request, *stopped, now)
-        if reason == ResetReason.ERROR:
+        if reason == ResetReason.ERROR and step_done:
             for local in list(engine.step_requests):
                 failed = self.requests.get(local)
                 if failed is not None:
                     self._fail(failed, ErrorCode.INTERNAL_ERROR, f"Internal error: {detail}", now)
         self._count_restart(engine)
+        if step_done:
+            engine.end_step(now)
         if self.fresh:   # only that request's own context is gone
-            engine.end_step()
             lost = self.requests.get(int(slot)) if slot else None
-            if lost is not None:
+            if lost is not None and lost.local not in engine.step_requests:
                 self._requeue(lost, now, solo=False)
         else:
             self._requeue_all(engine, now, solo=False)
@@ -261,27 +276,33 @@ class WorkerState(WorkerTables):
             self._fail(self.requests[suspects[0]], code,
                        f"{name}: the engine process died running it ({detail})", now)
         self._count_restart(engine)
-        self._requeue_all(engine, now, solo=True)
+        unstarted = engine.forget_steps()
+        self._requeue_all(engine, now, solo=True, unstarted=set(unstarted))
         engine.ready = False
 
     def remove_engine(self, index: int, now: float) -> None:
         engine = self.engines.pop(index, None)
         if engine is not None:
-            self._requeue_all(engine, now, solo=False)
+            unstarted = engine.forget_steps()
+            self._requeue_all(engine, now, solo=False, unstarted=set(unstarted))
 
     def _count_restart(self, engine: EngineSlot) -> None:
         self.figures.engine_restarts += 1
         engine.restarts += 1
 
-    def _requeue_all(self, engine: EngineSlot, now: float, solo: bool) -> None:
-        """Run again what the engine held: its contexts are gone."""
+    def _requeue_all(self, engine: EngineSlot, now: float, solo: bool,
+                     unstarted: set[int] | None = None) -> None:
+        """Run again what the engine held: its contexts are gone (``unstarted``: requests
+        of a queued step, which never ran there)."""
         for local in engine.lose_contexts():
             request = self.requests.get(local)
             if request is not None:
-                self._requeue(request, now, solo)
+                ran = not unstarted or local not in unstarted
+                self._requeue(request, now, solo and ran, ran)
 
-    def _requeue(self, request: LocalRequest, now: float, solo: bool) -> None:
-        """Run a request again from the start (its context was lost), a bounded number of times."""
+    def _requeue(self, request: LocalRequest, now: float, solo: bool, ran: bool = True) -> None:
+        """Run a request again from the start (its context was lost), a bounded number of
+        times (counting only the losses it ran in: ``ran``)."""
         engine = self.engines.get(request.engine) if request.engine is not None else None
         if engine is not None:
             engine.held.discard(request.local)
@@ -293,7 +314,7 @@ class WorkerState(WorkerTables):
             self._fail(request, ErrorCode.WORKER_LOST, "Worker lost: the stream's context was "
                        f"lost after it had sent {request.items_sent} items", now)
             return
-        request.resets += 1
+        request.resets += ran
         if request.resets > MAX_ENGINE_RESETS:
             request.engine = None
             self._fail(request, ErrorCode.WORKER_LOST,
@@ -331,6 +352,8 @@ class WorkerState(WorkerTables):
         """The broker declared us dead and re-dispatched what we held: drop it all.
         Returns the engines running a step (to abort)."""
         busy = [e.index for e in self.engines.values() if e.busy]
+        for engine in self.engines.values():
+            engine.queued = None   # ABORT makes the engine drop its queued step
         self.drop_all()
         self.handover.clear()
         return busy

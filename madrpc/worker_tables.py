@@ -95,6 +95,14 @@ class EngineSlot:
     ready: bool = False
     busy: bool = False
     """Running a step now (one at a time)."""
+    queued: list[int] | None = None
+    """Local keys of the step sent while it was busy (pooled engines only): the engine
+    starts it the moment the running step ends. None when no step is queued."""
+    queued_methods: set[str] = field(default_factory=set)
+    step_estimate_s: float = 0.0
+    """How long the running step should take, from its methods' mean run times (inf when
+    one is unknown)."""
+    queued_estimate_s: float = 0.0
     retiring: bool = False
     """Replaced by a newer engine (script reload): finishes what it holds, takes nothing new."""
     generation: int = 0
@@ -113,6 +121,12 @@ class EngineSlot:
     @property
     def idle(self) -> bool:
         return self.ready and not self.busy
+
+    def can_queue(self, max_wait_s: float) -> bool:
+        """Busy with a step that should end within ``max_wait_s``, with no step queued
+        and no input waiting: a step sent now would start with no gap."""
+        return (self.ready and self.busy and self.queued is None and not self.retiring
+                and not self.inputs and self.step_estimate_s <= max_wait_s)
 
     @property
     def has_input(self) -> bool:
@@ -154,30 +168,53 @@ class EngineSlot:
         """The slot's context goes (fresh-context mode): nothing more for it."""
         self.inputs.pop(slot, None)
 
-    def begin_step(self, requests: list[LocalRequest], now: float) -> None:
+    def begin_step(self, requests: list[LocalRequest], now: float,
+                   estimate_s: float = float("inf")) -> None:
+        """A step starts (or, while busy, is queued behind the running one)."""
         for request in requests:
             request.stage = Stage.RUNNING
             request.engine = self.index
             self.held.add(request.local)
+        if self.busy:
+            self.queued = [r.local for r in requests]
+            self.queued_methods = {r.method for r in requests}
+            self.queued_estimate_s = estimate_s
+            return
         self.busy = True
         self.step_requests = [r.local for r in requests]
         self.step_methods = {r.method for r in requests}
         self.step_started = now
+        self.step_estimate_s = estimate_s
 
-    def end_step(self) -> list[int]:
-        """The step is over: the local keys it started."""
+    def end_step(self, now: float) -> list[int]:
+        """The running step is over: the local keys it started. A queued step starts."""
         ran = self.step_requests
-        self.busy = False
-        self.step_requests = []
+        if self.queued is not None:
+            self.step_requests, self.queued = self.queued, None
+            self.step_methods = self.queued_methods
+            self.step_estimate_s = self.queued_estimate_s
+            self.step_started = now
+        else:
+            self.busy = False
+            self.step_requests = []
         return ran
 
-    def lose_contexts(self) -> list[int]:
-        """Its contexts are gone (reset, crash, retirement): a new generation begins with
-        nothing held. Returns what it held, newest first."""
-        self.generation += 1
+    def forget_steps(self) -> list[int]:
+        """The process is gone with the steps it was sent: the local keys of the queued
+        one (which never started)."""
+        unstarted = self.queued or []
         self.busy = False
         self.step_requests = []
+        self.queued = None
+        return unstarted
+
+    def lose_contexts(self) -> list[int]:
+        """Its contexts are gone (reset, crash, retirement): a new generation begins.
+        Returns what it held, newest first, except the steps the engine still has to run
+        (a step or a queued step it was sent: they run in the new context)."""
+        self.generation += 1
         self.inputs = {}
-        held = sorted(self.held, reverse=True)
-        self.held.clear()
-        return held
+        pending = set(self.step_requests) | set(self.queued or [])
+        lost = sorted(self.held - pending, reverse=True)
+        self.held &= pending
+        return lost

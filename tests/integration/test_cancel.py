@@ -99,6 +99,24 @@ def test_cancelling_a_submitted_future_frees_its_only_context(
         nothing_in_flight(grid)
 
 
+def test_cancelling_a_call_queued_behind_a_short_step_in_its_engine_frees_the_context(
+    pooled_grid: Callable[..., Grid],
+) -> None:
+    """A context busy with a step expected to end soon is sent its next step already; a
+    cancel that comes before that step starts must still stop it."""
+    grid = ready_grid(pooled_grid, contexts=1)
+    with Client(grid.frontend, timeout=60) as client:
+        for _ in range(3):   # the worker learns that long_spin takes a few ms
+            client.call("long_spin", {"ms": 5})
+        running = client.submit("long_spin", {"ms": 400})
+        queued = client.submit("long_spin", {"ms": LONG_MS})
+        wait_for_in_flight(grid.frontend, 2)
+        assert queued.cancel()
+        assert running.result(timeout=scaled(10)) == 400
+        answers_at_once(grid)
+        nothing_in_flight(grid)
+
+
 def test_submitted_futures_complete_by_themselves_and_as_completed_yields_them(
     pooled_grid: Callable[..., Grid],
 ) -> None:

@@ -28,6 +28,14 @@ def test_a_reset_message_round_trips_with_reason_culprit_outbox_and_detail() -> 
     )
 
 
+def test_a_reset_message_says_whether_it_ended_a_step_or_a_flush() -> None:
+    step = ep.reset_message(ep.ResetReason.CPU_LIMIT, 3, b"", "", b"", ep.Mode.STEP)
+    flush = ep.reset_message(ep.ResetReason.CPU_LIMIT, 3, b"", "", b"", ep.Mode.FLUSH)
+
+    assert ep.decode_engine_message(step).step_done is True   # type: ignore[union-attr]
+    assert ep.decode_engine_message(flush).step_done is False   # type: ignore[union-attr]
+
+
 def test_ready_and_load_error_messages_round_trip() -> None:
     info = {"methods": ["add"], "v8": "14.4", "pid": 12}
 

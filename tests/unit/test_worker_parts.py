@@ -206,7 +206,32 @@ def test_a_step_marks_its_requests_running_on_the_engine() -> None:
     assert not engine.idle and engine.held == {1, 2}
     assert [(r.stage, r.engine) for r in batch] == [(Stage.RUNNING, 3)] * 2
     assert (engine.step_methods, engine.step_started) == ({"a", "b"}, 5.0)
-    assert engine.end_step() == [1, 2] and engine.idle
+    assert engine.end_step(6.0) == [1, 2] and engine.idle
+
+
+def test_a_step_sent_while_busy_is_queued_and_starts_when_the_running_one_ends() -> None:
+    book, engine = RequestBook(), EngineSlot(3, ready=True)
+    engine.begin_step([add(book, 1, "a")], 5.0, estimate_s=0.006)
+    assert engine.can_queue(0.05) and not engine.can_queue(0.001)
+
+    engine.begin_step([add(book, 2, "b"), add(book, 3, "b")], 5.001, estimate_s=0.012)
+
+    assert engine.queued == [2, 3] and engine.step_requests == [1]
+    assert not engine.can_queue(0.05)   # one queued step at most
+    assert engine.end_step(5.006) == [1]
+    assert (engine.busy, engine.step_requests, engine.step_methods) == (True, [2, 3], {"b"})
+    assert (engine.step_started, engine.step_estimate_s, engine.queued) == (5.006, 0.012, None)
+    assert engine.end_step(5.02) == [2, 3] and engine.idle
+
+
+def test_an_engine_with_input_waiting_or_an_unknown_step_gets_no_queued_step() -> None:
+    book, engine = RequestBook(), EngineSlot(0, ready=True)
+    engine.begin_step([add(book, 1)], 0.0)   # no estimate: a method never seen
+    assert not engine.can_queue(0.05)
+    engine.step_estimate_s = 0.001
+    engine.settle(b"", 4, b'"result":1')
+    assert not engine.can_queue(0.05)
+    assert not EngineSlot(1, ready=True).can_queue(0.05)   # idle: it gets a step anyway
 
 
 def test_results_and_cancellations_wait_by_context_slot_until_a_step_takes_them() -> None:
@@ -235,10 +260,31 @@ def test_losing_the_contexts_starts_a_new_generation_holding_nothing() -> None:
     book, engine = RequestBook(), EngineSlot(0, ready=True)
     engine.begin_step([add(book, 1), add(book, 2)], 0.0)
     engine.settle(b"", 4, b'"result":1')
+    engine.end_step(0.1)   # the step was stopped (RESET)
 
     assert engine.lose_contexts() == [2, 1]   # newest first
     assert (engine.generation, engine.busy, engine.held, engine.has_input) == (1, False,
                                                                               set(), False)
+
+
+def test_losing_the_contexts_keeps_the_steps_the_engine_has_still_to_run() -> None:
+    book, engine = RequestBook(), EngineSlot(0, ready=True)
+    engine.begin_step([add(book, 1)], 0.0, 0.001)
+    engine.end_step(0.001)   # request 1 parked (awaits a nested call)
+    engine.begin_step([add(book, 2)], 0.002, 0.001)
+    engine.begin_step([add(book, 3)], 0.003, 0.001)
+
+    assert engine.lose_contexts() == [1]   # a flush was reset: 2 and 3 run in the new one
+    assert engine.held == {2, 3} and engine.busy and engine.queued == [3]
+
+
+def test_an_engine_process_that_died_forgets_its_steps_and_says_which_never_started() -> None:
+    book, engine = RequestBook(), EngineSlot(0, ready=True)
+    engine.begin_step([add(book, 1)], 0.0, 0.001)
+    engine.begin_step([add(book, 2)], 0.0, 0.001)
+
+    assert engine.forget_steps() == [2]
+    assert engine.lose_contexts() == [2, 1] and not engine.busy and engine.queued is None
 
 
 def test_a_retiring_engine_is_drained_once_it_holds_nothing() -> None:

@@ -23,7 +23,9 @@ CALL_BODY = b'{"jsonrpc":"2.0","method":"inner","params":[1]}'
 
 
 def new_state(engines: int = 1, **overrides: Any) -> WorkerState:
-    """A worker with ``engines`` ready engines (and as many contexts in its config)."""
+    """A worker with ``engines`` ready engines (and as many contexts in its config). Steps
+    are queued on busy engines only where a test asks (``queue_step_ms``)."""
+    overrides.setdefault("queue_step_ms", 0.0)
     state = WorkerState(WorkerConfig(script="test.js", contexts=engines, **overrides))
     for _ in range(engines):
         index = state.add_engine()
@@ -606,3 +608,120 @@ def test_removing_an_idle_retired_engine_is_not_counted_as_a_restart() -> None:
     state.remove_engine(0, 1.0)
     assert state.figures.engine_restarts == 0
     assert state.snapshot(1.0)["engine_restarts"] == 0
+
+
+# ---------------------------------------------------------------- queued steps
+
+
+def queued_state() -> WorkerState:
+    """One engine, with 'work' known to take 6 ms and steps queued within 50 ms."""
+    state = new_state(queue_step_ms=50.0)
+    run(state, 100, "work", 0.006, 0.0)
+    return state
+
+
+def test_a_busy_engine_whose_step_ends_soon_is_sent_the_next_step_at_once() -> None:
+    state = queued_state()
+    deliver(state, 1, 2, now=1.0)
+    state.schedule(1.0, WALL_MS)
+    sent = state.take_engine_messages()
+
+    assert [(index, started(orjson.loads(frames[1]))) for index, frames in sent] == [
+        (0, [local_of(state, 1)]), (0, [local_of(state, 2)])]
+    engine = state.engines[0]
+    assert engine.step_requests == [local_of(state, 1)]
+    assert engine.queued == [local_of(state, 2)]
+
+    state.on_engine_output(0, True, b'R %d "result":1' % local_of(state, 1), 1.006)
+    assert engine.step_requests == [local_of(state, 2)] and engine.busy
+    assert [key for key, _ in reply_of(state)[1]] == [key_of(1)]
+
+
+def test_no_step_is_queued_behind_a_long_or_unknown_one_or_with_queueing_off() -> None:
+    long = new_state(queue_step_ms=50.0)
+    run(long, 100, "work", 0.5, 0.0)
+    off = new_state(queue_step_ms=0.0)
+    run(off, 100, "work", 0.006, 0.0)
+    unknown = new_state(queue_step_ms=50.0)
+    for state in (long, off, unknown):
+        deliver(state, 1, 2, now=1.0)
+        state.schedule(1.0, WALL_MS)
+        assert len(state.take_engine_messages()) == 1
+        assert state.engines[0].queued is None
+
+
+def test_a_reset_of_the_running_step_keeps_the_queued_one_which_runs_in_the_new_context(
+) -> None:
+    state = queued_state()
+    deliver(state, 1, 2, now=1.0)
+    state.schedule(1.0, WALL_MS)
+    state.take_engine_messages()
+    first, second = local_of(state, 1), local_of(state, 2)
+
+    state.on_engine_reset(0, ep.ResetReason.CPU_LIMIT, first, b"", "ran 60000 ms", 1.5)
+
+    [(_, [(key, fragment)])] = [reply_of(state)]
+    assert key == key_of(1) and error_code(fragment) == ErrorCode.CPU_LIMIT
+    engine = state.engines[0]
+    assert engine.step_requests == [second] and engine.queued is None
+    assert state.requests[second].stage is Stage.RUNNING   # not requeued: no second run
+    assert state.requests[second].resets == 0
+    assert steps(state, 1.5) == {}
+
+
+def test_a_reset_of_a_flush_keeps_the_steps_sent_and_requeues_the_parked_requests() -> None:
+    state = queued_state()
+    deliver(state, 1, now=1.0)
+    state.schedule(1.0, WALL_MS)
+    state.take_engine_messages()
+    parked = local_of(state, 1)
+    state.on_engine_output(0, True, b"", 1.006)   # it awaits something: parked
+    deliver(state, 2, now=1.01)
+    state.schedule(1.01, WALL_MS)   # the engine runs a timer's flush meanwhile
+    state.take_engine_messages()
+
+    state.on_engine_reset(0, ep.ResetReason.CPU_LIMIT, 0, b"", "timer", 1.02,
+                          step_done=False)
+
+    engine = state.engines[0]
+    assert engine.step_requests == [local_of(state, 2)] and engine.busy
+    assert state.requests[local_of(state, 2)].stage is Stage.RUNNING
+    assert state.requests[parked].stage is Stage.QUEUED and state.requests[parked].resets == 1
+
+
+def test_an_engine_that_died_blames_its_running_request_not_the_queued_step() -> None:
+    state = queued_state()
+    deliver(state, 1, 2, now=1.0)
+    state.schedule(1.0, WALL_MS)
+    state.take_engine_messages()
+
+    state.on_engine_died(0, "killed by signal 9", False, 1.1)
+
+    [(key, fragment)] = reply_of(state)[1]
+    assert key == key_of(1) and error_code(fragment) == ErrorCode.WORKER_LOST
+    queued = state.requests[local_of(state, 2)]
+    assert (queued.stage, queued.resets, queued.solo) == (Stage.QUEUED, 0, False)
+
+
+def test_a_request_of_the_queued_step_is_interrupted_when_cancelled() -> None:
+    state = queued_state()
+    deliver(state, 1, 2, now=1.0)
+    state.schedule(1.0, WALL_MS)
+    state.take_engine_messages()
+
+    state.on_cancels([key_of(2)])
+
+    assert state.take_engine_messages() == [
+        (0, ep.interrupt_message(local_of(state, 2), ep.POOLED))]
+
+
+def test_abandoning_everything_drops_the_queued_step_with_the_engines_abort() -> None:
+    state = queued_state()
+    deliver(state, 1, 2, now=1.0)
+    state.schedule(1.0, WALL_MS)
+    state.take_engine_messages()
+
+    assert state.abandon_all() == [0]
+    state.on_engine_reset(0, ep.ResetReason.ABORTED, 0, b"", "", 1.1)
+
+    assert state.engines[0].idle

@@ -22,6 +22,7 @@ STREAM_CALL = b'{"jsonrpc":"2.0","method":"gen","madrpc":{"stream":{"window":4}}
 
 
 def new_state(**overrides: Any) -> WorkerState:
+    overrides.setdefault("queue_step_ms", 0.0)
     state = WorkerState(WorkerConfig(script="test.js", contexts=1, **overrides))
     index = state.add_engine()
     state.on_engine_ready(index, b"engine-0")
