@@ -13,6 +13,7 @@ import zmq
 import zmq.asyncio
 
 from .client_args import AUTO_KEY, Params, call_options, check_params, client_config
+from .client_batches import batch_frames
 from .client_core import CANCEL_LINGER_MS, CallBook, PendingCall
 from .client_stream import check_window
 from .config import DEFAULT_FRONTEND, ClientConfig
@@ -173,23 +174,66 @@ class AsyncClient:
         self, method: str, params: Iterable[Params], *, timeout: float | None = None,
         return_exceptions: bool = False, max_in_flight: int | None = None,
         cpu_limit_ms: float | None = None, max_memory_mb: float | None = None,
+        batch_size: int | None = None,
     ) -> list[Any]:
         """Call ``method`` once per item, up to ``max_in_flight`` at once; results in order.
-        ``timeout``, ``cpu_limit_ms`` and ``max_memory_mb`` apply to each call."""
+        ``timeout``, ``cpu_limit_ms`` and ``max_memory_mb`` apply to each call. Calls go out
+        in JSON-RPC batches of ``batch_size`` (see :meth:`Client.map`). Cancelling the
+        awaiting task, or an error raised here, cancels the calls still running."""
         call_options(self.config.timeout_s, timeout, cpu_limit_ms, max_memory_mb)
-        limit = asyncio.Semaphore(max_in_flight or self.config.max_in_flight)
-
-        async def one(item: Params) -> Any:
-            async with limit:
-                return await self.call(method, item, timeout=timeout, cpu_limit_ms=cpu_limit_ms,
-                                       max_memory_mb=max_memory_mb)
-
-        tasks = [asyncio.ensure_future(one(item)) for item in params]
+        items = [check_params(item) for item in params]
+        window = max_in_flight or self.config.max_in_flight
+        batch = min(batch_size or self.config.map_batch_size, window)
+        if batch < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch}")
+        self._ensure_started()
+        limit = asyncio.Semaphore(window)
+        started: list[tuple[PendingCall, asyncio.Future[Any]]] = []
         try:
-            return list(await asyncio.gather(*tasks, return_exceptions=return_exceptions))
+            for first in range(0, len(items), batch):
+                chunk = items[first:first + batch]
+                for _ in chunk:
+                    await limit.acquire()
+                for call, future in self._start_batch(method, chunk, timeout, cpu_limit_ms,
+                                                      max_memory_mb):
+                    future.add_done_callback(lambda _: limit.release())
+                    started.append((call, future))
+            return list(await asyncio.gather(*(future for _, future in started),
+                                             return_exceptions=return_exceptions))
         finally:
-            for task in tasks:
-                task.cancel()
+            for call, future in started:
+                self._futures.pop(call.id, None)
+                if not future.done():
+                    future.cancel()
+                    self._cancel_on_grid(call)
+
+    def _start_batch(
+        self, method: str, items: list[Any], timeout: float | None,
+        cpu_limit_ms: float | None, max_memory_mb: float | None,
+    ) -> list[tuple[PendingCall, asyncio.Future[Any]]]:
+        """Calls of ``method``, one per item, sent as JSON-RPC batches; a failure to send
+        fails them all, and is raised."""
+        book, loop = self._book, asyncio.get_running_loop()
+        now = time.monotonic()
+        started: list[tuple[PendingCall, asyncio.Future[Any]]] = []
+        try:
+            frames = []
+            for params in items:
+                call = book.new_call(method, params, timeout, now, AUTO_KEY, cpu_limit_ms,
+                                     max_memory_mb)
+                started.append((call, loop.create_future()))
+                self._futures[call.id] = started[-1][1]
+                frames.append(book.encode(call, now))
+            for frame in batch_frames(frames, self.config.max_message_bytes):
+                self._send(frame)
+        except MadrpcError as exc:
+            for call, _ in started:
+                self._futures.pop(call.id, None)
+                book.abandon(call, exc)
+            raise
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return started
 
     async def _read_loop(self) -> None:
         try:

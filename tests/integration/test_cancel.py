@@ -68,6 +68,25 @@ def test_cancelling_the_task_awaiting_an_async_call_frees_its_only_context(
     nothing_in_flight(grid)
 
 
+def test_cancelling_the_task_awaiting_an_async_map_cancels_its_calls_on_the_grid(
+    pooled_grid: Callable[..., Grid],
+) -> None:
+    grid = ready_grid(pooled_grid, contexts=1)
+
+    async def main() -> None:
+        async with AsyncClient(grid.frontend, timeout=60) as client:
+            task = asyncio.ensure_future(client.map("long_spin", [{"ms": LONG_MS}] * 3))
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: wait_for_in_flight(grid.frontend, 3))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+    answers_at_once(grid)
+    nothing_in_flight(grid)
+
+
 def test_closing_a_client_cancels_the_calls_it_still_waits_for(
     pooled_grid: Callable[..., Grid],
 ) -> None:

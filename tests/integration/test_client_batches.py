@@ -4,6 +4,7 @@ and checked end to end on a real grid."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import zmq
 from grid_support import SIMPLE_JS, Grid
 
-from madrpc import Client
+from madrpc import AsyncClient, Client
 from madrpc.config import ClientConfig
 from madrpc.errors import JSError
 
@@ -136,6 +137,23 @@ def test_batches_split_to_stay_under_the_message_limit(frontend: Frontend) -> No
     assert results == [2 * i for i in range(12)]
     assert max(frontend.frames) == 3   # three ~3 KB requests fit in 10 KB, four do not
     assert sum(frontend.frames) == 12
+
+
+def test_async_map_sends_its_calls_in_batches_too(frontend: Frontend) -> None:
+    async def main() -> tuple[list[Any], list[Any]]:
+        config = ClientConfig(endpoint=frontend.endpoint, timeout_s=20, map_batch_size=8)
+        async with AsyncClient(config=config) as client:
+            results = await client.map("double", [[i] for i in range(50)], max_in_flight=20)
+            mixed = await client.map("double", [[1], [-1], [3]], return_exceptions=True)
+            with pytest.raises(JSError, match="negative"):
+                await client.map("double", [[1], [-1], [3]])
+            return results, mixed
+
+    results, mixed = asyncio.run(main())
+
+    assert results == [2 * i for i in range(50)]
+    assert max(frontend.frames) == 8 and sum(frontend.frames) == 50 + 3 + 3
+    assert mixed[0] == 2 and mixed[2] == 6 and isinstance(mixed[1], JSError)
 
 
 def test_map_in_batches_on_a_real_grid(pooled_grid: Callable[..., Grid]) -> None:
