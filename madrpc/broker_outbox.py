@@ -1,7 +1,7 @@
 """What the broker has to send, collected while it handles one poll round's messages.
 
-Requests, stream items, results, stream grants and cancellations bound for one worker
-in one round leave as one message each; control messages (heartbeats, READY
+Requests, cancellations, stream items, results and stream grants bound for one worker
+in one round leave as one message each, in that order; control messages (heartbeats, READY
 acknowledgements, DISCONNECT) leave first, so the heartbeat that acknowledges a READY
 reaches the worker before the first requests sent to it. Pure: frames in, frames out.
 """
@@ -64,12 +64,15 @@ class Outbox:
         self._control = []
         sends.extend((FRONTEND, f) for f in self._replies)
         self._replies = []
-        for table, command in (   # a stream's items go before its final RESULT
+        # A cancel follows the requests it may name, and goes before the results of the
+        # nested calls its request made (cancelled with it): the script sees its signal
+        # abort before those calls reject. A stream's items go before its final RESULT.
+        for table, command in (
             (self._requests, p.REQUEST),
+            (self._cancels, p.CANCEL),
             (self._partials, p.PARTIAL),
             (self._results, p.RESULT),
             (self._grants, p.MORE),
-            (self._cancels, p.CANCEL),
         ):
             for identity, frames in table.items():
                 if frames:

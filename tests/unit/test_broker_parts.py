@@ -59,9 +59,21 @@ def test_the_outbox_sends_control_messages_first_then_replies_then_one_message_p
         (BACKEND, [W2, p.TAG, p.HEARTBEAT, b"{}"]),
         (FRONTEND, [b"client", b"", b"response"]),
         (BACKEND, [W1, p.TAG, p.REQUEST, b"m1", b"add", b"b1", b"m2", b"add", b"b2"]),
-        (BACKEND, [W1, p.TAG, p.RESULT, b"c1", b'"result":1']),
         (BACKEND, [W2, p.TAG, p.CANCEL, b"k1"]),
+        (BACKEND, [W1, p.TAG, p.RESULT, b"c1", b'"result":1']),
     ]
+
+
+def test_a_cancel_goes_after_the_requests_and_before_the_results_of_the_same_round() -> None:
+    """A request cancelled in the round it was sent in must be known when its CANCEL
+    comes; the results of the nested calls cancelled with it must come after the CANCEL,
+    so its script sees the abort first."""
+    outbox = Outbox()
+    outbox.result(W1, b"child", b'"error":{"code":-32011,"message":"Cancelled"}')
+    outbox.cancel(W1, b"root")
+    outbox.request(W1, b"m", b"add", b"b")
+
+    assert [frames[2] for _, frames in outbox.take()] == [p.REQUEST, p.CANCEL, p.RESULT]
 
 
 def test_the_outbox_is_empty_after_take() -> None:
