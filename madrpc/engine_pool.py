@@ -20,6 +20,7 @@ import select
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from . import engine_protocol as ep
 from .bundle import Bundle
 from .config import WorkerConfig
 from .engine_channel import Channel, ChannelClosed, socketpair
+from .errors import ProtocolError
 from .sockets import private_directory, remove_private_directory
 
 __all__ = ["EnginePool", "EngineProcess"]
@@ -71,6 +73,8 @@ class EnginePool:
         """Where the bundle files go (mode 0700; removed by :meth:`close`)."""
         self._epoll = select.epoll()
         self._by_fd: dict[int, EngineProcess] = {}
+        self._inbox: deque[tuple[EngineProcess, list[bytes]]] = deque()
+        """Messages read from the links and not yet handed out (see :meth:`receive`)."""
         self.processes: dict[bytes, EngineProcess] = {}
         self.current: dict[int, bytes] = {}
         """Slot -> identity of the process serving it now."""
@@ -138,7 +142,13 @@ class EnginePool:
 
     def wait(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for a link to want attention."""
-        return bool(self._epoll.poll(timeout_s))
+        return bool(self._inbox) or bool(self._epoll.poll(timeout_s))
+
+    @property
+    def pending(self) -> bool:
+        """Messages were read and not handed out yet (a consumer stopped early): call
+        :meth:`receive` again even if :meth:`fileno` is not readable."""
+        return bool(self._inbox)
 
     def send(self, slot: int, frames: list[bytes]) -> None:
         """To the process serving ``slot`` (nothing if none does)."""
@@ -178,7 +188,16 @@ class EnginePool:
 
     def receive(self) -> Iterator[tuple[EngineProcess, list[bytes]]]:
         """Messages waiting on the links of processes that still serve their slot; queued
-        writes go on as the links take them."""
+        writes go on as the links take them. A message is handed out once: those a consumer
+        did not take (it raised, or stopped early) come first next time."""
+        self._read_links()
+        inbox = self._inbox
+        while inbox:
+            process, frames = inbox.popleft()
+            if self.current.get(process.slot) == process.identity:
+                yield process, frames
+
+    def _read_links(self) -> None:
         for fd, events in self._epoll.poll(0):
             process = self._by_fd.get(fd)
             if process is None or process.channel is None:
@@ -191,9 +210,13 @@ class EnginePool:
             except ChannelClosed:
                 self._close_channel(process)
                 continue
-            if self.current.get(process.slot) == process.identity:
-                for frames in messages:
-                    yield process, frames
+            except ProtocolError as exc:   # not our engine's framing: it cannot go on
+                log.error("engine %s broke the link's framing (%s); killing it",
+                          process.identity.decode(errors="replace"), exc)
+                self._close_channel(process)
+                process.popen.kill()
+                continue
+            self._inbox.extend((process, frames) for frames in messages)
 
     def _close_channel(self, process: EngineProcess) -> None:
         """The process closed its end (it exits; :meth:`exited` reports it)."""

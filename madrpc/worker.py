@@ -226,13 +226,14 @@ class Worker:
             now = time.monotonic()
             if self._stop_requested.is_set() and self._finished_stopping(now):
                 return
-            events = dict(poller.poll(max(0, int((next_tick - now) * 1000))))
+            wait_ms = 0 if self.pool.pending else max(0, int((next_tick - now) * 1000))
+            events = dict(poller.poll(wait_ms))
             now = time.monotonic()
             try:
                 if broker is not None and broker in events:
                     for frames in self.link.receive():
                         self._on_broker(frames, now)
-                if engines in events:
+                if engines in events or self.pool.pending:
                     self._drain_engines(now)
             except WorkerStartError:
                 raise
