@@ -13,7 +13,7 @@ import zmq
 import zmq.asyncio
 
 from .client_args import AUTO_KEY, Params, call_options, check_params, client_config
-from .client_batches import batch_frames
+from .client_batches import send_batch
 from .client_core import CANCEL_LINGER_MS, CallBook, PendingCall
 from .client_stream import check_window
 from .config import DEFAULT_FRONTEND, ClientConfig
@@ -213,24 +213,11 @@ class AsyncClient:
     ) -> list[tuple[PendingCall, asyncio.Future[Any]]]:
         """Calls of ``method``, one per item, sent as JSON-RPC batches; a failure to send
         fails them all, and is raised."""
-        book, loop = self._book, asyncio.get_running_loop()
-        now = time.monotonic()
-        started: list[tuple[PendingCall, asyncio.Future[Any]]] = []
-        try:
-            frames = []
-            for params in items:
-                call = book.new_call(method, params, timeout, now, AUTO_KEY, cpu_limit_ms,
-                                     max_memory_mb)
-                started.append((call, loop.create_future()))
-                self._futures[call.id] = started[-1][1]
-                frames.append(book.encode(call, now))
-            for frame in batch_frames(frames, self.config.max_message_bytes):
-                self._send(frame)
-        except MadrpcError as exc:
-            for call, _ in started:
-                self._futures.pop(call.id, None)
-                book.abandon(call, exc)
-            raise
+        calls = send_batch(self._book, self._send, method, items, timeout, time.monotonic(),
+                           cpu_limit_ms, max_memory_mb, self.config.max_message_bytes)
+        loop = asyncio.get_running_loop()   # replies are read only once this task yields
+        started = [(call, loop.create_future()) for call in calls]
+        self._futures.update((call.id, future) for call, future in started)
         assert self._wakeup is not None
         self._wakeup.set()
         return started

@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 
 from .client_args import AUTO_KEY, Params, call_options, check_params, client_config
-from .client_batches import batch_frames
+from .client_batches import send_batch
 from .client_core import CANCEL_LINGER_MS, CallBook, PendingCall
 from .client_future import CallFuture
 from .client_stream import check_window
@@ -325,22 +325,8 @@ class Client:
         with self._lock:
             if self._closed:
                 raise TransportError("client is closed")
-            book = self._book
-            now = time.monotonic()
-            calls: list[PendingCall] = []
-            try:
-                frames = []
-                for params in items:
-                    calls.append(book.new_call(method, params, timeout, now, AUTO_KEY,
-                                               cpu_limit_ms, max_memory_mb))
-                    frames.append(book.encode(calls[-1], now))
-                for frame in batch_frames(frames, self.config.max_message_bytes):
-                    self._send(frame)
-            except MadrpcError as exc:   # the caller learns of it: nothing is left behind
-                for call in calls:
-                    book.abandon(call, exc)
-                raise
-            return calls
+            return send_batch(self._book, self._send, method, items, timeout, time.monotonic(),
+                              cpu_limit_ms, max_memory_mb, self.config.max_message_bytes)
 
     def _send(self, frame: bytes) -> None:
         try:
