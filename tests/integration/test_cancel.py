@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -49,16 +49,15 @@ def ready_grid(pooled_grid: Callable[..., Grid], contexts: int) -> Grid:
     return grid
 
 
-def test_cancelling_the_task_awaiting_an_async_call_frees_its_only_context(
-    pooled_grid: Callable[..., Grid],
-) -> None:
-    grid = ready_grid(pooled_grid, contexts=1)
-
+def cancel_async_task(grid: Grid, start: Callable[[AsyncClient], Awaitable[Any]],
+                      in_flight: int) -> None:
+    """Start a call from an AsyncClient, cancel the task awaiting it once ``in_flight``
+    requests run, and check that the grid is left at rest."""
     async def main() -> None:
         async with AsyncClient(grid.frontend, timeout=60) as client:
-            task = asyncio.ensure_future(client.call("long_spin", {"ms": LONG_MS}))
+            task = asyncio.ensure_future(start(client))
             await asyncio.get_running_loop().run_in_executor(
-                None, lambda: wait_for_in_flight(grid.frontend))
+                None, lambda: wait_for_in_flight(grid.frontend, in_flight))
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -66,25 +65,20 @@ def test_cancelling_the_task_awaiting_an_async_call_frees_its_only_context(
     asyncio.run(main())
     answers_at_once(grid)
     nothing_in_flight(grid)
+
+
+def test_cancelling_the_task_awaiting_an_async_call_frees_its_only_context(
+    pooled_grid: Callable[..., Grid],
+) -> None:
+    cancel_async_task(ready_grid(pooled_grid, contexts=1),
+                      lambda client: client.call("long_spin", {"ms": LONG_MS}), 1)
 
 
 def test_cancelling_the_task_awaiting_an_async_map_cancels_its_calls_on_the_grid(
     pooled_grid: Callable[..., Grid],
 ) -> None:
-    grid = ready_grid(pooled_grid, contexts=1)
-
-    async def main() -> None:
-        async with AsyncClient(grid.frontend, timeout=60) as client:
-            task = asyncio.ensure_future(client.map("long_spin", [{"ms": LONG_MS}] * 3))
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: wait_for_in_flight(grid.frontend, 3))
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
-    asyncio.run(main())
-    answers_at_once(grid)
-    nothing_in_flight(grid)
+    cancel_async_task(ready_grid(pooled_grid, contexts=1),
+                      lambda client: client.map("long_spin", [{"ms": LONG_MS}] * 3), 3)
 
 
 def test_closing_a_client_cancels_the_calls_it_still_waits_for(
