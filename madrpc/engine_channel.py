@@ -59,7 +59,7 @@ class FrameDecoder:
         """Bytes held that do not make a whole message yet."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[list[bytes]]:
+    def feed(self, data: bytes | memoryview) -> list[list[bytes]]:
         """Add ``data``; return the messages it completes. Raises ProtocolError on a
         header no peer of ours would send."""
         buffer = self._buffer
@@ -108,6 +108,10 @@ class Channel:
         self.socket = sock
         self._decoder = FrameDecoder()
         self._pending: deque[memoryview] = deque()
+        # One buffer for every read: a fresh READ_CHUNK_BYTES object per recv is above
+        # malloc's mmap threshold, so each read would map, shrink and unmap memory.
+        self._read_buffer = bytearray(READ_CHUNK_BYTES)
+        self._read_view = memoryview(self._read_buffer)
 
     def fileno(self) -> int:
         return self.socket.fileno()
@@ -160,21 +164,22 @@ class Channel:
         """Every whole message readable now. Raises ChannelClosed at the end of the
         stream (after the messages before it were returned by earlier calls)."""
         messages: list[list[bytes]] = []
+        view = self._read_view
         while True:
             try:
-                data = self.socket.recv(READ_CHUNK_BYTES)
+                count = self.socket.recv_into(view)
             except (BlockingIOError, InterruptedError):
                 return messages
             except ConnectionResetError as exc:
                 if messages:
                     return messages
                 raise ChannelClosed(str(exc)) from exc
-            if not data:
+            if not count:
                 if messages:
                     return messages   # the end is seen again on the next call
                 raise ChannelClosed("end of stream")
-            messages += self._decoder.feed(data)
-            if len(data) < READ_CHUNK_BYTES:
+            messages += self._decoder.feed(view[:count])
+            if count < READ_CHUNK_BYTES:
                 return messages
 
     def readable(self) -> bool:

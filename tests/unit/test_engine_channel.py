@@ -96,6 +96,20 @@ def test_a_channel_carries_messages_with_empty_frames(pair: tuple[Channel, Chann
     assert receive_all(right, 2) == [[b"OUT", b"", b"S"], [b"", b"x"]]
 
 
+def test_messages_received_keep_their_bytes_after_later_reads(
+    pair: tuple[Channel, Channel],
+) -> None:
+    """The channel reads into one buffer it reuses: what it handed out must not change."""
+    left, right = pair
+    left.send([b"OUT", b"a" * 1000])
+    first = receive_all(right, 1)
+    left.send([b"OUT", b"b" * 1000])
+    second = receive_all(right, 1)
+    assert first == [[b"OUT", b"a" * 1000]]
+    assert second == [[b"OUT", b"b" * 1000]]
+    assert all(type(frame) is bytes for frame in first[0] + second[0])
+
+
 def test_a_message_larger_than_the_kernel_takes_is_queued_and_flushed(
     pair: tuple[Channel, Channel],
 ) -> None:
