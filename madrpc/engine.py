@@ -42,6 +42,8 @@ IDLE_TICK_S = 0.5
 """How often an idle engine checks that its worker is still alive."""
 RESET_FLUSH_TIMEOUT_S = 1.0
 """After a termination, how long collecting the finished replies may take."""
+WAKE_READ_BYTES = 4096
+"""How much one read of the wake-up pipe takes (V8's thread writes one byte per event)."""
 DATA_LIMIT_HEADROOM_MB = 512
 """RLIMIT_DATA = 2 x the heap limit + this: a huge ArrayBuffer fails inside JavaScript."""
 LOAD_ERROR_SEND_TIMEOUT_S = 2.0
@@ -137,8 +139,8 @@ class Engine:
                     return
 
     def _read_wakeups(self) -> None:
-        try:
-            while os.read(self._wake_read, 4096):
+        try:   # one read takes every byte written so far (a read that fills up may leave more)
+            while len(os.read(self._wake_read, WAKE_READ_BYTES)) == WAKE_READ_BYTES:
                 pass
         except BlockingIOError:
             pass
