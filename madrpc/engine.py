@@ -94,7 +94,7 @@ class Engine:
     def _build(self, slot: bytes) -> Runtime:
         return Runtime(
             self.bundle, "", lambda event: self._on_event(slot, event),
-            max_memory_bytes=self.max_memory_bytes,
+            max_memory_bytes=self.max_memory_bytes, pin_thread=not self.fresh,
         )
 
     def _on_event(self, slot: bytes, event: Event) -> None:

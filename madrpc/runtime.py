@@ -27,12 +27,8 @@ from py_mini_racer._dll import init_mini_racer, mr_callback_func
 
 from .bundle import Bundle
 from .errors import EngineError, ScriptError
-from .script_errors import (
-    MODULE_PREFIX,
-    MODULE_SUFFIX,
-    describe_load_error,
-    describe_script_error,
-)
+from .script_errors import MODULE_PREFIX, MODULE_SUFFIX, describe_load_error, describe_script_error
+from .thread_states import pin_current_thread
 
 __all__ = [
     "ENGINE_FLAGS", "MINI_RACER_TYPES", "Event", "EventKind", "Runtime", "init_engine",
@@ -125,7 +121,9 @@ class Runtime:
     """A V8 isolate running the MaDRPC runtime and one user script.
 
     Only one step or flush may be in progress at a time; its outcome is delivered to
-    ``on_event`` on the isolate's thread (keep that callback short).
+    ``on_event`` on the isolate's thread (keep that callback short). ``pin_thread``: keep
+    that thread's Python thread state between callbacks (a long-lived context; see
+    :mod:`madrpc.thread_states`).
     """
 
     def __init__(
@@ -135,9 +133,11 @@ class Runtime:
         on_event: Callable[[Event], None],
         *,
         max_memory_bytes: int = 0,
+        pin_thread: bool = False,
     ) -> None:
         init_engine()
         self._on_event = on_event
+        self._pin_thread = pin_thread
         self._setup_done = threading.Event()
         self._setup_result: Any = None
         self._task_inputs: list[Any] = []
@@ -163,6 +163,9 @@ class Runtime:
     # ------------------------------------------------------------ setup (blocking)
 
     def _on_callback(self, callback_id: int, raw: Any) -> None:
+        if self._pin_thread:   # on the isolate's thread, once (see madrpc.thread_states)
+            self._pin_thread = False
+            pin_current_thread()
         if callback_id == _SETUP_ID:
             self._setup_result = raw
             self._setup_done.set()
