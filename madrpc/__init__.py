@@ -9,6 +9,7 @@ from concurrent.futures import as_completed
 from .__about__ import __version__
 from .async_client import AsyncClient
 from .client import CallFuture, Client
+from .client_stats import ClientStats
 from .config import BrokerConfig, ClientConfig, WorkerConfig
 from .errors import (
     CancelledError,
@@ -34,6 +35,7 @@ __all__ = [
     "CancelledError",
     "Client",
     "ClientConfig",
+    "ClientStats",
     "ConfigError",
     "EngineError",
     "ErrorCode",

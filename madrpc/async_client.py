@@ -15,6 +15,7 @@ import zmq.asyncio
 from .client_args import AUTO_KEY, Params, call_options, check_params, client_config
 from .client_batches import send_batch
 from .client_core import CANCEL_LINGER_MS, CallBook, PendingCall
+from .client_stats import ClientStats, stats_of
 from .client_stream import check_window
 from .config import DEFAULT_FRONTEND, ClientConfig
 from .curve import apply_client, client_curve
@@ -85,6 +86,11 @@ class AsyncClient:
             self._io.send(frame, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot send to {self.config.endpoint}: {exc}") from exc
+
+    def stats(self) -> ClientStats:
+        """Calls in flight, retries and reconnections so far, and when the broker last
+        answered (:class:`~madrpc.client_stats.ClientStats`)."""
+        return stats_of(self._book, time.monotonic())
 
     async def call(
         self, method: str, params: Params = None, *, timeout: float | None = None,

@@ -21,6 +21,7 @@ from .client_args import AUTO_KEY, Params, call_options, check_params, client_co
 from .client_batches import send_batch
 from .client_core import CANCEL_LINGER_MS, CallBook, PendingCall
 from .client_future import CallFuture
+from .client_stats import ClientStats, stats_of
 from .client_stream import check_window
 from .config import DEFAULT_FRONTEND, ClientConfig
 from .curve import apply_client, client_curve
@@ -87,6 +88,12 @@ class Client:
         client sends ``_ping`` as it connects): False means nothing is listening there,
         or it is not a MaDRPC broker's frontend, or its CURVE key does not match."""
         return self._book.last_heard > 0
+
+    def stats(self) -> ClientStats:
+        """Calls in flight, retries and reconnections so far, and when the broker last
+        answered (:class:`~madrpc.client_stats.ClientStats`)."""
+        with self._lock:
+            return stats_of(self._book, time.monotonic())
 
     def call(
         self, method: str, params: Params = None, *, timeout: float | None = None,

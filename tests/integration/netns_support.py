@@ -462,9 +462,9 @@ def main() -> None:
         if time.monotonic() - said >= 0.05:
             said = time.monotonic()
             print(f"PROGRESS {sent} {len(results)}", file=sys.stderr, flush=True)
-    book = client._book
-    report = {"sent": sent, "results": results, "wire": wire, "retries": book.retries,
-              "reconnects": book.reconnects}
+    stats = client.stats()
+    report = {"sent": sent, "results": results, "wire": wire, "retries": stats.retries,
+              "reconnects": stats.reconnects}
     client.close()
     print(f"PROGRESS {sent} {len(results)}", file=sys.stderr, flush=True)
     print(json.dumps(report), flush=True)

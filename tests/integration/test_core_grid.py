@@ -325,6 +325,36 @@ def test_the_async_client_raises_typed_errors(shared_grid: Grid) -> None:
     asyncio.run(main())
 
 
+def test_client_stats_show_a_call_in_flight_then_the_brokers_last_answer(
+    shared_grid: Grid,
+) -> None:
+    with shared_grid.client() as client:
+        future = client.submit("slow_square", [3, scaled_ms(300)])
+        during = client.stats()
+        assert future.result() == 9
+        after = client.stats()
+    assert during.in_flight == 1
+    assert (after.in_flight, after.retries, after.reconnects) == (0, 0, 0)
+    assert after.broker_answered
+    assert after.last_heard_s is not None and 0 <= after.last_heard_s < scaled(5)
+
+
+def test_the_async_client_shows_the_same_stats(shared_grid: Grid) -> None:
+    async def main() -> tuple[int, int, bool]:
+        async with AsyncClient(shared_grid.frontend, timeout=scaled(10)) as client:
+            task = asyncio.ensure_future(client.call("slow_square", [4, scaled_ms(300)]))
+            for _ in range(500):   # the call is booked once the task first runs
+                if client.stats().in_flight:
+                    break
+                await asyncio.sleep(0.01)
+            during = client.stats().in_flight
+            assert await task == 16
+            after = client.stats()
+            return during, after.in_flight, after.broker_answered
+
+    assert asyncio.run(main()) == (1, 0, True)
+
+
 def test_an_oversized_request_is_refused_by_the_client_with_a_clear_error(
     shared_grid: Grid,
 ) -> None:
