@@ -9,7 +9,8 @@ baseline tools/echo_broker.py with 2 echo workers. Each process's user + system 
 (psutil, all its threads, ZeroMQ's I/O threads included) over ``LOAD_S`` of load, divided
 by the requests answered: the load generator (this process), then the broker, the worker
 and its engine processes (or the echo broker with its echo workers). Two cores divided by
-the sum is the rate the setup would reach if no process ever waited for another.
+the sum is the rate the setup would reach if no process ever waited for another; the last
+column is the share of the machine's CPU time left idle meanwhile (``/proc/stat``).
 """
 
 from __future__ import annotations
@@ -58,26 +59,35 @@ def echo_roles() -> dict[str, list[psutil.Process]]:
             echo + [p for e in echo for p in e.children(recursive=True)]}
 
 
+def machine_times() -> tuple[int, int]:
+    """(idle, all) CPU time of the machine so far, in clock ticks (``/proc/stat``)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        ticks = [int(field) for field in stat.readline().split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks[:8])   # idle + iowait; user .. steal
+
+
 def per_request_us(endpoint: str, roles: Callable[[], dict[str, list[psutil.Process]]],
-                   ) -> tuple[float, dict[str, float]]:
-    """(req/s, CPU µs per request by role) over one load run."""
+                   ) -> tuple[float, dict[str, float], float]:
+    """(req/s, CPU µs per request by role, idle share of the machine) over one load run."""
     load(endpoint, IN_FLIGHT, WARMUP_S)
     found = roles()
     before = {name: sum(_cpu_s(p) for p in procs) for name, procs in found.items()}
+    idle_before, all_before = machine_times()
     result = load(endpoint, IN_FLIGHT, LOAD_S, warmup_s=0)
+    idle_after, all_after = machine_times()
     requests = result["req_s"] * LOAD_S
     return result["req_s"], {
         name: (sum(_cpu_s(p) for p in procs) - before[name]) / requests * 1e6
         for name, procs in found.items()
-    }
+    }, (idle_after - idle_before) / max(1, all_after - all_before)
 
 
-def show(label: str, rate: float, usage: dict[str, float]) -> str:
+def show(label: str, rate: float, usage: dict[str, float], idle: float) -> str:
     total = sum(usage.values())
     parts = ", ".join(f"{name} {us:.1f}" for name, us in usage.items())
     ceiling = (os.cpu_count() or 1) / total * 1e6
     return (f"| {label} | {rate:,.0f} req/s | {parts} | **{total:.1f}** µs | "
-            f"{ceiling:,.0f} req/s ({rate / ceiling:.0%}) |")
+            f"{ceiling:,.0f} req/s ({rate / ceiling:.0%}) | {idle:.0%} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("worker_args", nargs="*", help="options for madrpc-worker (after --)")
     args = parser.parse_args(argv)
     print(f"| setup, {IN_FLIGHT} in flight | rate | CPU µs per request, by process | sum | "
-          "rate if never waiting (share reached) |\n|---|---|---|---|---|")
+          "rate if never waiting (share reached) | CPU idle |\n|---|---|---|---|---|---|")
     with grid(BENCH_SCRIPT, workers=1, contexts=2, worker_args=tuple(args.worker_args)) as front:
         for _ in range(args.runs):
             print(show("grid: broker, 1 worker, 2 engines", *per_request_us(front, grid_roles)),
