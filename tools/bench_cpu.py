@@ -2,7 +2,7 @@
 calls at 64 in flight, the grid against the bare echo broker in the same run.
 
     python tools/bench_cpu.py              # about 30 s
-    python tools/bench_cpu.py --runs 5 -- --prefetch 64   # options after -- go to the worker
+    python tools/bench_cpu.py --in-flight 256 --runs 5 -- --prefetch 64   # after --: worker options
 
 The grid is a broker and 1 worker with 2 contexts (tools/bench.py's ``grid``); the
 baseline tools/echo_broker.py with 2 echo workers. Each process's user + system time
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import BENCH_SCRIPT, echo_baseline, grid, load  # noqa: E402
 
 IN_FLIGHT = 64
+"""Requests kept outstanding (``--in-flight``)."""
 LOAD_S = 3.0
 WARMUP_S = 1.0
 
@@ -67,13 +68,13 @@ def machine_times() -> tuple[int, int]:
 
 
 def per_request_us(endpoint: str, roles: Callable[[], dict[str, list[psutil.Process]]],
-                   ) -> tuple[float, dict[str, float], float]:
+                   in_flight: int = IN_FLIGHT) -> tuple[float, dict[str, float], float]:
     """(req/s, CPU µs per request by role, idle share of the machine) over one load run."""
-    load(endpoint, IN_FLIGHT, WARMUP_S)
+    load(endpoint, in_flight, WARMUP_S)
     found = roles()
     before = {name: sum(_cpu_s(p) for p in procs) for name, procs in found.items()}
     idle_before, all_before = machine_times()
-    result = load(endpoint, IN_FLIGHT, LOAD_S, warmup_s=0)
+    result = load(endpoint, in_flight, LOAD_S, warmup_s=0)
     idle_after, all_after = machine_times()
     requests = result["req_s"] * LOAD_S
     return result["req_s"], {
@@ -93,18 +94,19 @@ def show(label: str, rate: float, usage: dict[str, float], idle: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--in-flight", type=int, default=IN_FLIGHT)
     parser.add_argument("worker_args", nargs="*", help="options for madrpc-worker (after --)")
     args = parser.parse_args(argv)
-    print(f"| setup, {IN_FLIGHT} in flight | rate | CPU µs per request, by process | sum | "
+    print(f"| setup, {args.in_flight} in flight | rate | CPU µs per request, by process | sum | "
           "rate if never waiting (share reached) | CPU idle |\n|---|---|---|---|---|---|")
     with grid(BENCH_SCRIPT, workers=1, contexts=2, worker_args=tuple(args.worker_args)) as front:
         for _ in range(args.runs):
-            print(show("grid: broker, 1 worker, 2 engines", *per_request_us(front, grid_roles)),
-                   flush=True)
+            figures = per_request_us(front, grid_roles, args.in_flight)
+            print(show("grid: broker, 1 worker, 2 engines", *figures), flush=True)
     with echo_baseline(2) as front:
         for _ in range(args.runs):
-            print(show("bare echo broker, 2 echo workers", *per_request_us(front, echo_roles)),
-                  flush=True)
+            figures = per_request_us(front, echo_roles, args.in_flight)
+            print(show("bare echo broker, 2 echo workers", *figures), flush=True)
     return 0
 
 
