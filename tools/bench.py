@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -63,8 +65,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def exit_on_sigterm() -> None:
+    """From the main thread: let SIGTERM (``timeout``, a stopped job) unwind like Ctrl-C,
+    so each process a benchmark started is stopped by the ``with`` that started it instead
+    of running on after the benchmark is gone."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 @contextmanager
 def process(*command: str) -> Iterator[subprocess.Popen[bytes]]:
+    exit_on_sigterm()
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     try:
         yield proc
