@@ -150,6 +150,8 @@ class Channel:
     def flush_blocking(self, timeout_s: float | None = None) -> None:
         """Write everything queued, waiting for the kernel as long as it takes (or up to
         ``timeout_s``, then TimeoutError)."""
+        if self.flush():   # the usual case: the kernel took it all at once
+            return
         poller = select.poll()
         poller.register(self.socket, select.POLLOUT)
         while not self.flush():
