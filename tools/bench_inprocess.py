@@ -53,7 +53,8 @@ def serve(backend: str, script: str) -> None:
         outcome.append(event)
         finished.set()
 
-    runtime = Runtime(Path(script).read_text(encoding="utf-8"), script, on_event)
+    runtime = Runtime(Path(script).read_text(encoding="utf-8"), script, on_event,
+                      pin_thread=True)   # as a pooled engine context
     dealer: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
     dealer.connect(backend)
     ready = {"id": f"{socket.gethostname()}:{os.getpid()}", "host": socket.gethostname(),
