@@ -154,9 +154,11 @@ class Channel:
             return
         poller = select.poll()
         poller.register(self.socket, select.POLLOUT)
-        while not self.flush():
+        while True:   # wait for room, then write what fits
             if not poller.poll(None if timeout_s is None else int(timeout_s * 1000)):
                 raise TimeoutError("engine link: the other end stopped reading")
+            if self.flush():
+                return
 
     def send_blocking(self, frames: Sequence[bytes]) -> None:
         self.send(frames)
