@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import logging
 import os
-import resource
 import select
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 
@@ -29,6 +28,7 @@ from .bundle import Bundle
 from .bundle import decode as decode_bundle
 from .engine_channel import Channel, ChannelClosed
 from .engine_protocol import POOLED, Mode, ResetReason
+from .engine_setup import die_with_parent, limit_data
 from .errors import ScriptError
 from .runtime import Event, EventKind, Runtime, init_engine, v8_version
 
@@ -44,8 +44,6 @@ RESET_FLUSH_TIMEOUT_S = 1.0
 """After a termination, how long collecting the finished replies may take."""
 WAKE_READ_BYTES = 4096
 """How much one read of the wake-up pipe takes (V8's thread writes one byte per event)."""
-DATA_LIMIT_HEADROOM_MB = 512
-"""RLIMIT_DATA = 2 x the heap limit + this: a huge ArrayBuffer fails inside JavaScript."""
 LOAD_ERROR_SEND_TIMEOUT_S = 2.0
 """How long a script that failed to load waits for the worker to take its LOADERR."""
 
@@ -84,6 +82,11 @@ class Engine:
         self._interrupts: set[int] = set()
         """Local keys of cancelled requests to stop if their code runs in this step."""
         self._parent = os.getppid()
+        self._lock = threading.Lock()
+        """Held by the loop while it works, and by an isolate's thread finishing a step."""
+        self.handed_over = 0
+        """Outcomes the loop acted on (woken by an isolate's thread that did not answer
+        them itself)."""
         self.runtimes: dict[bytes, Runtime] = {}
         self._spare: Runtime | None = self._build(POOLED)   # ScriptError before any socket
         self.methods = self._spare.methods
@@ -98,9 +101,24 @@ class Engine:
         )
 
     def _on_event(self, slot: bytes, event: Event) -> None:
-        """Runs on an isolate's thread: hand over and wake the loop."""
+        """Runs on an isolate's thread: a pooled step that ended normally is answered
+        from here when the loop is idle (one thread wake-up fewer per step); anything
+        else is handed over to the loop, which is woken."""
+        if event.kind == EventKind.DONE and not self.fresh and self._lock.acquire(False):
+            try:
+                if self._finishes_normally(slot):
+                    self._finish(slot, event.data)
+                    return
+            except ChannelClosed:
+                return   # the loop sees the closed link too
+            finally:
+                self._lock.release()
         self._events.append((slot, event))
         os.write(self._wake_write, b"!")
+
+    def _finishes_normally(self, slot: bytes) -> bool:
+        return (slot == self._running and self._stopping is None and not self._events
+                and self._mode in (Mode.STEP, Mode.FLUSH))
 
     def _runtime_for(self, slot: bytes) -> Runtime:
         runtime = self.runtimes.get(slot)
@@ -123,20 +141,28 @@ class Engine:
         while True:
             timeout_s = WATCHDOG_TICK_S if self._running is not None else IDLE_TICK_S
             ready = dict(poller.poll(int(timeout_s * 1000)))
-            if self._wake_read in ready:
-                self._read_wakeups()
-            while self._events:
-                self._on_outcome(*self._events.popleft())
-            if link in ready and not self._read_link():
-                return
-            self._watchdog()
-            self._start_next()
-            if self._running is None:
-                if self.fresh and self._spare is None and not self._steps:
-                    self._spare = self._build(POOLED)   # ready for the next request
-                if os.getppid() != self._parent:
-                    log.warning("engine %d: worker is gone, exiting", os.getpid())
+            with self._lock:
+                if not self._serve(ready, link):
                     return
+
+    def _serve(self, ready: dict[int, int], link: int) -> bool:
+        """One turn of the loop (under the lock); False when the engine should exit."""
+        if self._wake_read in ready:
+            self._read_wakeups()
+        while self._events:
+            self.handed_over += 1
+            self._on_outcome(*self._events.popleft())
+        if link in ready and not self._read_link():
+            return False
+        self._watchdog()
+        self._start_next()
+        if self._running is None:
+            if self.fresh and self._spare is None and not self._steps:
+                self._spare = self._build(POOLED)   # ready for the next request
+            if os.getppid() != self._parent:
+                log.warning("engine %d: worker is gone, exiting", os.getpid())
+                return False
+        return True
 
     def _read_wakeups(self) -> None:
         try:   # one read takes every byte written so far (a read that fills up may leave more)
@@ -244,16 +270,7 @@ class Engine:
             if self._mode is Mode.RECOVERING:
                 self._reset(slot, event.data)
                 return
-            mode = self._mode or Mode.STEP
-            self._running, self._mode = None, None
-            self._forget_interrupts()
-            if not self.fresh:   # a queued step starts before the worker hears of this one
-                self._start_next()
-            self.channel.send_blocking(ep.output_message(mode, event.data, slot))
-            if self.fresh and (ep.answered(event.data, slot) or self._dropping == slot):
-                self._dropping = None
-                self.runtimes.pop(slot).close()
-                self._flush_wanted.discard(slot)
+            self._finish(slot, event.data)
         elif kind == EventKind.TERMINATED:
             if self._mode is Mode.RECOVERING:
                 self._reset(slot, b"")
@@ -270,6 +287,19 @@ class Engine:
             if self._mode is not Mode.RECOVERING:
                 self._stopping = (ResetReason.ERROR, 0, event.data.decode(errors="replace"))
             self._reset(slot, b"")
+
+    def _finish(self, slot: bytes, outbox: bytes) -> None:
+        """A step or flush ended normally: send its outbox on."""
+        mode = self._mode or Mode.STEP
+        self._running, self._mode = None, None
+        self._forget_interrupts()
+        if not self.fresh:   # a queued step starts before the worker hears of this one
+            self._start_next()
+        self.channel.send_blocking(ep.output_message(mode, outbox, slot))
+        if self.fresh and (ep.answered(outbox, slot) or self._dropping == slot):
+            self._dropping = None
+            self.runtimes.pop(slot).close()
+            self._flush_wanted.discard(slot)
 
     def _reset(self, slot: bytes, outbox: bytes) -> None:
         """Drop the slot's context (a pooled one is rebuilt) and report what was lost."""
@@ -301,27 +331,6 @@ class Engine:
         self.channel.close()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the worker that started it dies."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-
-
-def _limit_data(max_memory_mb: int) -> None:
-    limit = (2 * max_memory_mb + DATA_LIMIT_HEADROOM_MB) * 1024 * 1024
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-        if hard != resource.RLIM_INFINITY:
-            limit = min(limit, hard)
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("could not set RLIMIT_DATA: %s", exc)
-
-
 def _read_bundle(path: str, origin: str) -> Bundle:
     with open(path, "rb") as handle:
         return decode_bundle(handle.read(), origin)
@@ -343,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s engine %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the worker decides when engines stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     if args.max_memory_mb:
-        _limit_data(args.max_memory_mb)
+        limit_data(args.max_memory_mb)
         flags = [f"--max-old-space-size={2 * args.max_memory_mb}", *args.v8_flag]
     else:
         flags = list(args.v8_flag)
