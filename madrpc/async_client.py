@@ -21,7 +21,7 @@ from .config import DEFAULT_FRONTEND, ClientConfig
 from .curve import apply_client, client_curve
 from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
-from .sockets import make_socket
+from .sockets import make_socket, poll_timeout_ms
 
 __all__ = ["AsyncClient"]
 
@@ -246,7 +246,7 @@ class AsyncClient:
         wake = book.next_wakeup(now)
         timeout_s = 1.0 if wake is None else min(1.0, max(0.0, wake - now))
         self._wakeup.clear()
-        poll = asyncio.ensure_future(self._socket.poll(int(timeout_s * 1000)))
+        poll = asyncio.ensure_future(self._socket.poll(poll_timeout_ms(timeout_s)))
         woken = asyncio.ensure_future(self._wakeup.wait())
         done, _ = await asyncio.wait({poll, woken}, return_when=asyncio.FIRST_COMPLETED)
         for task in (poll, woken):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
@@ -35,7 +34,7 @@ from .curve import (
 from .endpoints import is_private
 from .errors import ConfigError
 from .prometheus import MetricsServer, exposition
-from .sockets import make_socket, send_frames
+from .sockets import make_socket, poll_timeout_ms, send_frames
 
 __all__ = ["Broker", "check_binds", "receive_with_key"]
 
@@ -143,7 +142,7 @@ class Broker:
                     self._reload_requested.clear()
                     self._reload(now)
                 wake = next_tick if not state.backlog else min(next_tick, now + BACKLOG_RETRY_S)
-                events = dict(poller.poll(max(0, math.ceil((wake - now) * 1000))))   # no spin
+                events = dict(poller.poll(poll_timeout_ms(wake - now)))
                 now = time.monotonic()
                 if self.backend in events:
                     self._drain_socket(self.backend, BACKEND, now)

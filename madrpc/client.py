@@ -27,7 +27,7 @@ from .config import DEFAULT_FRONTEND, ClientConfig
 from .curve import apply_client, client_curve
 from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
-from .sockets import make_socket
+from .sockets import make_socket, poll_timeout_ms
 
 __all__ = ["CallFuture", "Client"]
 
@@ -360,7 +360,7 @@ class Client:
         now = time.monotonic()
         wake = book.next_wakeup(now)
         timeout_s = slice_s if wake is None else min(slice_s, max(0.0, wake - now))
-        if self._socket.poll(int(timeout_s * 1000)):
+        if self._socket.poll(poll_timeout_ms(timeout_s)):
             now = time.monotonic()
             while True:
                 try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import logging
+import math
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ from .errors import TransportError
 __all__ = [
     "bind_private",
     "make_socket",
+    "poll_timeout_ms",
     "private_directory",
     "private_endpoint",
     "process_start",
@@ -60,6 +62,13 @@ _RANDOM_CHARS = 8
 """``tempfile.mkdtemp`` appends 8 characters of ``[a-z0-9_]`` to its prefix."""
 _ENDPOINT_DIR = re.compile(r"madrpc-(\d+)-(\d+)-[a-z0-9_]{8}")
 """An endpoint directory's name: creator's pid, its start, mkdtemp's random part."""
+
+
+def poll_timeout_ms(timeout_s: float) -> int:
+    """A poll timeout in whole milliseconds that never wakes before ``timeout_s`` is up:
+    rounded up (truncating would turn the last millisecond before a timer into a run of
+    zero-timeout polls, a busy loop), and never negative."""
+    return max(0, math.ceil(timeout_s * 1000))
 
 
 def make_socket(

@@ -24,6 +24,7 @@ from .bundle import Bundle
 from .config import WorkerConfig
 from .engine_pool import EnginePool, EngineProcess
 from .errors import ProtocolError, WorkerStartError
+from .sockets import poll_timeout_ms
 from .worker_fleet import EngineFleet
 from .worker_link import BrokerLink
 from .worker_script import WATCH_INTERVAL_S, WorkerScript
@@ -226,7 +227,7 @@ class Worker:
             now = time.monotonic()
             if self._stop_requested.is_set() and self._finished_stopping(now):
                 return
-            wait_ms = 0 if self.pool.pending else max(0, int((next_tick - now) * 1000))
+            wait_ms = 0 if self.pool.pending else poll_timeout_ms(next_tick - now)
             events = dict(poller.poll(wait_ms))
             now = time.monotonic()
             try:
