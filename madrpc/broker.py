@@ -34,7 +34,7 @@ from .curve import (
 from .endpoints import is_private
 from .errors import ConfigError
 from .prometheus import MetricsServer, exposition
-from .sockets import make_socket, poll_timeout_ms, send_frames
+from .sockets import make_socket, poll_timeout_ms, receive_frames, send_frames
 
 __all__ = ["Broker", "check_binds", "receive_with_key"]
 
@@ -184,7 +184,7 @@ class Broker:
                 if curve:
                     frames, peer = receive_with_key(socket)
                 else:
-                    frames = socket.recv_multipart(zmq.NOBLOCK)
+                    frames = receive_frames(socket)
             except zmq.Again:
                 return
             try:

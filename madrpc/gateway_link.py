@@ -26,7 +26,7 @@ import zmq
 from .curve import ClientCurve, apply_client
 from .errors import ErrorCode, RpcError, rpc_error_from_object
 from .jsonrpc import encode_request
-from .sockets import make_socket
+from .sockets import make_socket, receive_frames
 
 __all__ = ["PROBE_INTERVAL_S", "UNREACHABLE_AFTER_S", "BrokerLink", "Exchange", "LinkLost"]
 
@@ -205,7 +205,7 @@ class BrokerLink:
     def _read_all(self, socket: zmq.Socket[Any]) -> None:
         while True:
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
+                frames = receive_frames(socket)
             except zmq.Again:
                 return
             self.last_heard = time.monotonic()

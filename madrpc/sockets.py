@@ -1,9 +1,12 @@
 """ZeroMQ socket helpers shared by every role: options in one place, a fast send, and
 private endpoints.
 
-pyzmq's ``send_multipart`` combines enum flags for every frame (about 1.5 us each here);
-:func:`send_frames` passes plain integers and costs a quarter of that, which matters on
-the broker's per-request path.
+pyzmq's ``send_multipart`` and ``recv_multipart`` combine enum flags for every frame, and
+the latter asks for ``RCVMORE`` through an enum lookup after each one (about 1.5 us a frame
+here). :func:`send_frames` and :func:`receive_frames` call pyzmq's compiled socket methods
+with plain integers and read "more" from each frame instead: a 3-frame message costs 0.9
+instead of 3.4 us to send and about a third as much to receive, which matters on the
+broker's and the worker's per-request paths.
 
 A *private endpoint* (:func:`private_endpoint`) is an ``ipc://`` socket file that only the
 current user can reach: it lives in a directory of its own, mode 0700, inside a per-user
@@ -41,6 +44,7 @@ __all__ = [
     "bind_private",
     "make_socket",
     "poll_timeout_ms",
+    "receive_frames",
     "private_directory",
     "private_endpoint",
     "process_start",
@@ -52,6 +56,9 @@ log = logging.getLogger(__name__)
 
 _DONTWAIT = int(zmq.DONTWAIT)
 _SNDMORE = int(zmq.SNDMORE)
+_send = zmq.backend.Socket.send
+"""pyzmq's compiled send, without the Python layer that checks for routing ids and groups."""
+_recv = zmq.backend.Socket.recv
 
 SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 """The longest ipc path the kernel takes (``sun_path``, less its NUL): 108 bytes on Linux,
@@ -99,10 +106,20 @@ def send_frames(socket: zmq.Socket[Any], frames: Sequence[Any], *, block: bool =
     """Send one multipart message; raises ``zmq.ZMQError`` (``zmq.Again`` when full)."""
     base = 0 if block else _DONTWAIT
     more = base | _SNDMORE
-    send = socket.send
     for frame in frames[:-1]:
-        send(frame, more)
-    send(frames[-1], base)
+        _send(socket, frame, more)
+    _send(socket, frames[-1], base)
+
+
+def receive_frames(socket: zmq.Socket[Any]) -> list[bytes]:
+    """One whole multipart message, without waiting; raises ``zmq.Again`` when none is
+    queued (a message is delivered whole or not at all, so only its first frame can)."""
+    frame = _recv(socket, _DONTWAIT, False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = _recv(socket, _DONTWAIT, False)
+        frames.append(frame.bytes)
+    return frames
 
 
 # ==================================================================== private endpoints

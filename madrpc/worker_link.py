@@ -18,7 +18,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .config import WorkerConfig
 from .curve import apply_client, client_curve
 from .liveness import Backoff, Heartbeat
-from .sockets import make_socket, send_frames
+from .sockets import make_socket, receive_frames, send_frames
 
 __all__ = ["CLOSE_LINGER_MS", "BrokerLink"]
 
@@ -83,7 +83,7 @@ class BrokerLink:
         """The messages waiting on the socket."""
         while self.socket is not None:
             try:
-                yield self.socket.recv_multipart(zmq.NOBLOCK)
+                yield receive_frames(self.socket)
             except zmq.Again:
                 return
 
