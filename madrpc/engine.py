@@ -42,6 +42,10 @@ IDLE_TICK_S = 0.5
 """How often an idle engine checks that its worker is still alive."""
 RESET_FLUSH_TIMEOUT_S = 1.0
 """After a termination, how long collecting the finished replies may take."""
+ANSWER_LOCK_WAIT_S = 0.1
+"""How long an isolate's thread that finished a step waits for the loop to end its turn
+before it hands the outcome over instead of answering it itself (a bound, not a delay:
+a turn takes microseconds)."""
 WAKE_READ_BYTES = 4096
 """How much one read of the wake-up pipe takes (V8's thread writes one byte per event)."""
 LOAD_ERROR_SEND_TIMEOUT_S = 2.0
@@ -102,9 +106,11 @@ class Engine:
 
     def _on_event(self, slot: bytes, event: Event) -> None:
         """Runs on an isolate's thread: a pooled step that ended normally is answered
-        from here when the loop is idle (one thread wake-up fewer per step); anything
-        else is handed over to the loop, which is woken."""
-        if event.kind == EventKind.DONE and not self.fresh and self._lock.acquire(False):
+        from here, between two turns of the loop (one thread wake-up fewer per step);
+        anything else is handed over to the loop, which is woken. The wait is bounded, so
+        a loop that holds the lock while it drops this context cannot deadlock with it."""
+        if event.kind == EventKind.DONE and not self.fresh \
+                and self._lock.acquire(timeout=ANSWER_LOCK_WAIT_S):
             try:
                 if self._finishes_normally(slot):
                     self._finish(slot, event.data)
