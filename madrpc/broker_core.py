@@ -82,6 +82,8 @@ class BrokerCore:
         builtin = call.method in BUILTIN_METHODS
         if not builtin:
             self.figures.counters["requests"] += 1
+            if call.body is not None:   # forwarded as received: drop the decoded copy
+                call.params = None
         deadline = now + (call.options.timeout_ms or self.config.default_timeout_ms) / 1000
         depth = 0
         if parent is not None:

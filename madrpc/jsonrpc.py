@@ -356,12 +356,12 @@ def checked_items(items: bytes) -> int | None:
 
 def partial_response(id_json: bytes, items: bytes) -> bytes:
     """A stream's partial reply: ``items`` (a checked JSON array) for request ``id_json``."""
-    return b'{"jsonrpc":"2.0","id":' + id_json + b',"madrpc":{"items":' + items + b"}}"
+    return b"".join((b'{"jsonrpc":"2.0","id":', id_json, b',"madrpc":{"items":', items, b"}}"))
 
 
 def response(id_json: bytes, fragment: bytes) -> bytes:
-    """A whole response from a ``"result": ...`` or ``"error": ...`` fragment."""
-    return b'{"jsonrpc":"2.0","id":' + id_json + b"," + fragment + b"}"
+    """A whole response from a ``"result": ...`` or ``"error": ...`` fragment (one copy)."""
+    return b"".join((b'{"jsonrpc":"2.0","id":', id_json, b",", fragment, b"}"))
 
 
 def error_response(

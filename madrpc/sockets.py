@@ -59,6 +59,10 @@ _SNDMORE = int(zmq.SNDMORE)
 _send = zmq.backend.Socket.send
 """pyzmq's compiled send, without the Python layer that checks for routing ids and groups."""
 _recv = zmq.backend.Socket.recv
+ZERO_COPY_MIN_BYTES = 65536
+"""Frames of at least this many bytes (``bytes`` only: they cannot change) are sent without
+copying them into ZeroMQ's own buffer; ZeroMQ holds the object until it has sent it. Below
+it a copy is cheaper than the bookkeeping (pyzmq's ``COPY_THRESHOLD``, the same value)."""
 
 SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
 """The longest ipc path the kernel takes (``sun_path``, less its NUL): 108 bytes on Linux,
@@ -107,8 +111,9 @@ def send_frames(socket: zmq.Socket[Any], frames: Sequence[Any], *, block: bool =
     base = 0 if block else _DONTWAIT
     more = base | _SNDMORE
     for frame in frames[:-1]:
-        _send(socket, frame, more)
-    _send(socket, frames[-1], base)
+        _send(socket, frame, more, type(frame) is not bytes or len(frame) < ZERO_COPY_MIN_BYTES)
+    last = frames[-1]
+    _send(socket, last, base, type(last) is not bytes or len(last) < ZERO_COPY_MIN_BYTES)
 
 
 def receive_frames(socket: zmq.Socket[Any]) -> list[bytes]:
