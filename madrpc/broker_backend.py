@@ -31,6 +31,7 @@ from .jsonrpc import (
     error_response,
     parse_frame,
 )
+from .jsonrpc_large import parse_large_frame
 
 __all__ = ["MAX_HEARTBEAT_BYTES", "Backend"]
 
@@ -257,7 +258,7 @@ class Backend:
         max_depth = core.config.max_call_depth
         for meta, body in message.pairs():
             call_key, parent_key = p.decode_call_meta(meta)
-            parsed = parse_frame(body)
+            parsed = parse_large_frame(body)
             if not isinstance(parsed, Call):
                 detail = parsed.message if isinstance(parsed, Invalid) else "batch not allowed"
                 self._refuse_call(worker, call_key, ErrorCode.INVALID_REQUEST, detail)

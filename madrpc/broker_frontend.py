@@ -25,8 +25,8 @@ from .jsonrpc import (
     error_fragment,
     error_response,
     json_dumps,
-    parse_frame,
 )
+from .jsonrpc_large import parse_large_frame
 
 __all__ = ["CANCEL_METHOD", "DEPLOY_METHOD", "MORE_METHOD", "Frontend"]
 
@@ -61,7 +61,7 @@ class Frontend:
         if frames[1].startswith(p.PROTOCOL_NAME):
             self._worker_at_the_wrong_port(frames[0])
             return
-        parsed = parse_frame(body, max_batch=core.config.max_batch)
+        parsed = parse_large_frame(body, max_batch=core.config.max_batch)
         admin = True
         if self.keys is not None:
             role = self.keys.frontend_role(peer)
