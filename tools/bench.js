@@ -14,3 +14,5 @@ madrpc.register('count', function* (n) {
   // Streams the numbers 0..n-1 (the streaming section of tools/bench.py).
   for (let i = 0; i < n; i++) yield i;
 });
+madrpc.register('length_of', (text) => text.length);   // a big payload in, a number out
+madrpc.register('text_of', (n) => 'x'.repeat(n));       // a number in, a big payload out

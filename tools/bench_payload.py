@@ -10,14 +10,25 @@ bytes echoed by the bare pyzmq broker.
   bytes), sent on a DEALER to tools/echo_broker.py and received back, unparsed.
 
 Both report the p50 of ``PAYLOAD_SAMPLES`` round trips, one at a time, after a warm-up.
+
+``--copies`` (and the goals table) also counts how many copies of one payload each process
+holds at its peak (the goal's "no more than two full copies in any one process"): an
+8 MiB payload as params only (``length_of``), then as result only (``text_of``), on a grid
+whose processes glibc tells to map every buffer over 128 KiB on its own (so a freed one
+leaves at once); each process's peak resident memory (Linux ``VmHWM``, reset through
+``/proc/PID/clear_refs``) above what it held before the call, in payloads.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import string
+import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -29,6 +40,10 @@ PAYLOAD_SAMPLES = 40
 WARMUP_ROUND_TRIPS = 5
 PAYLOAD_SEED = 13
 RECEIVE_TIMEOUT_MS = 30_000
+COPIES_PAYLOAD_BYTES = 8 * 1024 * 1024
+MMAP_THRESHOLD_BYTES = 128 * 1024
+COPIES_PROCESSES = (("broker", "madrpc.cli broker"), ("worker", "madrpc.cli worker"),
+                    ("engine", "madrpc.engine"))
 TRIVIAL_METHOD = "noop"
 """tools/bench.js: ``(x) => x``, so the result is the string it was given."""
 
@@ -86,11 +101,73 @@ def grid_echo_ms(client: Any, payload: str, samples: int = PAYLOAD_SAMPLES) -> f
     return p50(latencies) * 1000
 
 
+def _resident(pid: int) -> dict[str, int]:
+    sizes = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                sizes[name] = int(value.split()[0]) * 1024
+    return sizes
+
+
+def peak_copies(pids: dict[str, int], run: Callable[[], Any], size: int) -> dict[str, float]:
+    """Each process's peak resident memory above its level before ``run``, in ``size``s."""
+    before = {}
+    for name, pid in pids.items():
+        with open(f"/proc/{pid}/clear_refs", "w") as refs:
+            refs.write("5")   # VmHWM := VmRSS
+        before[name] = _resident(pid)["VmRSS"]
+    run()
+    return {name: (_resident(pid)["VmHWM"] - before[name]) / size for name, pid in pids.items()}
+
+
+@contextmanager
+def mapped_buffers() -> Iterator[None]:
+    """Processes started inside map every buffer over MMAP_THRESHOLD_BYTES on its own."""
+    old = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD_BYTES)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = old
+
+
+def grid_copies(front: str, size: int = COPIES_PAYLOAD_BYTES) -> dict[str, dict[str, float]]:
+    """Peak copies per process of a ``size`` payload as params, then as result, on the grid
+    at ``front`` (started inside :func:`mapped_buffers`, one worker, one context)."""
+    from madrpc import Client
+
+    pids = {name: int(subprocess.run(["pgrep", "-n", "-f", pattern], capture_output=True,
+                                     text=True, check=True).stdout.split()[0])
+            for name, pattern in COPIES_PROCESSES}
+    text = make_payload(size)
+    with Client(front, timeout=120) as client:
+        calls = {"params": lambda: client.call("length_of", [text]),
+                 "result": lambda: client.call("text_of", [size])}
+        for call in calls.values():
+            call()   # warm up: V8's heap, the sockets' buffers
+        return {which: peak_copies(pids, call, size) for which, call in calls.items()}
+
+
+def copies_supported() -> bool:
+    return sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")
+
+
 def main() -> int:
     from bench import BENCH_SCRIPT, echo_baseline, grid
 
     from madrpc import Client
 
+    if "--copies" in sys.argv[1:]:
+        with mapped_buffers(), grid(BENCH_SCRIPT, workers=1, contexts=1) as front:
+            for which, copies in grid_copies(front).items():
+                print(f"peak copies of an 8 MiB payload as {which}: " +
+                      ", ".join(f"{name} {n:.2f}" for name, n in copies.items()))
+        return 0
     payload = make_payload()
     with echo_baseline(2) as echo:
         raw_ms = raw_echo_ms(echo, request_frame(payload))

@@ -224,8 +224,10 @@ class Goal:
                 f"**{self._show(self.ratio)}** | {target} | {met} |")
 
 
-def goals(best_of: dict[str, float]) -> list[Goal]:
-    """The table, from the best figure of each measurement (names as in bench_goals)."""
+def goals(best_of: dict[str, float],
+          copies: dict[str, dict[str, float]] | None = None) -> list[Goal]:
+    """The table, from the best figure of each measurement (names as in bench_goals), and
+    the peak copies per process of one payload as params and as result (bench_payload)."""
     b = best_of
     ideal_2 = b["bare"] / 2
     chunks = pool_map_chunksize(MAP_CALLS)
@@ -248,6 +250,11 @@ def goals(best_of: dict[str, float]) -> list[Goal]:
         Goal("4. 1 MiB params -> 1 MiB result, round trip p50", f"{b['grid_mib']:.2f} ms",
              f"raw pyzmq echo via bare broker {b['raw_mib']:.2f} ms",
              b["grid_mib"] / b["raw_mib"], 2.0),
+        *([] if copies is None else [Goal(
+            "4. copies of one 8 MiB payload held at once, most in one process",
+            "; ".join(f"as {which}: " + ", ".join(f"{name} {n:.1f}" for name, n in by.items())
+                      for which, by in copies.items()),
+            "–", max(n for by in copies.values() for n in by.values()), 2.0)]),
     ]
 
 
@@ -257,7 +264,15 @@ HIGHER_IS_BETTER = frozenset({"map", "pool_map", "grid_load", "echo_load"})
 def bench_goals(duration_s: float, runs: int) -> list[str]:
     """Issue 13's goals: MaDRPC against the pool, the bare broker and bare V8, one run."""
     from bench import BENCH_SCRIPT, PI_SCRIPT, echo_baseline, grid, load
-    from bench_payload import grid_echo_ms, make_payload, raw_echo_ms, request_frame
+    from bench_payload import (
+        copies_supported,
+        grid_copies,
+        grid_echo_ms,
+        make_payload,
+        mapped_buffers,
+        raw_echo_ms,
+        request_frame,
+    )
 
     from madrpc import Client
 
@@ -290,9 +305,13 @@ def bench_goals(duration_s: float, runs: int) -> list[str]:
                     measure("bare", pool.bare_pi_s)
                     if contexts == 2:
                         measure("pool_pi", pool.pi_job_s)
+    copies = None
+    if copies_supported():
+        with mapped_buffers(), grid(BENCH_SCRIPT, workers=1, contexts=1) as front:
+            copies = grid_copies(front)
     best_of = {name: max(values) if name in HIGHER_IS_BETTER else min(values)
                for name, values in samples.items()}
-    return [GOALS_HEADER, *(goal.row() for goal in goals(best_of))]
+    return [GOALS_HEADER, *(goal.row() for goal in goals(best_of, copies))]
 
 
 def main() -> int:
