@@ -42,6 +42,10 @@ PAYLOAD_SEED = 13
 RECEIVE_TIMEOUT_MS = 30_000
 COPIES_PAYLOAD_BYTES = 8 * 1024 * 1024
 MMAP_THRESHOLD_BYTES = 128 * 1024
+COPIES_ROUNDS = 3
+COPIES_SETTLE_S = 0.3
+"""How long the processes are left to finish with a call before and after the one measured
+(a process still busy with the previous call would hide part of the peak)."""
 COPIES_PROCESSES = (("broker", "madrpc.cli broker"), ("worker", "madrpc.cli worker"),
                     ("engine", "madrpc.engine"))
 TRIVIAL_METHOD = "noop"
@@ -113,12 +117,14 @@ def _resident(pid: int) -> dict[str, int]:
 
 def peak_copies(pids: dict[str, int], run: Callable[[], Any], size: int) -> dict[str, float]:
     """Each process's peak resident memory above its level before ``run``, in ``size``s."""
+    time.sleep(COPIES_SETTLE_S)   # what the call before left behind is gone
     before = {}
     for name, pid in pids.items():
         with open(f"/proc/{pid}/clear_refs", "w") as refs:
             refs.write("5")   # VmHWM := VmRSS
         before[name] = _resident(pid)["VmRSS"]
     run()
+    time.sleep(COPIES_SETTLE_S)
     return {name: (_resident(pid)["VmHWM"] - before[name]) / size for name, pid in pids.items()}
 
 
@@ -138,19 +144,24 @@ def mapped_buffers() -> Iterator[None]:
 
 def grid_copies(front: str, size: int = COPIES_PAYLOAD_BYTES) -> dict[str, dict[str, float]]:
     """Peak copies per process of a ``size`` payload as params, then as result, on the grid
-    at ``front`` (started inside :func:`mapped_buffers`, one worker, one context)."""
+    at ``front`` (started inside :func:`mapped_buffers`, one worker, one context): the
+    highest of COPIES_ROUNDS calls of each kind, after a warm-up with the same call (a
+    process that just handled the other kind may still hold some of it)."""
     from madrpc import Client
 
     pids = {name: int(subprocess.run(["pgrep", "-n", "-f", pattern], capture_output=True,
                                      text=True, check=True).stdout.split()[0])
             for name, pattern in COPIES_PROCESSES}
     text = make_payload(size)
+    copies: dict[str, dict[str, float]] = {}
     with Client(front, timeout=120) as client:
         calls = {"params": lambda: client.call("length_of", [text]),
                  "result": lambda: client.call("text_of", [size])}
-        for call in calls.values():
+        for which, call in calls.items():
             call()   # warm up: V8's heap, the sockets' buffers
-        return {which: peak_copies(pids, call, size) for which, call in calls.items()}
+            rounds = [peak_copies(pids, call, size) for _ in range(COPIES_ROUNDS)]
+            copies[which] = {name: max(r[name] for r in rounds) for name in pids}
+    return copies
 
 
 def copies_supported() -> bool:
