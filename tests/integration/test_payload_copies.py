@@ -6,11 +6,15 @@ that a freed buffer leaves at once and the peak counts only what was alive toget
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from grid_support import Grid, Proc
+from grid_support import Grid
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from bench_payload import MMAP_THRESHOLD_BYTES, peak_copies  # noqa: E402
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -23,32 +27,10 @@ PAYLOAD_BYTES = 8 * MIB
 ECHO_JS = "madrpc.register('echo', (x) => x);\n"
 
 
-def resident(pid: int) -> dict[str, int]:
-    sizes = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                sizes[name] = int(value.split()[0]) * 1024
-    return sizes
-
-
-def peak_copies(procs: list[Proc], run: Callable[[], None]) -> list[float]:
-    """Each process's peak above its resident memory before ``run``, in payloads."""
-    before = []
-    for proc in procs:
-        with open(f"/proc/{proc.pid}/clear_refs", "w") as refs:
-            refs.write("5")   # VmHWM := VmRSS
-        before.append(resident(proc.pid)["VmRSS"])
-    run()
-    return [(resident(proc.pid)["VmHWM"] - base) / PAYLOAD_BYTES
-            for proc, base in zip(procs, before, strict=True)]
-
-
 def test_a_large_round_trip_holds_one_copy_of_the_params_and_two_of_the_result(
     start_grid: Callable[..., Grid], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))   # for the processes started
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD_BYTES))   # for those started
     script = tmp_path / "echo.js"
     script.write_text(ECHO_JS)
     grid = start_grid(script)
@@ -56,8 +38,9 @@ def test_a_large_round_trip_holds_one_copy_of_the_params_and_two_of_the_result(
     with grid.client(timeout=60) as client:
         assert client.call("echo", [payload]) == payload   # warm: buffers, V8's heap
 
-        broker, worker = peak_copies([grid.broker, grid.workers[0]],
-                                     lambda: client.call("echo", [payload]))
+        copies = peak_copies({"broker": grid.broker.pid, "worker": grid.workers[0].pid},
+                             lambda: client.call("echo", [payload]), PAYLOAD_BYTES)
+    broker, worker = copies["broker"], copies["worker"]
 
     print(f"peak copies of an {PAYLOAD_BYTES // MIB} MiB payload: broker {broker:.2f}, "
           f"worker {worker:.2f}")
