@@ -1,5 +1,5 @@
-"""ZeroMQ socket helpers shared by every role: options in one place, a fast send, and
-private endpoints.
+"""ZeroMQ socket helpers shared by every role: options in one place, a fast send and
+receive, poll timeouts, and private endpoints.
 
 pyzmq's ``send_multipart`` and ``recv_multipart`` combine enum flags for every frame, and
 the latter asks for ``RCVMORE`` through an enum lookup after each one (about 1.5 us a frame
@@ -44,10 +44,10 @@ __all__ = [
     "bind_private",
     "make_socket",
     "poll_timeout_ms",
-    "receive_frames",
     "private_directory",
     "private_endpoint",
     "process_start",
+    "receive_frames",
     "remove_private_directory",
     "send_frames",
 ]
