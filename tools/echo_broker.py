@@ -15,8 +15,6 @@ ZAP handler runs: every client is let in, but all traffic is encrypted.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import multiprocessing
 import signal
 import sys
@@ -25,16 +23,9 @@ from collections import deque
 import zmq
 import zmq.auth
 
+from madrpc.engine_setup import die_with_parent  # an orphaned echo worker ends
+
 READY = b"READY"
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Linux: end this echo worker when the echo broker's process ends, however it ends
-    (killed, its benchmark stopped by a timeout), instead of echoing on as an orphan."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def echo_worker(backend: str, server_key: bytes | None = None) -> None:
