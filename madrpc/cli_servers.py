@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from . import config as cfg
+from .allocator import keep_freed_memory
 from .cli_support import ENDPOINT, exit_status, log_options, on_signals
 from .errors import ConfigError
 from .logs import setup_logging
@@ -114,6 +115,7 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
     from .broker import Broker
 
     setup_logging(log_level, log_format)
+    keep_freed_memory()
     config = cfg.BrokerConfig(default_timeout_ms=int(default_timeout * 1000),
                               collect_metrics=not no_metrics, **options)
     try:
@@ -194,6 +196,7 @@ def worker_command(contexts: int | None, no_metrics: bool, log_level: str, log_f
     from .worker import Worker
 
     setup_logging(log_level, log_format)
+    keep_freed_memory()
     config = cfg.WorkerConfig(contexts=contexts or (os.cpu_count() or 1),
                               collect_metrics=not no_metrics, **options)
     try:
