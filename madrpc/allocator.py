@@ -19,7 +19,6 @@ it is.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 
@@ -43,7 +42,7 @@ def keep_freed_memory() -> bool:
     if any(name in os.environ for name in GLIBC_ENVIRONMENT):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
