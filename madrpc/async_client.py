@@ -21,7 +21,7 @@ from .config import DEFAULT_FRONTEND, ClientConfig
 from .curve import apply_client, client_curve
 from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
-from .sockets import make_socket, poll_timeout_ms
+from .sockets import drain, make_socket, poll_timeout_ms, receive_frame
 
 __all__ = ["AsyncClient"]
 
@@ -254,11 +254,7 @@ class AsyncClient:
                 task.cancel()
         now = time.monotonic()
         assert self._io is not None
-        while True:
-            try:
-                frame = self._io.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for frame in drain(self._io, receive_frame):
             for call in book.on_frame(frame, now):
                 self._settle(call)
         self._housekeeping(time.monotonic())

@@ -34,7 +34,7 @@ from .curve import (
 from .endpoints import is_private
 from .errors import ConfigError
 from .prometheus import MetricsServer, exposition
-from .sockets import make_socket, poll_timeout_ms, receive_frames, send_frames
+from .sockets import drain, make_socket, poll_timeout_ms, receive_frames, send_frames
 
 __all__ = ["Broker", "check_binds", "receive_with_key"]
 
@@ -177,16 +177,8 @@ class Broker:
     def _drain_socket(self, socket: zmq.Socket[Any], side: int, now: float) -> None:
         state = self.state
         handle = state.on_worker_message if side == BACKEND else None
-        curve = self.keys is not None
-        peer: str | None = None
-        for _ in range(MAX_DRAIN):
-            try:
-                if curve:
-                    frames, peer = receive_with_key(socket)
-                else:
-                    frames = receive_frames(socket)
-            except zmq.Again:
-                return
+        receive = receive_with_key if self.keys is not None else _without_key
+        for frames, peer in drain(socket, receive, MAX_DRAIN):
             try:
                 if handle is not None:
                     handle(frames[0], frames[1:], now, peer)
@@ -271,6 +263,10 @@ def receive_with_key(socket: zmq.Socket[Any]) -> tuple[list[bytes], str | None]:
         more = bool(socket.rcvmore)
     key = first.get("User-Id")
     return frames, key if isinstance(key, str) else None
+
+
+def _without_key(socket: zmq.Socket[Any]) -> tuple[list[bytes], str | None]:
+    return receive_frames(socket), None
 
 
 def check_binds(config: BrokerConfig) -> None:

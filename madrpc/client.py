@@ -27,7 +27,7 @@ from .config import DEFAULT_FRONTEND, ClientConfig
 from .curve import apply_client, client_curve
 from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
-from .sockets import make_socket, poll_timeout_ms
+from .sockets import drain, make_socket, poll_timeout_ms, receive_frame
 
 __all__ = ["CallFuture", "Client"]
 
@@ -362,11 +362,7 @@ class Client:
         timeout_s = slice_s if wake is None else min(slice_s, max(0.0, wake - now))
         if self._socket.poll(poll_timeout_ms(timeout_s)):
             now = time.monotonic()
-            while True:
-                try:
-                    frame = self._socket.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            for frame in drain(self._socket, receive_frame):
                 book.on_frame(frame, now)
         self._housekeeping(time.monotonic())
 

@@ -33,8 +33,8 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar, cast
 
 import zmq
 
@@ -42,11 +42,14 @@ from .errors import TransportError
 
 __all__ = [
     "bind_private",
+    "drain",
+    "has_message",
     "make_socket",
     "poll_timeout_ms",
     "private_directory",
     "private_endpoint",
     "process_start",
+    "receive_frame",
     "receive_frames",
     "remove_private_directory",
     "send_frames",
@@ -54,11 +57,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _DONTWAIT = int(zmq.DONTWAIT)
 _SNDMORE = int(zmq.SNDMORE)
 _send = zmq.backend.Socket.send
 """pyzmq's compiled send, without the Python layer that checks for routing ids and groups."""
 _recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 ZERO_COPY_MIN_BYTES = 65536
 """Frames of at least this many bytes (``bytes`` only: they cannot change) are sent without
 copying them into ZeroMQ's own buffer; ZeroMQ holds the object until it has sent it. Below
@@ -125,6 +132,37 @@ def receive_frames(socket: zmq.Socket[Any]) -> list[bytes]:
         frame = _recv(socket, _DONTWAIT, False)
         frames.append(frame.bytes)
     return frames
+
+
+def receive_frame(socket: zmq.Socket[Any]) -> bytes:
+    """One single-frame message, without waiting; raises ``zmq.Again`` when none is queued."""
+    return _recv(socket, _DONTWAIT, True)
+
+
+def has_message(socket: zmq.Socket[Any]) -> bool:
+    """Whether a message is waiting on ``socket`` (~2 µs)."""
+    return bool(cast(int, _get(socket, _EVENTS)) & _POLLIN)
+
+
+def drain(socket: zmq.Socket[Any], receive: Callable[[zmq.Socket[Any]], T],
+          limit: int | None = None) -> Iterator[T]:
+    """The messages waiting on ``socket`` (at most ``limit``), each read by ``receive``
+    (which raises ``zmq.Again`` when none is queued), for a loop whose poll found one.
+
+    After the first message it asks whether another waits (:func:`has_message`), so the
+    usual lone message is read without the receive that finds nothing: that one raises
+    ``zmq.Again``, which takes ~9 µs here against ~2 µs for the question. With more
+    waiting it reads on until ``zmq.Again`` without asking again."""
+    count = 0
+    while limit is None or count < limit:
+        if count == 1 and not has_message(socket):
+            return
+        try:
+            message = receive(socket)
+        except zmq.Again:
+            return
+        count += 1
+        yield message
 
 
 # ==================================================================== private endpoints

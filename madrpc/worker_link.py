@@ -18,7 +18,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .config import WorkerConfig
 from .curve import apply_client, client_curve
 from .liveness import Backoff, Heartbeat
-from .sockets import make_socket, receive_frames, send_frames
+from .sockets import drain, make_socket, receive_frames, send_frames
 
 __all__ = ["CLOSE_LINGER_MS", "BrokerLink"]
 
@@ -80,12 +80,8 @@ class BrokerLink:
             log.debug("send to broker failed: %s", exc)
 
     def receive(self) -> Iterator[list[bytes]]:
-        """The messages waiting on the socket."""
-        while self.socket is not None:
-            try:
-                yield receive_frames(self.socket)
-            except zmq.Again:
-                return
+        """The messages waiting on the socket (for a loop whose poll found one)."""
+        return iter(()) if self.socket is None else drain(self.socket, receive_frames)
 
     def heard(self, now: float) -> None:
         self._heartbeat.heard(now)

@@ -1,5 +1,6 @@
 """madrpc.sockets' fast send and receive over real ZeroMQ sockets (inproc): whole
-messages, frames in order, empty frames kept, zmq.Again when nothing is queued."""
+messages, frames in order, empty frames kept, zmq.Again when nothing is queued; a drain
+that reads every waiting message, and a lone one with a single receive."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 import zmq
 
-from madrpc.sockets import receive_frames, send_frames
+from madrpc.sockets import drain, has_message, receive_frame, receive_frames, send_frames
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -60,3 +61,61 @@ def test_a_bytearray_or_memoryview_frame_is_sent_as_its_bytes(
     wait_readable(b)
 
     assert receive_frames(b) == [b"ab", b"cd"]
+
+
+def counted(receive: Any, calls: list[int]) -> Any:
+    def counting(socket: zmq.Socket[Any]) -> Any:
+        calls.append(1)
+        return receive(socket)
+    return counting
+
+
+
+
+def test_a_drain_reads_every_waiting_message_in_order(
+    pair: tuple[zmq.Socket[Any], zmq.Socket[Any]],
+) -> None:
+    a, b = pair
+    messages = [[b"m%d" % n, b"x"] for n in range(5)]
+    for frames in messages:
+        send_frames(a, frames)
+    wait_readable(b)
+
+    assert list(drain(b, receive_frames)) == messages
+    assert not has_message(b)
+
+
+def test_a_drain_stops_at_its_limit_and_leaves_the_rest_queued(
+    pair: tuple[zmq.Socket[Any], zmq.Socket[Any]],
+) -> None:
+    a, b = pair
+    for n in range(5):
+        a.send(b"%d" % n)
+    wait_readable(b)
+
+    assert list(drain(b, receive_frame, limit=3)) == [b"0", b"1", b"2"]
+    assert has_message(b)
+    assert list(drain(b, receive_frame)) == [b"3", b"4"]
+
+
+def test_a_lone_message_is_drained_with_one_receive(
+    pair: tuple[zmq.Socket[Any], zmq.Socket[Any]],
+) -> None:
+    a, b = pair
+    a.send(b"alone")
+    wait_readable(b)
+    calls: list[int] = []
+
+    assert list(drain(b, counted(receive_frame, calls))) == [b"alone"]
+    assert len(calls) == 1   # not a second one that finds nothing and raises zmq.Again
+
+
+def test_a_drain_with_nothing_queued_yields_nothing(
+    pair: tuple[zmq.Socket[Any], zmq.Socket[Any]],
+) -> None:
+    _, b = pair
+
+    assert not has_message(b)
+    assert list(drain(b, receive_frame)) == []
+    with pytest.raises(zmq.Again):
+        receive_frame(b)
