@@ -80,8 +80,15 @@ class BrokerLink:
             log.debug("send to broker failed: %s", exc)
 
     def receive(self) -> Iterator[list[bytes]]:
-        """The messages waiting on the socket (for a loop whose poll found one)."""
-        return iter(()) if self.socket is None else drain(self.socket, receive_frames)
+        """The messages waiting on the socket (for a loop whose poll found one); none after
+        one whose handling closed the socket (the broker asked us to reconnect)."""
+        socket = self.socket
+        if socket is None:
+            return
+        for frames in drain(socket, receive_frames):
+            yield frames
+            if self.socket is not socket:
+                return
 
     def heard(self, now: float) -> None:
         self._heartbeat.heard(now)

@@ -282,6 +282,7 @@ def test_sigterm_lets_the_broker_answer_in_flight_requests_then_refuse_new_ones(
     assert grid.broker.wait(10) == 0
     wait_until(lambda: "shutting down" in grid.workers[0].stderr(), 5,
                message="the worker to hear of it")
+    assert "internal error" not in grid.workers[0].stderr()   # it reconnects, nothing more
 
 
 # ------------------------------------------------------------------ backpressure, bad input
