@@ -37,6 +37,10 @@ READ_CHUNK_BYTES = 256 * 1024
 """How much one ``recv`` asks the kernel for."""
 SENDMSG_MAX_BUFFERS = 64
 """Buffers handed to one ``sendmsg`` (well under the kernel's IOV_MAX)."""
+LINK_BUFFER_BYTES = 4 * 1024 * 1024
+"""Send buffer asked for on each end of a link (the kernel caps it at twice
+``net.core.wmem_max``): a large message goes in one write instead of a read-and-write
+exchange per ~200 KiB between the worker and its engine."""
 
 _COUNT = struct.Struct("<I")
 
@@ -198,4 +202,7 @@ class Channel:
 def socketpair() -> tuple[socket.socket, socket.socket]:
     """A connected pair of Unix stream sockets, neither inheritable (pass one on with
     ``pass_fds``)."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for end in pair:
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LINK_BUFFER_BYTES)
+    return pair

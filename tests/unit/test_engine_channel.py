@@ -6,6 +6,7 @@ import select
 import struct
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -114,7 +115,7 @@ def test_a_message_larger_than_the_kernel_takes_is_queued_and_flushed(
     pair: tuple[Channel, Channel],
 ) -> None:
     left, right = pair
-    big = bytes(range(256)) * (32 * 1024)   # 8 MiB: far over a socket buffer
+    big = bytes(range(256)) * (64 * 1024)   # 16 MiB: over any link's buffer (at most 8 MiB)
     left.send([b"STEP", big, b""])
     assert left.wants_write   # the worker's loop goes on; the rest goes out later
     got: list[list[bytes]] = []
@@ -126,6 +127,21 @@ def test_a_message_larger_than_the_kernel_takes_is_queued_and_flushed(
         got += right.receive()
     assert got == [[b"STEP", big, b""]]
     assert not left.wants_write
+
+
+def test_a_megabyte_message_goes_to_the_kernel_in_one_write(
+    pair: tuple[Channel, Channel],
+) -> None:
+    """Without a reader: the link's send buffer takes it whole (no exchange of ~200 KiB
+    reads and writes between two processes), where the kernel allows that much."""
+    if 2 * int(Path("/proc/sys/net/core/wmem_max").read_text()) < 2 * 1024 * 1024:
+        pytest.skip("net.core.wmem_max caps socket send buffers under 1 MiB here")
+    left, right = pair
+    big = b"p" * (1024 * 1024)
+    left.send([b"STEP", big])
+
+    assert not left.wants_write
+    assert receive_all(right, 1) == [[b"STEP", big]]
 
 
 def test_send_blocking_waits_for_a_slow_reader(pair: tuple[Channel, Channel]) -> None:
