@@ -34,7 +34,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tools" / "chaos.js"
-EXEC_LINE = re.compile(r"EXEC (c\d+-\d+)")
+EXEC_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*EXEC (c\d+-\d+)", re.MULTILINE)
+"""The worker's log line for an execution: when (local time, ms) and which job."""
+REPLY_WINDOW_S = 0.25
+"""A killed or hung worker's executions logged this long before the signal may have lost
+their replies with it (docs/reliability.md, "Where exactly once ends": the worker logs an
+execution and sends its reply in the same turn of its loop, then ZeroMQ's thread sends it).
+Such a call rightly runs again; a duplicate anywhere else is a bug."""
+
+
+def clock(at: float) -> str:
+    """``time.time()`` as the logs show it: local time of day, to the millisecond."""
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
 
 
 def checksum(n: int) -> int:
@@ -67,6 +79,12 @@ class Report:
     lost: int = 0
     errors: Counter[int] = field(default_factory=Counter)
     duplicated: int = 0
+    """Keyed requests executed more than once, not explained by a fault's reply window."""
+    rerun_after_fault: int = 0
+    """Keyed requests run again because their worker died (or hung) between finishing
+    them and sending the reply: logged at most REPLY_WINDOW_S before its fault."""
+    duplicates: list[str] = field(default_factory=list)
+    """Where and when each twice-run request ran."""
     executions: int = 0
     events: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -80,8 +98,11 @@ class Report:
             ("lost (never answered)", self.lost),
             ("wrong answers", self.wrong),
             ("keyed requests executed more than once", self.duplicated),
+            ("  (and run again after their worker died before replying)",
+             self.rerun_after_fault),
             ("completed executions logged by the workers", self.executions),
             ("faults injected", "; ".join(self.events)),
+            ("where the twice-run requests ran", "; ".join(self.duplicates) or "-"),
             ("duration", f"{self.seconds:.1f} s"),
         ]
         width = max(len(name) for name, _ in rows)
@@ -103,18 +124,24 @@ class Cluster:
         self.broker: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self.all: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[int, Path] = {}
+        """Each process's log file, by pid."""
+        self.faulted: dict[int, float] = {}
+        """Workers killed or hung on purpose, and when (``time.time()``)."""
         self._count = 0
 
     def _start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         self._count += 1
         heartbeat = str(self.settings.heartbeat_s)
-        with open(self.log_dir / f"{self._count:03d}-{name}.log", "wb") as log:
+        path = self.log_dir / f"{self._count:03d}-{name}.log"
+        with open(path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "madrpc.cli", *args, "--heartbeat-interval", heartbeat,
                  "--log-level", "info"],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.all.append(proc)
+        self.logs[proc.pid] = path
         return proc
 
     def start_broker(self) -> None:
@@ -136,11 +163,12 @@ class Cluster:
         for proc in self.all:
             self.kill(proc)
 
-    def executions(self) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        for path in self.log_dir.glob("*-worker.log"):
-            counts.update(EXEC_LINE.findall(path.read_text(errors="replace")))
-        return counts
+    def executions(self) -> dict[int, list[tuple[float, str]]]:
+        """(when, job id) of each execution a worker logged, in order, by worker pid."""
+        return {pid: [(time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000,
+                       key)
+                      for stamp, ms, key in EXEC_LINE.findall(path.read_text(errors="replace"))]
+                for pid, path in self.logs.items() if path.name.endswith("-worker.log")}
 
 
 @contextmanager
@@ -267,12 +295,14 @@ def inject_faults(grid: Cluster, settings: Settings, report: Report,
         if action == "kill":
             victim = rng.choice(grid.workers)
             grid.workers.remove(victim)
+            grid.faulted[victim.pid] = time.time()
             grid.kill(victim)
             report.events.append(f"SIGKILL worker {victim.pid}")
             grid.start_worker()
         elif action == "hang":
             victim = rng.choice(grid.workers)
             grid.workers.remove(victim)
+            grid.faulted[victim.pid] = time.time()
             os.killpg(victim.pid, signal.SIGSTOP)
             report.events.append(f"SIGSTOP worker {victim.pid} for {liveness_s * 2:.1f} s, "
                                  "then SIGKILL")
@@ -316,9 +346,22 @@ def run(settings: Settings) -> Report:
         droppers.join()
         time.sleep(settings.heartbeat_s * 2)   # let the last log lines reach the files
         executions = grid.executions()
+        faulted = dict(grid.faulted)
     checked = {job["params"]["id"] for job in jobs}
-    report.duplicated = sum(1 for key, n in executions.items() if key in checked and n > 1)
-    report.executions = sum(n for key, n in executions.items() if key in checked)
+    counts = Counter(key for runs in executions.values() for _, key in runs if key in checked)
+    last_words = {key for pid, runs in executions.items() if pid in faulted
+                  for at, key in runs if at >= faulted[pid] - REPLY_WINDOW_S}
+    for key, n in counts.items():
+        if n > 1 and key in last_words:
+            report.rerun_after_fault += 1
+        elif n > 1:
+            report.duplicated += 1
+        if n > 1:
+            report.duplicates.append(f"{key}: " + ", ".join(
+                f"worker {pid} at {clock(at)}"
+                + (f" ({faulted[pid] - at:.3f} s before its fault)" if pid in faulted else "")
+                for pid, runs in executions.items() for at, run in runs if run == key))
+    report.executions = sum(counts.values())
     report.events.append(f"{settings.dropped_clients} clients dropped mid-call")
     report.seconds = time.monotonic() - started
     return report
