@@ -53,6 +53,7 @@ __all__ = [
     "receive_frame",
     "receive_frames",
     "remove_private_directory",
+    "remove_stale_private_directories",
     "send_frames",
 ]
 
@@ -202,6 +203,21 @@ def bind_private(socket: zmq.Socket[Any], name: str) -> tuple[str, str]:
         remove_private_directory(directory)
         raise
     return endpoint, directory
+
+
+def remove_stale_private_directories() -> None:
+    """Remove this user's private directories whose creating process is gone, as
+    :func:`private_endpoint` does before it makes one: for whoever has just killed
+    processes that made some (a killed worker leaves its bundle's directory). A per-user
+    base that is missing or unsafe is left alone."""
+    for parent in dict.fromkeys([tempfile.gettempdir(), SHORT_TMP]):
+        if not os.path.lexists(os.path.join(parent, _base_name())):
+            continue
+        try:
+            base = _user_base(parent)
+        except TransportError:
+            continue
+        _remove_stale(base)
 
 
 def remove_private_directory(directory: str) -> None:

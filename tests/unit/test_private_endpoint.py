@@ -28,6 +28,7 @@ from madrpc.sockets import (
     private_endpoint,
     process_start,
     remove_private_directory,
+    remove_stale_private_directories,
 )
 
 NOBODY = 65534
@@ -180,6 +181,29 @@ def test_stale_directories_are_removed_and_live_ones_kept(parent: Path) -> None:
         assert os.path.exists(my_dir) and endpoint != mine
         assert (outside / "precious").read_bytes() == b"keep me"
     remove_private_directory(my_dir)
+
+
+def test_a_sweep_removes_what_killed_processes_left_and_keeps_the_rest(parent: Path) -> None:
+    mine, my_dir = private_endpoint("frontend")
+    base = user_base(parent)
+    with child() as dead, child() as live:
+        dead_start, live_start = process_start(dead.pid), process_start(live.pid)
+        dead.kill()
+        dead.wait()
+        stale = leftover(base, dead.pid, dead_start)
+        kept = leftover(base, live.pid, live_start)
+
+        remove_stale_private_directories()
+
+        assert not stale.exists()
+        assert kept.exists() and os.path.exists(my_dir)
+    remove_private_directory(my_dir)
+
+
+def test_a_sweep_without_a_user_base_makes_none(parent: Path) -> None:
+    remove_stale_private_directories()
+
+    assert not user_base(parent).exists()
 
 
 def test_process_start_names_a_live_process_and_none_for_a_gone_one() -> None:
