@@ -160,8 +160,11 @@ class Cluster:
         proc.wait()
 
     def stop(self) -> None:
+        from madrpc.sockets import remove_stale_private_directories
+
         for proc in self.all:
             self.kill(proc)
+        remove_stale_private_directories()   # what the killed workers' bundles left
 
     def executions(self) -> dict[int, list[tuple[float, str]]]:
         """(when, job id) of each execution a worker logged, in order, by worker pid."""

@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from madrpc import Client
+from madrpc.sockets import remove_stale_private_directories
 
 TIME_FACTOR = float(os.environ.get("MADRPC_TEST_TIME_FACTOR", "1"))
 """Stretches every fixed duration in the integration tests (zerorpc's TIME_FACTOR)."""
@@ -175,6 +176,7 @@ class Spawner:
         for proc in self.procs:
             proc.kill_group()
         shutil.rmtree(self._sockets, ignore_errors=True)
+        remove_stale_private_directories()   # what the killed workers' bundles left
 
 
 def metrics(frontend: str) -> dict[str, Any]:
