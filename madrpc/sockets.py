@@ -19,7 +19,8 @@ base directory that is itself 0700 and checked before use::
 user who reads ``/proc/net/unix`` can connect). Whoever creates one removes its directory
 with :func:`remove_private_directory` when done. A process killed before it could do so
 leaves its directory behind; the next :func:`private_endpoint` call of the same user
-removes every directory whose creator (``<pid>`` started at ``<start>``) no longer runs.
+removes every directory whose creator (``<pid>`` started at ``<start>``) no longer runs;
+:func:`remove_stale_private_directories` does only that (for whoever has just killed some).
 """
 
 from __future__ import annotations
