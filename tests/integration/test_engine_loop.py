@@ -11,7 +11,8 @@ import pytest
 
 from madrpc import engine_protocol as ep
 from madrpc.bundle import Bundle
-from madrpc.engine import Engine
+from madrpc.engine import serve_link
+from madrpc.engine_core import Engine
 from madrpc.engine_channel import Channel, socketpair
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,8 +53,9 @@ class WorkerEnd:
 @pytest.fixture
 def engine() -> Iterator[tuple[Engine, WorkerEnd]]:
     ours, theirs = socketpair()
-    engine = Engine(Channel(theirs), Bundle.single("loop.js", SCRIPT), max_memory_mb=64)
-    loop = threading.Thread(target=engine.run, daemon=True)
+    link = Channel(theirs)
+    engine = Engine(link.send_blocking, Bundle.single("loop.js", SCRIPT), max_memory_mb=64)
+    loop = threading.Thread(target=serve_link, args=(engine, link), daemon=True)
     loop.start()
     worker = WorkerEnd(Channel(ours))
     try:
@@ -63,6 +65,7 @@ def engine() -> Iterator[tuple[Engine, WorkerEnd]]:
         worker.channel.send_blocking([ep.STOP])
         loop.join(READ_TIMEOUT_S)
         engine.close()
+        link.close()
         worker.channel.close()
         assert not loop.is_alive()
 
