@@ -12,8 +12,8 @@ import pytest
 from madrpc import engine_protocol as ep
 from madrpc.bundle import Bundle
 from madrpc.engine import serve_link
-from madrpc.engine_core import Engine
 from madrpc.engine_channel import Channel, socketpair
+from madrpc.engine_core import Engine
 
 pytestmark = pytest.mark.timeout(60)
 
