@@ -4,6 +4,7 @@ A broker routes JSON-RPC 2.0 requests over ZeroMQ to workers that run the functi
 V8. See README.md for the quick start and docs/ for the protocol.
 """
 
+import warnings
 from concurrent.futures import as_completed
 
 from .__about__ import __version__
@@ -27,6 +28,13 @@ from .errors import (
     WorkerStartError,
 )
 from .local import LocalGrid
+from .native_modules import stale_modules
+
+if _stale := stale_modules():
+    warnings.warn(
+        f"madrpc: {', '.join(_stale)} changed after the build compiled them, and the compiled "
+        "modules are what runs: install again (pip install -e .), or with MADRPC_PURE=1 "
+        "while you change them", RuntimeWarning, stacklevel=2)
 
 __all__ = [
     "AsyncClient",

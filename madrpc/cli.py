@@ -25,6 +25,7 @@ from .cli_gateway import gateway_command
 from .cli_servers import broker_command, worker_command
 from .cli_support import (
     NO_BROKER_NOTICE_S,
+    VERSION_MESSAGE,
     call_limit_options,
     client_options,
     error_object,
@@ -45,7 +46,7 @@ __all__ = ["broker_main", "main", "worker_main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="madrpc")
+@click.version_option(package_name="madrpc", message=VERSION_MESSAGE)
 def main() -> None:
     """MaDRPC: run JavaScript functions across cores and machines over ZeroMQ."""
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -11,10 +12,14 @@ from typing import Any
 import click
 
 from . import config as cfg
+from .__about__ import __version__
 from .allocator import keep_freed_memory
-from .cli_support import ENDPOINT, exit_status, log_options, on_signals
+from .cli_support import ENDPOINT, VERSION_MESSAGE, exit_status, log_options, on_signals
 from .errors import ConfigError
 from .logs import setup_logging
+from .native_modules import summary as native_summary
+
+log = logging.getLogger("madrpc.cli")
 
 __all__ = ["broker_command", "worker_command"]
 
@@ -23,7 +28,7 @@ W = cfg.WorkerConfig
 
 
 @click.command("broker", short_help="Run a broker: clients on FRONTEND, workers on BACKEND.")
-@click.version_option(package_name="madrpc")
+@click.version_option(package_name="madrpc", message=VERSION_MESSAGE)
 @click.option("--frontend", default=cfg.DEFAULT_FRONTEND, show_default=True,
               type=ENDPOINT,
               envvar="MADRPC_FRONTEND", show_envvar=True,
@@ -115,6 +120,7 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
     from .broker import Broker
 
     setup_logging(log_level, log_format)
+    log.info("madrpc %s, %s", __version__, native_summary())
     keep_freed_memory()
     config = cfg.BrokerConfig(default_timeout_ms=int(default_timeout * 1000),
                               collect_metrics=not no_metrics, **options)
@@ -131,7 +137,7 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
 
 
 @click.command("worker", short_help="Run a worker: V8 contexts serving a script's functions.")
-@click.version_option(package_name="madrpc")
+@click.version_option(package_name="madrpc", message=VERSION_MESSAGE)
 @click.option("--script", type=click.Path(exists=True), envvar="MADRPC_SCRIPT",
               show_envvar=True,
               help="JavaScript file (or folder with an index.js) that registers functions "
@@ -196,6 +202,7 @@ def worker_command(contexts: int | None, no_metrics: bool, log_level: str, log_f
     from .worker import Worker
 
     setup_logging(log_level, log_format)
+    log.info("madrpc %s, %s", __version__, native_summary())
     keep_freed_memory()
     config = cfg.WorkerConfig(contexts=contexts or (os.cpu_count() or 1),
                               collect_metrics=not no_metrics, **options)

@@ -19,15 +19,19 @@ from . import config as cfg
 from .endpoints import normalize
 from .errors import MadrpcError, RpcError
 from .logs import LOG_FORMATS
+from .native_modules import summary as native_summary
 
 __all__ = [
-    "ENDPOINT", "NO_BROKER_NOTICE_S", "Endpoint", "call_limit_options", "client_options",
-    "error_object", "exit_130_on_ctrl_c", "exit_status", "log_options", "no_broker",
-    "on_signals", "parse_params", "print_error", "print_result", "progress_bar",
+    "ENDPOINT", "NO_BROKER_NOTICE_S", "VERSION_MESSAGE", "Endpoint", "call_limit_options",
+    "client_options", "error_object", "exit_130_on_ctrl_c", "exit_status", "log_options",
+    "no_broker", "on_signals", "parse_params", "print_error", "print_result", "progress_bar",
     "quiet_on_broken_pipe",
 ]
 
 log = logging.getLogger("madrpc.cli")
+
+VERSION_MESSAGE = f"%(prog)s %(version)s, {native_summary()}"
+"""What ``--version`` says: the version, and whether the request path runs compiled."""
 
 LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
 
