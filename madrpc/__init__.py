@@ -28,9 +28,9 @@ from .errors import (
     WorkerStartError,
 )
 from .local import LocalGrid
-from .native_modules import stale_modules
+from .native_modules import stale_modules as _stale_modules
 
-if _stale := stale_modules():
+if _stale := _stale_modules():
     warnings.warn(
         f"madrpc: {', '.join(_stale)} changed after the build compiled them, and the compiled "
         "modules are what runs: install again (pip install -e .), or with MADRPC_PURE=1 "

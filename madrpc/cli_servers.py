@@ -120,7 +120,7 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
     from .broker import Broker
 
     setup_logging(log_level, log_format)
-    log.info("madrpc %s, %s", __version__, native_summary())
+    log.debug("madrpc %s, %s", __version__, native_summary())
     keep_freed_memory()
     config = cfg.BrokerConfig(default_timeout_ms=int(default_timeout * 1000),
                               collect_metrics=not no_metrics, **options)
@@ -202,7 +202,7 @@ def worker_command(contexts: int | None, no_metrics: bool, log_level: str, log_f
     from .worker import Worker
 
     setup_logging(log_level, log_format)
-    log.info("madrpc %s, %s", __version__, native_summary())
+    log.debug("madrpc %s, %s", __version__, native_summary())
     keep_freed_memory()
     config = cfg.WorkerConfig(contexts=contexts or (os.cpu_count() or 1),
                               collect_metrics=not no_metrics, **options)

@@ -30,7 +30,7 @@ __all__ = [
 
 log = logging.getLogger("madrpc.cli")
 
-VERSION_MESSAGE = f"%(prog)s %(version)s, {native_summary()}"
+VERSION_MESSAGE = f"%(prog)s, version %(version)s ({native_summary()})"
 """What ``--version`` says: the version, and whether the request path runs compiled."""
 
 LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)

@@ -27,6 +27,7 @@ from grid_support import (
 from madrpc.__about__ import __version__
 from madrpc.cli import main as madrpc_cli
 from madrpc.cli_support import NO_BROKER_NOTICE_S, no_broker
+from madrpc.native_modules import summary as native_summary
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -168,7 +169,7 @@ def test_every_program_has_version(program: str) -> None:
                           capture_output=True, text=True, timeout=scaled(30), check=False)
 
     assert done.returncode == 0
-    assert done.stdout.strip().endswith(f"version {__version__}")
+    assert done.stdout.strip().endswith(f"version {__version__} ({native_summary()})")
 
 
 def test_the_top_level_help_cuts_no_command_summary() -> None:
