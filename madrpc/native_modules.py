@@ -77,4 +77,4 @@ def summary(package: Path = PACKAGE) -> str:
     compiled = len(compiled_modules(package))
     if compiled == 0:
         return "request path in plain Python"
-    return f"request path compiled ({compiled} of {len(NATIVE_MODULES)} modules)"
+    return f"request path compiled: {compiled} of {len(NATIVE_MODULES)} modules"

@@ -43,7 +43,7 @@ def test_every_module_the_build_compiles_exists() -> None:
 def test_compiled_modules_are_those_with_an_extension_beside_them(tmp_path: Path) -> None:
     package = fake_checkout(tmp_path, ["broker", "worker"])
     assert compiled_modules(package) == ["broker", "worker"]
-    assert summary(package) == f"request path compiled (2 of {len(NATIVE_MODULES)} modules)"
+    assert summary(package) == f"request path compiled: 2 of {len(NATIVE_MODULES)} modules"
     assert summary(fake_checkout(tmp_path / "pure", [])) == "request path in plain Python"
 
 
