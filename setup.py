@@ -1,7 +1,7 @@
 """Build script. The package itself is described in setup.cfg; this file only adds the
 compiled modules: the request path of the broker, the worker and the engines, compiled
-with mypyc into C extensions (docs/performance.md, fifth round: single calls ~20% faster,
-~25% more calls per second at 64 in flight).
+with mypyc into C extensions (docs/performance.md, fifth round: a quarter to a third more
+calls per second at 64 in flight, single calls up to ~20% quicker).
 
 They are an optimisation, never a requirement: without a C compiler, or with
 ``MADRPC_PURE=1`` in the environment, the same modules install as plain Python and behave
