@@ -24,7 +24,7 @@ from . import engine_protocol as ep
 from .bundle import Bundle
 from .bundle import decode as decode_bundle
 from .engine_channel import Channel, ChannelClosed
-from .engine_core import IDLE_TICK_S, WATCHDOG_TICK_S, Engine
+from .engine_core import Engine
 from .engine_setup import die_with_parent, limit_data
 from .errors import ScriptError
 from .runtime import init_engine
@@ -33,6 +33,10 @@ __all__ = ["main", "serve_link"]
 
 log = logging.getLogger(__name__)
 
+WATCHDOG_TICK_S = 0.01
+"""How often the loop has a running step's time budget checked."""
+IDLE_TICK_S = 0.5
+"""How often an idle engine checks that its worker is still alive."""
 LOAD_ERROR_SEND_TIMEOUT_S = 2.0
 """How long a script that failed to load waits for the worker to take its LOADERR."""
 

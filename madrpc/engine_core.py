@@ -23,14 +23,10 @@ from .engine_channel import ChannelClosed
 from .engine_protocol import POOLED, Mode, ResetReason
 from .runtime import Event, EventKind, Runtime, v8_version
 
-__all__ = ["IDLE_TICK_S", "WATCHDOG_TICK_S", "Engine"]
+__all__ = ["Engine"]
 
 log = logging.getLogger(__name__)
 
-WATCHDOG_TICK_S = 0.01
-"""How often a running step's time budget is checked."""
-IDLE_TICK_S = 0.5
-"""How often an idle engine checks that its worker is still alive."""
 RESET_FLUSH_TIMEOUT_S = 1.0
 """After a termination, how long collecting the finished replies may take."""
 ANSWER_LOCK_WAIT_S = 0.1
@@ -136,13 +132,9 @@ class Engine:
 
     @property
     def running(self) -> bool:
-        """A step or flush is in progress (its budget wants checking every
-        :data:`WATCHDOG_TICK_S`)."""
+        """A step or flush is in progress: its budget wants checking, so the loop should
+        call :meth:`serve` often."""
         return self._running is not None
-
-    def wake(self) -> None:
-        """Make :attr:`wake_fd` readable (for a ``send`` that needs the loop's attention)."""
-        os.write(self._wake_write, b"!")
 
     def ready_message(self) -> list[bytes]:
         """READY: the script's functions, V8's version and this process."""
