@@ -98,6 +98,21 @@ class Broker:
         socket.bind(endpoint)
         return socket
 
+    def bind_in_process(self, name: str) -> tuple[str, str]:
+        """Also bind the frontend and the backend to ``inproc://NAME-frontend`` and
+        ``inproc://NAME-backend`` (returned in that order), for clients and workers that
+        share this broker's ZeroMQ context (:class:`~madrpc.local.LocalGrid`): their
+        messages go from thread to thread, without ZeroMQ's I/O threads. Call it before
+        :meth:`run`, from the thread that made the broker. Not with CURVE: an ``inproc://``
+        peer has no key to check."""
+        if self.keys is not None:
+            raise ConfigError("in-process endpoints would bypass CURVE; use the ipc:// or "
+                              "tcp:// endpoints")
+        frontend, backend = f"inproc://{name}-frontend", f"inproc://{name}-backend"
+        self.frontend.bind(frontend)
+        self.backend.bind(backend)
+        return frontend, backend
+
     def reload_keys(self) -> None:
         """Re-read the key directories (from any thread, e.g. a SIGHUP handler)."""
         self._reload_requested.set()
