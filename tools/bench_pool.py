@@ -16,11 +16,17 @@ V8 starts with the engines' speed-relevant flags (``init_mini_racer(flags=())``:
 * pi job: ``pool.map`` of ``PI_CALLS`` x ``monte_carlo_sample({samples: 1e6, seed})`` with
   chunksize 1 (each item is several ms of work: bigger chunks only unbalance the processes);
 * bare V8: the same ``PI_CALLS`` calls one after another inside one pool process, timed
-  there (no IPC): V8 on one core, the ideal that N contexts divide by N.
+  there (no IPC): V8 on one core, the ideal that N contexts divide by N;
+* bare V8 on both cores: each pool process runs half of those calls at the same time,
+  timed in there (the slower half counts): what the machine's two cores give bare V8 in
+  practice, shown beside the ideal (V8's own background threads, and anything else
+  running, take their share).
 
 The ``goals`` section (:func:`bench_goals`) measures MaDRPC the same way in the same run
 (a broker and 1 worker with 2 contexts, one default ``madrpc.Client``: idempotency keys on,
-``Client.map`` with up to 1,000 in flight; a 1-context grid for the pi job), the rate at
+``Client.map`` with up to 1,000 in flight; a 1-context grid for the pi job; the single call
+also on an embedded ``LocalGrid`` of 2 contexts, whose broker and worker are threads of the
+measuring process, as for ``madrpc run``), the rate at
 64 in flight with tools/bench.py's ``load`` (unkeyed) against that grid and against
 tools/echo_broker.py (2 echo workers), and the 1 MiB round trip (tools/bench_payload.py).
 It prints each goal of issue 13 as measured / baseline = ratio beside its target. Each
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import sys
 import time
 from collections import defaultdict
@@ -52,6 +59,7 @@ PI_METHOD = "monte_carlo_sample"
 PI_CALLS = 50
 PI_SAMPLES_PER_CALL = 1_000_000
 PI_CHUNKSIZE = 1
+HALVES_ATTEMPTS = 5
 MAP_CALLS = 10_000
 LATENCY_SAMPLES = 1_000
 WARMUP_CALLS = 200
@@ -109,6 +117,16 @@ def pi_serially(params: list[dict[str, int]]) -> float:
     return time.perf_counter() - started
 
 
+def pi_half_serially(params: list[dict[str, int]]) -> tuple[int, float]:
+    """(this process's pid, seconds for ``params`` one after another here)."""
+    started = time.perf_counter()
+    results = [call_pi(item) for item in params]
+    elapsed = time.perf_counter() - started
+    if sum(result["total"] for result in results) != len(params) * PI_SAMPLES_PER_CALL:
+        raise RuntimeError("pi job counted the wrong number of samples")
+    return os.getpid(), elapsed
+
+
 # ------------------------------------------------------------------ the parent's side
 
 
@@ -149,6 +167,18 @@ class PoolBaseline:
     def bare_pi_s(self) -> float:
         """The pi job on one core, in one process (the other one idles)."""
         return float(self._pool.apply(pi_serially, (pi_params(),)))
+
+    def bare_pi_halves_s(self) -> float:
+        """Each process runs half of the pi job at the same time, timed in there: what this
+        machine's two cores give bare V8 right now (the slower half counts). Measured again
+        in the rare case one process took both halves."""
+        params = pi_params()
+        halves = [params[0::2], params[1::2]]
+        for _ in range(HALVES_ATTEMPTS):
+            timed = self._pool.map(pi_half_serially, halves, chunksize=1)
+            if len({pid for pid, _ in timed}) == len(halves):
+                return max(elapsed for _, elapsed in timed)
+        raise RuntimeError("one pool process kept taking both halves of the pi job")
 
 
 @contextmanager
@@ -234,6 +264,9 @@ def goals(best_of: dict[str, float],
     return [
         Goal("1. single call p50, one at a time (noop)", f"Client.call {b['call']:.3f} ms",
              f"Pool.apply {b['apply']:.3f} ms", b["call"] / b["apply"], 1.0),
+        Goal("1. the same, embedded `LocalGrid` (broker and worker in threads)",
+             f"Client.call {b['local_call']:.3f} ms", f"Pool.apply {b['local_apply']:.3f} ms",
+             b["local_call"] / b["local_apply"], 1.0),
         Goal(f"2. {MAP_CALLS:,} trivial calls, calls/s", f"Client.map {b['map']:,.0f}",
              f"Pool.map (chunksize {chunks:,}) {b['pool_map']:,.0f}",
              b["map"] / b["pool_map"], 1.5, at_most=False),
@@ -247,6 +280,9 @@ def goals(best_of: dict[str, float],
         Goal("(pi job, 2 contexts, against the pool)", f"{b['pi_2']:.3f} s",
              f"Pool.map (chunksize {PI_CHUNKSIZE}) {b['pool_pi']:.3f} s",
              b["pi_2"] / b["pool_pi"], None),
+        Goal("(pi job, 2 contexts, against bare V8 on both cores at once)",
+             f"{b['pi_2']:.3f} s", f"2 processes, half each {b['bare_halves']:.3f} s",
+             b["pi_2"] / b["bare_halves"], None),
         Goal("4. 1 MiB params -> 1 MiB result, round trip p50", f"{b['grid_mib']:.2f} ms",
              f"raw pyzmq echo via bare broker {b['raw_mib']:.2f} ms",
              b["grid_mib"] / b["raw_mib"], 2.0),
@@ -274,7 +310,7 @@ def bench_goals(duration_s: float, runs: int) -> list[str]:
         request_frame,
     )
 
-    from madrpc import Client
+    from madrpc import Client, LocalGrid
 
     payload = make_payload()
     frame = request_frame(payload)
@@ -296,6 +332,12 @@ def bench_goals(duration_s: float, runs: int) -> list[str]:
                 measure("echo_load", lambda: load(echo, LOAD_IN_FLIGHT, duration_s)["req_s"])
                 measure("grid_mib", lambda: grid_echo_ms(client, payload))
                 measure("raw_mib", lambda: raw_echo_ms(echo, frame))
+        with LocalGrid(str(BENCH_SCRIPT), contexts=2) as local:
+            local_client = local.client(timeout_s=120)
+            client_map_calls_s(local_client, WARMUP_CALLS)
+            for _ in range(max(1, runs)):
+                measure("local_call", lambda: client_call_p50_ms(local_client))
+                measure("local_apply", pool.apply_p50_ms)
         for contexts in (2, 1):
             with grid(PI_SCRIPT, workers=1, contexts=contexts) as front, \
                     Client(front, timeout=300) as client:
@@ -305,6 +347,7 @@ def bench_goals(duration_s: float, runs: int) -> list[str]:
                     measure("bare", pool.bare_pi_s)
                     if contexts == 2:
                         measure("pool_pi", pool.pi_job_s)
+                        measure("bare_halves", pool.bare_pi_halves_s)
     copies = None
     if copies_supported():
         with mapped_buffers(), grid(BENCH_SCRIPT, workers=1, contexts=1) as front:
