@@ -22,14 +22,16 @@ __all__ = [
 ]
 
 NATIVE_MODULES: tuple[str, ...] = (
-    "broker", "broker_backend", "broker_clients", "broker_core", "broker_dispatch",
-    "broker_frontend", "broker_outbox", "broker_requests", "broker_state", "broker_tables",
-    "broker_workers", "engine_channel", "engine_core", "engine_pool", "engine_protocol",
-    "jsonrpc", "metrics", "policy", "protocol", "worker", "worker_base", "worker_calls",
-    "worker_credit", "worker_handover", "worker_link", "worker_requests", "worker_state",
-    "worker_tables",
+    "broker", "broker_backend", "broker_clients", "broker_core", "broker_delivery",
+    "broker_dispatch", "broker_figures", "broker_frontend", "broker_outbox",
+    "broker_requests", "broker_state", "broker_tables", "broker_workers", "engine_channel",
+    "engine_core", "engine_pool", "engine_protocol", "jsonrpc", "jsonrpc_large",
+    "liveness", "metrics", "policy", "protocol", "sockets", "table_view", "worker",
+    "worker_base", "worker_calls", "worker_credit", "worker_figures", "worker_handover",
+    "worker_link", "worker_requests", "worker_state", "worker_tables",
 )
-"""Modules of the ``madrpc`` package that ``setup.py`` compiles (names without ``.py``)."""
+"""Modules of the ``madrpc`` package that ``setup.py`` compiles (names without ``.py``).
+Never one that runs as ``python -m`` (``engine``): runpy needs its code object."""
 PURE_ENV = "MADRPC_PURE"
 """``MADRPC_PURE=1`` at install time: install every module as plain Python."""
 REQUIRE_ENV = "MADRPC_REQUIRE_NATIVE"

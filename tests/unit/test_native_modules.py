@@ -40,6 +40,16 @@ def test_every_module_the_build_compiles_exists() -> None:
     assert len(set(NATIVE_MODULES)) == len(NATIVE_MODULES)
 
 
+def test_no_compiled_module_is_one_that_runs_as_a_script() -> None:
+    """``python -m madrpc.engine`` (the worker starts its engines so) fails with "No code
+    object available" when the module is compiled."""
+    package = Path(native.__file__).parent
+    scripts = [name for name in NATIVE_MODULES
+               if '__name__ == "__main__"' in (package / f"{name}.py").read_text()]
+    assert scripts == []
+    assert '__name__ == "__main__"' in (package / "engine.py").read_text()
+
+
 def test_compiled_modules_are_those_with_an_extension_beside_them(tmp_path: Path) -> None:
     package = fake_checkout(tmp_path, ["broker", "worker"])
     assert compiled_modules(package) == ["broker", "worker"]
