@@ -62,6 +62,8 @@ def test_a_local_grid_with_curve_keys_checks_them_on_every_connection(tmp_path: 
                              server_key=made["server_key"])
         assert client.config.endpoint == grid.frontend
         assert client.call("add", [1, 2]) == 3
+        with pytest.raises(RpcTimeoutError):   # no key: its handshake is refused
+            grid.client(timeout_s=0.5).call("add", [1, 1])
         with pytest.raises(ConfigError, match="bypass CURVE"):
             grid.broker.bind_in_process("elsewhere")
 
