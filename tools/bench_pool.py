@@ -324,14 +324,19 @@ def bench_goals(duration_s: float, runs: int) -> list[str]:
         samples[name].append(how())
 
     with pool_baseline() as pool:
+
+        def against_pool(prefix: str, client: Any) -> None:
+            """A single call and ``Client.map`` on ``client``, each beside the pool's."""
+            measure(f"{prefix}call", lambda: client_call_p50_ms(client))
+            measure(f"{prefix}apply", pool.apply_p50_ms)
+            measure(f"{prefix}map", lambda: client_map_calls_s(client))
+            measure(f"{prefix}pool_map", pool.map_calls_s)
+
         with echo_baseline(2) as echo, grid(BENCH_SCRIPT, workers=1, contexts=2) as front, \
                 Client(front, timeout=120) as client:
             client_map_calls_s(client, WARMUP_CALLS)
             for _ in range(max(1, runs)):
-                measure("call", lambda: client_call_p50_ms(client))
-                measure("apply", pool.apply_p50_ms)
-                measure("map", lambda: client_map_calls_s(client))
-                measure("pool_map", pool.map_calls_s)
+                against_pool("", client)
                 measure("grid_load", lambda: load(front, LOAD_IN_FLIGHT, duration_s)["req_s"])
                 measure("echo_load", lambda: load(echo, LOAD_IN_FLIGHT, duration_s)["req_s"])
                 measure("grid_mib", lambda: grid_echo_ms(client, payload))
@@ -340,10 +345,7 @@ def bench_goals(duration_s: float, runs: int) -> list[str]:
             local_client = local.client(timeout_s=120)
             client_map_calls_s(local_client, WARMUP_CALLS)
             for _ in range(max(1, runs)):
-                measure("local_call", lambda: client_call_p50_ms(local_client))
-                measure("local_apply", pool.apply_p50_ms)
-                measure("local_map", lambda: client_map_calls_s(local_client))
-                measure("local_pool_map", pool.map_calls_s)
+                against_pool("local_", local_client)
         for contexts in (2, 1):
             with grid(PI_SCRIPT, workers=1, contexts=contexts) as front, \
                     Client(front, timeout=300) as client:
