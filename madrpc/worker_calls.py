@@ -15,10 +15,7 @@ from typing import NamedTuple
 from . import protocol as p
 from .worker_handover import HandOver
 
-__all__ = ["STREAM_MARK", "NestedCalls", "PendingCall"]
-
-STREAM_MARK = b'"stream":'
-"""Call bodies without it are not streams (a cheap test before anything else)."""
+__all__ = ["NestedCalls", "PendingCall"]
 
 
 class PendingCall(NamedTuple):

@@ -25,7 +25,7 @@ from .worker_tables import LocalRequest
 
 __all__ = [
     "KEY_MARK", "MAX_RECENT_BYTES", "MAX_RECENT_RESULT_BYTES", "MAX_RECENT_RESULTS",
-    "RECENT_RESULTS_S", "HandOver", "idempotency_key", "is_stream",
+    "RECENT_RESULTS_S", "HandOver", "idempotency_key",
 ]
 
 RECENT_RESULTS_S = 30.0
@@ -131,13 +131,3 @@ def idempotency_key(body: bytes) -> str | None:
     key = options.get("idempotency_key") if isinstance(options, dict) else None
     return key if isinstance(key, str) else None
 
-
-def is_stream(body: bytes) -> bool:
-    """Whether a request body asks for a stream (``madrpc.stream`` true or an object);
-    parsed only when the body mentions one."""
-    try:
-        options = orjson.loads(body).get("madrpc")
-    except (orjson.JSONDecodeError, AttributeError):
-        return False
-    stream = options.get("stream") if isinstance(options, dict) else None
-    return stream is True or isinstance(stream, dict)

@@ -18,9 +18,8 @@ from .engine_protocol import ResetReason
 from .errors import ErrorCode
 from .jsonrpc import error_fragment, fit_frame, fragment_error_code
 from .worker_base import WorkerTables
-from .worker_calls import STREAM_MARK, PendingCall
-from .worker_handover import is_stream
-from .worker_tables import EngineSlot, LocalRequest, Stage
+from .worker_calls import PendingCall
+from .worker_tables import EngineSlot, LocalRequest, Stage, asks_for_stream
 
 __all__ = ["EngineSlot", "LocalRequest", "Stage", "WorkerState"]
 
@@ -44,9 +43,8 @@ class WorkerState(WorkerTables):
                 cpu_limit_ms = min(cpu_limit_ms, meta.cpu_limit_ms)
             memory_mb = meta.memory_mb if 0 < meta.memory_mb < config.max_memory_mb else 0
             body = frames[i + 2]
-            request = self.requests.add(meta, frames[i + 1].decode(errors="replace"), body,
-                                        now, wall_ms, cpu_limit_ms, memory_mb)
-            request.stream = STREAM_MARK in body and is_stream(body)
+            self.requests.add(meta, frames[i + 1].decode(errors="replace"), body, now, wall_ms,
+                              cpu_limit_ms, memory_mb)
 
     def on_results(self, pairs: list[tuple[bytes, bytes]]) -> None:
         """Results of nested calls: each waits for its context's next step."""
@@ -77,7 +75,7 @@ class WorkerState(WorkerTables):
         """The consumers of streams we run took more items: the streams may send more."""
         for key, frame in pairs:
             request = self.requests.find(key)
-            if request is None or request.cancelled or not request.stream:
+            if request is None or request.cancelled or not request.is_stream():
                 continue
             items = p.decode_grant(frame)
             engine = self.engines.get(request.engine) if request.engine is not None else None
@@ -229,7 +227,7 @@ class WorkerState(WorkerTables):
             engine.settle(slot, call.js_call, body)
             return
         parent = self.requests.get(call.owner)
-        stream = STREAM_MARK in body and is_stream(body)
+        stream = asks_for_stream(body)
         self.calls.open(PendingCall(engine.index, engine.generation, call.js_call, slot, stream),
                         parent.key if parent is not None else p.NO_PARENT, body)
 
@@ -332,7 +330,7 @@ class WorkerState(WorkerTables):
         self._replies = []
         self._partials = []
         self.calls.forget_unsent()
-        self.on_cancels([r.key for r in self.requests.values() if r.stream])
+        self.on_cancels([r.key for r in self.requests.values() if r.is_stream()])
         for call in self.calls.take_streams():
             answer = self._awaiting(call)
             if answer is not None:

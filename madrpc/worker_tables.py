@@ -6,10 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+import orjson
+
 from .engine_protocol import ResetReason
 from .errors import ErrorCode
 
-__all__ = ["EngineSlot", "LocalRequest", "Stage", "StepInput"]
+__all__ = ["STREAM_MARK", "EngineSlot", "LocalRequest", "Stage", "StepInput", "asks_for_stream"]
+
+STREAM_MARK = b'"stream":'
+"""Bodies without it do not ask for a stream (a cheap test before anything else)."""
 
 
 class Stage(Enum):
@@ -44,12 +49,22 @@ class LocalRequest:
     """Times its context was lost while it ran (it then runs again from the start)."""
     solo: bool = False
     """Run it in a step of its own (a lowered memory limit, or a suspect in a crash)."""
-    stream: bool = False
-    """Its client asked for a stream of its items (``madrpc.stream`` in its body)."""
+    stream_asked: bool | None = None
+    """Whether its client asked for a stream of its items; None until :meth:`is_stream`
+    first reads the body."""
     items_sent: int = 0
     """Stream items sent so far: once there are some, it is never run again from the start."""
     granted: int = 0
     """Grants (MORE) that came before it started, handed to its first step."""
+
+    def is_stream(self) -> bool:
+        """Whether its client asked for a stream of its items (``madrpc.stream`` in its
+        body). Read from the body the first time it matters (a grant, a lost broker), not
+        on arrival: finding the mark costs a scan of the whole body, ~0.45 ms for 1 MiB of
+        params."""
+        if self.stream_asked is None:
+            self.stream_asked = asks_for_stream(self.body)
+        return self.stream_asked
 
     def stopped_by(self, reason: str, detail: str, max_memory_mb: int) -> tuple[int, str] | None:
         """(code, message) of the error it gets for having made its engine stop a step;
@@ -65,6 +80,19 @@ class LocalRequest:
             return ErrorCode.OUT_OF_MEMORY, (f"Out of memory: the request exceeded the context "
                                              f"memory limit ({limit_mb} MiB)")
         return None
+
+
+def asks_for_stream(body: bytes) -> bool:
+    """Whether a request body asks for a stream (``madrpc.stream`` true or an object);
+    parsed only when the body mentions one."""
+    if STREAM_MARK not in body:
+        return False
+    try:
+        options = orjson.loads(body).get("madrpc")
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+    stream = options.get("stream") if isinstance(options, dict) else None
+    return stream is True or isinstance(stream, dict)
 
 
 Settle = tuple[int, bytes]

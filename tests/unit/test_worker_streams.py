@@ -14,6 +14,7 @@ from madrpc import protocol as p
 from madrpc.config import WorkerConfig
 from madrpc.errors import ErrorCode
 from madrpc.worker_state import Stage, WorkerState
+from madrpc.worker_tables import asks_for_stream
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -53,11 +54,29 @@ def messages(state: WorkerState) -> list[p.Message]:
 def test_a_request_asking_for_a_stream_is_known_as_one() -> None:
     state = new_state()
     local = deliver_stream(state)
-    assert state.requests[local].stream
+    assert state.requests[local].is_stream()
     meta = p.encode_request_meta(p.encode_key(2), 5000, 0, 0)
     state.on_requests([meta, b"f", b'{"jsonrpc":"2.0","id":2,"method":"f","params":['
                        b'"\\"stream\\": true"]}'], 0.0, WALL_MS)
-    assert not state.requests[state.requests.by_key[p.encode_key(2)]].stream
+    assert not state.requests[state.requests.by_key[p.encode_key(2)]].is_stream()
+
+
+def test_a_body_is_read_for_a_stream_only_when_it_matters() -> None:
+    state = new_state()
+    local = deliver_stream(state)
+    request = state.requests[local]
+    assert request.stream_asked is None   # a large body is not scanned on arrival
+    state.on_grants([(p.encode_key(1), p.encode_grant(2))])
+    assert request.stream_asked is True and request.granted == 2
+
+
+def test_asks_for_stream_reads_the_madrpc_member_only() -> None:
+    assert asks_for_stream(b'{"method":"f","madrpc":{"stream":true}}')
+    assert asks_for_stream(b'{"method":"f","madrpc":{"stream":{"window":8}}}')
+    assert not asks_for_stream(b'{"method":"f","madrpc":{"stream":false}}')
+    assert not asks_for_stream(b'{"method":"f","params":{"stream": true}}')
+    assert not asks_for_stream(b'{"method":"f","params":["x"]}')
+    assert not asks_for_stream(b'{"stream": true, not json')
 
 
 def test_items_leave_as_partial_before_the_reply_of_the_same_round() -> None:
