@@ -76,35 +76,66 @@ class Batch:
     waiting: int
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Request:
+    """One request the broker holds. One is built per request, so it writes its own
+    ``__init__`` (see :mod:`madrpc.native_modules`)."""
+
     key: bytes
     call: Call
     deadline: float
     depth: int
     received_at: float
-    route: list[bytes] | None = None
+    route: list[bytes] | None
     """Client route, for a client's request."""
-    batch: Batch | None = None
-    index: int = 0
-    caller: bytes | None = None
+    batch: Batch | None
+    index: int
+    caller: bytes | None
     """Worker identity and call key, for a nested call made by a worker."""
-    call_key: bytes = b""
-    parent: bytes = NO_PARENT
-    attempts: int = 0
-    worker: bytes | None = None
-    dispatched_at: float = 0.0
-    queued: bool = False
-    adopted: bool = False
+    call_key: bytes
+    parent: bytes
+    attempts: int
+    worker: bytes | None
+    dispatched_at: float
+    queued: bool
+    adopted: bool
     """Handed over by a worker after a broker restart: no body, no one to answer."""
-    client: ClientRecord | None = None
+    client: ClientRecord | None
     """The client whose share of the grid it takes (none for nested calls and built-ins)."""
-    scope: str | None = None
+    scope: str | None
     """Its idempotency key as the idempotency table knows it (see idempotency_scope)."""
-    items: int = 0
+    items: int
     """For a stream: items delivered so far (a stream that sent items never runs again)."""
-    granted: int = 0
+    granted: int
     """For a stream: items its consumer allowed so far (the window, plus every MORE)."""
+
+    def __init__(
+        self, key: bytes, call: Call, deadline: float, depth: int, received_at: float,
+        route: list[bytes] | None = None, batch: Batch | None = None, index: int = 0,
+        caller: bytes | None = None, call_key: bytes = b"", parent: bytes = NO_PARENT, *,
+        attempts: int = 0, worker: bytes | None = None, dispatched_at: float = 0.0,
+        adopted: bool = False, scope: str | None = None,
+    ) -> None:
+        self.key = key
+        self.call = call
+        self.deadline = deadline
+        self.depth = depth
+        self.received_at = received_at
+        self.route = route
+        self.batch = batch
+        self.index = index
+        self.caller = caller
+        self.call_key = call_key
+        self.parent = parent
+        self.attempts = attempts
+        self.worker = worker
+        self.dispatched_at = dispatched_at
+        self.queued = False
+        self.adopted = adopted
+        self.client = None
+        self.scope = scope
+        self.items = 0
+        self.granted = 0
 
     @property
     def window(self) -> int | None:

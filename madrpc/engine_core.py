@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from . import engine_protocol as ep
 from .bundle import Bundle
 from .engine_channel import ChannelClosed
+from .engine_payload import answered
 from .engine_protocol import POOLED, Mode, ResetReason
 from .runtime import Event, EventKind, Runtime, v8_version
 
@@ -287,7 +288,7 @@ class Engine:
         if not self.fresh:   # a queued step starts before the worker hears of this one
             self._start_next()
         self._send(ep.output_message(mode, outbox, slot))
-        if self.fresh and (ep.answered(outbox, slot) or self._dropping == slot):
+        if self.fresh and (answered(outbox, slot) or self._dropping == slot):
             self._dropping = None
             self.runtimes.pop(slot).close()
             self._flush_wanted.discard(slot)

@@ -19,26 +19,11 @@ from .config import MAX_TIMEOUT_MS
 from .errors import ERROR_MESSAGES, ErrorCode
 
 __all__ = [
-    "Call",
-    "CallOptions",
-    "Invalid",
-    "Parsed",
-    "DEFAULT_STREAM_WINDOW",
-    "MAX_METHOD_LENGTH",
-    "MAX_STREAM_WINDOW",
-    "NULL",
-    "batch_response",
-    "checked_fragment",
-    "checked_items",
-    "decode_response",
-    "encode_request",
-    "error_fragment", "error_response",
-    "fit_frame",
-    "fragment_error_code",
-    "json_dumps",
-    "load_frame", "parse_document", "parse_frame",
-    "partial_response",
-    "response",
+    "DEFAULT_STREAM_WINDOW", "MAX_METHOD_LENGTH", "MAX_STREAM_WINDOW", "NULL", "Call",
+    "CallOptions", "Invalid", "Parsed", "batch_response", "checked_fragment", "checked_items",
+    "decode_response", "encode_request", "error_fragment", "error_response", "fit_frame",
+    "fragment_error_code", "json_dumps", "load_frame", "parse_document", "parse_frame",
+    "partial_response", "response",
 ]
 
 _ERROR_CODE = re.compile(rb'"code"\s*:\s*(-?\d+)')
@@ -75,17 +60,28 @@ MAX_STREAM_WINDOW = 10_000
 """Largest stream window a request may ask for."""
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Call:
-    """One valid JSON-RPC request (or notification)."""
+    """One valid JSON-RPC request (or notification). One is built per request, so it writes
+    its own ``__init__`` (see :mod:`madrpc.native_modules`)."""
 
     method: str
     params: list[Any] | dict[str, Any] | None
     id_json: bytes | None
     """The request id, encoded; ``None`` for a notification."""
     options: CallOptions
-    body: bytes | None = None
+    body: bytes | None
     """The request as received, when it came alone in its frame (forwarded untouched)."""
+
+    def __init__(
+        self, method: str, params: list[Any] | dict[str, Any] | None, id_json: bytes | None,
+        options: CallOptions, body: bytes | None = None,
+    ) -> None:
+        self.method = method
+        self.params = params
+        self.id_json = id_json
+        self.options = options
+        self.body = body
 
     @property
     def is_notification(self) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
@@ -110,9 +110,10 @@ NO_PARENT = bytes(KEY_SIZE)
 """The parent key in a CALL's meta when no request made the call (code outside any)."""
 
 
-class RequestMeta(NamedTuple):
-    """What a worker needs to know about a request besides its body (a tuple: one is built
-    per request, in a quarter of a frozen dataclass's time)."""
+@dataclass(init=False, slots=True)
+class RequestMeta:
+    """What a worker needs to know about a request besides its body. One is built per
+    request, so it writes its own ``__init__`` (see :mod:`madrpc.native_modules`)."""
 
     key: bytes
     timeout_ms: int
@@ -121,8 +122,16 @@ class RequestMeta(NamedTuple):
     """Per-request CPU limit asked by the client; 0 means the worker's default."""
     depth: int
     """0 for a client's request, n for the n-th level of nested calls."""
-    memory_mb: int = 0
+    memory_mb: int
     """Per-request heap limit asked by the client; 0 means the worker's default."""
+
+    def __init__(self, key: bytes, timeout_ms: int, cpu_limit_ms: int, depth: int,
+                 memory_mb: int = 0) -> None:
+        self.key = key
+        self.timeout_ms = timeout_ms
+        self.cpu_limit_ms = cpu_limit_ms
+        self.depth = depth
+        self.memory_mb = memory_mb
 
 
 @dataclass(slots=True)
@@ -273,7 +282,8 @@ def _key_bytes(key: bytes) -> bytes:
 
 
 def decode_request_meta(frame: bytes) -> RequestMeta:
-    return RequestMeta(*_REQUEST_META.unpack(frame))
+    key, timeout_ms, cpu_limit_ms, depth, memory_mb = _REQUEST_META.unpack(frame)
+    return RequestMeta(key, timeout_ms, cpu_limit_ms, depth, memory_mb)
 
 
 def encode_call_meta(call_key: int, parent_key: bytes) -> bytes:

@@ -38,7 +38,8 @@ its --max-idempotent-result-bytes)."""
 MAX_RECENT_BYTES = 64 * 1024 * 1024
 """Request bodies and results kept for a restarted broker, in all (oldest forgotten first)."""
 KEY_MARK = b'"idempotency_key"'
-"""Bodies without it have no idempotency key (a cheap test before parsing)."""
+"""Bodies without it have no idempotency key (a cheap test before parsing; looked for with
+``rfind``, as :data:`~madrpc.worker_tables.STREAM_MARK` is)."""
 
 
 class _Result(NamedTuple):
@@ -64,7 +65,7 @@ class HandOver:
 
     def remember_result(self, request: LocalRequest, fragment: bytes, now: float) -> None:
         """Keep a finished request's reply if the request carries an idempotency key."""
-        if len(fragment) > MAX_RECENT_RESULT_BYTES or KEY_MARK not in request.body:
+        if len(fragment) > MAX_RECENT_RESULT_BYTES or request.body.rfind(KEY_MARK) < 0:
             return
         recent = self.recent
         replaced = recent.pop(request.key, None)
@@ -122,7 +123,7 @@ class HandOver:
 
 def idempotency_key(body: bytes) -> str | None:
     """The request's ``madrpc.idempotency_key`` (parsed only when the body mentions one)."""
-    if KEY_MARK not in body:
+    if body.rfind(KEY_MARK) < 0:
         return None
     try:
         options = orjson.loads(body).get("madrpc")

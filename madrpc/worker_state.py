@@ -14,6 +14,16 @@ import logging
 
 from . import engine_protocol as ep
 from . import protocol as p
+from .engine_payload import (
+    Abandon,
+    Items,
+    NestedCall,
+    Reply,
+    StepEntry,
+    StreamAck,
+    encode_step_payload,
+    parse_outbox,
+)
 from .engine_protocol import ResetReason
 from .errors import ErrorCode
 from .jsonrpc import error_fragment, fit_frame, fragment_error_code
@@ -140,8 +150,8 @@ class WorkerState(WorkerTables):
             if request.granted:
                 waiting.grants.append((request.local, request.granted))
                 request.granted = 0
-        payload = ep.encode_step_payload(waiting.settles, waiting.cancels, [
-            ep.StepEntry(r.local, r.deadline_ms, r.cpu_limit_ms, r.depth, r.body) for r in batch
+        payload = encode_step_payload(waiting.settles, waiting.cancels, [
+            StepEntry(r.local, r.deadline_ms, r.cpu_limit_ms, r.depth, r.body) for r in batch
         ], waiting.grants, waiting.feeds)
         memory_limit = batch[0].memory_mb * 1024 * 1024 if len(batch) == 1 else 0
         self._engine_out.append((engine.index, ep.step_message(payload, slot, memory_limit)))
@@ -174,21 +184,21 @@ class WorkerState(WorkerTables):
         self.run_times.learn(methods, (now - started_at) / len(ran))
 
     def _read_outbox(self, engine: EngineSlot, outbox: bytes, now: float, slot: bytes) -> None:
-        for entry in ep.parse_outbox(outbox):
-            if isinstance(entry, ep.Reply):
+        for entry in parse_outbox(outbox):
+            if isinstance(entry, Reply):
                 self._complete(entry.local, entry.fragment, now)
-            elif isinstance(entry, ep.Items):
+            elif isinstance(entry, Items):
                 self._stream_items(entry, now)
-            elif isinstance(entry, ep.NestedCall):
+            elif isinstance(entry, NestedCall):
                 self._nested_call(engine, entry, slot)
-            elif isinstance(entry, ep.StreamAck):
+            elif isinstance(entry, StreamAck):
                 self.calls.took(engine.index, engine.generation, slot, entry.js_call, entry.n)
-            elif isinstance(entry, ep.Abandon):
+            elif isinstance(entry, Abandon):
                 self.calls.abandon(engine.index, engine.generation, slot, entry.js_call)
             else:
                 self.logs.append(entry.decode())
 
-    def _stream_items(self, entry: ep.Items, now: float) -> None:
+    def _stream_items(self, entry: Items, now: float) -> None:
         request = self.requests.get(entry.local)
         if request is None or request.cancelled:
             return
@@ -221,7 +231,7 @@ class WorkerState(WorkerTables):
     def _fail(self, request: LocalRequest, code: int, message: str, now: float) -> None:
         self._complete(request.local, error_fragment(code, message), now)
 
-    def _nested_call(self, engine: EngineSlot, call: ep.NestedCall, slot: bytes) -> None:
+    def _nested_call(self, engine: EngineSlot, call: NestedCall, slot: bytes) -> None:
         body = fit_frame(call.body, self._frame_limit, "call")
         if body is not call.body:
             engine.settle(slot, call.js_call, body)

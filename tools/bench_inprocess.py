@@ -42,7 +42,7 @@ LOAD_S = 3.0
 
 def serve(backend: str, script: str) -> None:
     """The prototype worker: READY, then each REQUEST message is one step in V8."""
-    from madrpc import engine_protocol as ep
+    from madrpc.engine_payload import Reply, StepEntry, encode_step_payload, parse_outbox
     from madrpc.runtime import Event, Runtime, init_engine
 
     init_engine()
@@ -77,14 +77,14 @@ def serve(backend: str, script: str) -> None:
                 for local, (meta, _, request) in enumerate(
                         zip(body[0::3], body[1::3], body[2::3], strict=True), 1):
                     keys[local] = meta[:8]
-                    starts.append(ep.StepEntry(local, deadline_ms, 60_000, 0, request))
+                    starts.append(StepEntry(local, deadline_ms, 60_000, 0, request))
                 finished.clear()
                 outcome.clear()
-                runtime.step(ep.encode_step_payload(starts=starts))
+                runtime.step(encode_step_payload(starts=starts))
                 finished.wait()
                 replies: list[bytes] = []
-                for entry in ep.parse_outbox(outcome[0].data):
-                    if isinstance(entry, ep.Reply):
+                for entry in parse_outbox(outcome[0].data):
+                    if isinstance(entry, Reply):
                         replies += [keys[entry.local], entry.fragment]
                 dealer.send_multipart([TAG, b"REPLY", struct.pack(">I", len(replies) // 2),
                                        *replies])

@@ -14,6 +14,7 @@ from madrpc.bundle import Bundle
 from madrpc.engine import serve_link
 from madrpc.engine_channel import Channel, socketpair
 from madrpc.engine_core import Engine
+from madrpc.engine_payload import StepEntry, encode_step_payload
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,8 +46,8 @@ class WorkerEnd:
     def step(self, local: int, method: str, params: str, cpu_limit_ms: int = 10_000) -> None:
         body = b'{"jsonrpc":"2.0","id":%d,"method":"%s","params":%s}' % (
             local, method.encode(), params.encode())
-        entry = ep.StepEntry(local, 4e12, cpu_limit_ms, 0, body)
-        self.channel.send_blocking(ep.step_message(ep.encode_step_payload(starts=[entry]),
+        entry = StepEntry(local, 4e12, cpu_limit_ms, 0, body)
+        self.channel.send_blocking(ep.step_message(encode_step_payload(starts=[entry]),
                                                    ep.POOLED))
 
 

@@ -18,6 +18,7 @@ from madrpc import engine_protocol as ep
 from madrpc.bundle import Bundle
 from madrpc.config import WorkerConfig
 from madrpc.engine_channel import encode_header
+from madrpc.engine_payload import StepEntry, encode_step_payload
 from madrpc.engine_pool import EnginePool, EngineProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -51,8 +52,8 @@ def ready_engine(pool: EnginePool) -> EngineProcess:
 
 def step(local: int) -> list[bytes]:
     body = orjson.dumps({"jsonrpc": "2.0", "method": "noop", "params": [local], "id": local})
-    payload = ep.encode_step_payload(
-        starts=[ep.StepEntry(local, time.time() * 1000 + 60_000, 60_000, 0, body)])
+    payload = encode_step_payload(
+        starts=[StepEntry(local, time.time() * 1000 + 60_000, 60_000, 0, body)])
     return ep.step_message(payload, ep.POOLED, 0)
 
 

@@ -7,6 +7,18 @@ import orjson
 import pytest
 
 from madrpc import engine_protocol as ep
+from madrpc.engine_payload import (
+    Abandon,
+    ConsoleLine,
+    Items,
+    NestedCall,
+    Reply,
+    StepEntry,
+    StreamAck,
+    answered,
+    encode_step_payload,
+    parse_outbox,
+)
 from madrpc.errors import ProtocolError
 
 # ---------------------------------------------------------------- engine -> worker
@@ -86,15 +98,15 @@ def test_unknown_or_short_worker_commands_decode_to_none() -> None:
 
 
 def test_an_empty_step_payload_is_an_empty_object() -> None:
-    assert ep.encode_step_payload() == b"{}"
+    assert encode_step_payload() == b"{}"
 
 
 def test_a_step_payload_is_the_json_bootstrap_js_reads() -> None:
     body = b'{"jsonrpc":"2.0","method":"add","params":[1,2],"id":7}'
-    payload = ep.encode_step_payload(
+    payload = encode_step_payload(
         settles=[(3, b'"result":5'), (4, b'"error":{"code":-32601,"message":"no"}')],
         cancels=[11, 12],
-        starts=[ep.StepEntry(21, 1_700_000_000_123.9, 60_000.0, 2, body)],
+        starts=[StepEntry(21, 1_700_000_000_123.9, 60_000.0, 2, body)],
     )
 
     assert orjson.loads(payload) == {
@@ -105,11 +117,11 @@ def test_a_step_payload_is_the_json_bootstrap_js_reads() -> None:
 
 
 def test_a_step_payload_leaves_out_empty_members() -> None:
-    assert orjson.loads(ep.encode_step_payload(cancels=[5])) == {"x": [5]}
+    assert orjson.loads(encode_step_payload(cancels=[5])) == {"x": [5]}
 
 
 def test_a_step_payload_carries_stream_grants_and_feeds_with_items_spliced_as_they_are() -> None:
-    payload = ep.encode_step_payload(
+    payload = encode_step_payload(
         grants=[(21, 32), (22, 1)],
         feeds=[(3, b'[1,"two",{"three":3}]'), (4, b"[null]")],
     )
@@ -131,10 +143,10 @@ def test_the_outbox_parses_into_replies_calls_and_console_lines_in_order() -> No
         b'L warn 4 ["add",7,"look out"]',
     ])
 
-    assert list(ep.parse_outbox(outbox)) == [
-        ep.Reply(4, b'"result":{"a":"b c"}'),
-        ep.NestedCall(9, 4, b'{"jsonrpc":"2.0","method":"inner","params":[1]}'),
-        ep.ConsoleLine("warn", 4, b'["add",7,"look out"]'),
+    assert list(parse_outbox(outbox)) == [
+        Reply(4, b'"result":{"a":"b c"}'),
+        NestedCall(9, 4, b'{"jsonrpc":"2.0","method":"inner","params":[1]}'),
+        ConsoleLine("warn", 4, b'["add",7,"look out"]'),
     ]
 
 
@@ -146,35 +158,35 @@ def test_the_outbox_parses_stream_items_acks_and_abandons() -> None:
         b'R 4 "result":{"items":3}',
     ])
 
-    assert list(ep.parse_outbox(outbox)) == [
-        ep.Items(4, 3, b'[1,"a b",{"c":[2,3]}]'),
-        ep.StreamAck(9, 32),
-        ep.Abandon(10),
-        ep.Reply(4, b'"result":{"items":3}'),
+    assert list(parse_outbox(outbox)) == [
+        Items(4, 3, b'[1,"a b",{"c":[2,3]}]'),
+        StreamAck(9, 32),
+        Abandon(10),
+        Reply(4, b'"result":{"items":3}'),
     ]
 
 
 def test_stream_entries_name_their_fields() -> None:
-    items = ep.Items(local=4, count=2, items=b"[1,2]")
+    items = Items(local=4, count=2, items=b"[1,2]")
 
     assert (items.local, items.count, items.items) == (4, 2, b"[1,2]")
-    assert ep.StreamAck(js_call=9, n=32).n == 32
-    assert ep.Abandon(js_call=10).js_call == 10
+    assert StreamAck(js_call=9, n=32).n == 32
+    assert Abandon(js_call=10).js_call == 10
 
 
 def test_an_empty_outbox_has_no_entries_and_unknown_lines_are_skipped() -> None:
-    assert list(ep.parse_outbox(b"")) == []
-    assert list(ep.parse_outbox(b'Z what\nR 1 "result":1')) == [ep.Reply(1, b'"result":1')]
+    assert list(parse_outbox(b"")) == []
+    assert list(parse_outbox(b'Z what\nR 1 "result":1')) == [Reply(1, b'"result":1')]
 
 
 def test_a_console_line_decodes_to_level_method_id_and_text() -> None:
-    assert ep.ConsoleLine("info", 4, b'["add",7,"hello"]').decode() == (
+    assert ConsoleLine("info", 4, b'["add",7,"hello"]').decode() == (
         "info", "add", 7, "hello"
     )
 
 
 def test_a_console_line_that_is_not_the_json_triple_is_kept_as_text() -> None:
-    assert ep.ConsoleLine("error", 0, b"plain words").decode() == (
+    assert ConsoleLine("error", 0, b"plain words").decode() == (
         "error", "", None, "plain words"
     )
 
@@ -182,14 +194,14 @@ def test_a_console_line_that_is_not_the_json_triple_is_kept_as_text() -> None:
 def test_answered_finds_a_fresh_contexts_reply_anywhere_in_the_outbox() -> None:
     outbox = b'L info 12 ["m",1,"x"]\nR 12 "result":1'
 
-    assert ep.answered(outbox, b"12")
-    assert ep.answered(b'R 12 "result":1', b"12")
-    assert not ep.answered(outbox, b"1")
-    assert not ep.answered(b'R 123 "result":1', b"12")
+    assert answered(outbox, b"12")
+    assert answered(b'R 12 "result":1', b"12")
+    assert not answered(outbox, b"1")
+    assert not answered(b'R 123 "result":1', b"12")
 
 
 def test_answered_never_takes_a_stream_line_for_the_reply() -> None:
     streaming = b'P 12 1 ["R 12 \\n R 12 x"]\nP 12 1 [2]\nM 12 1\nX 12'
 
-    assert not ep.answered(streaming, b"12")
-    assert ep.answered(streaming + b'\nR 12 "result":{"items":2}', b"12")
+    assert not answered(streaming, b"12")
+    assert answered(streaming + b'\nR 12 "result":{"items":2}', b"12")

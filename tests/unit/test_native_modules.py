@@ -3,6 +3,7 @@ or changed since they were built (madrpc.native_modules)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import os
 from pathlib import Path
@@ -80,3 +81,19 @@ def test_the_installed_request_path_is_compiled_whole_and_current() -> None:
     if os.environ.get(native.REQUIRE_ENV) == "1" and not compiled:
         pytest.fail("the request path is not compiled: see the build's output "
                     "(pip install -v -e .) for why mypyc did not compile it")
+
+
+PER_REQUEST_CLASSES = [
+    ("worker_tables", "LocalRequest"), ("worker_tables", "StepInput"),
+    ("broker_tables", "Request"), ("jsonrpc", "Call"), ("protocol", "RequestMeta"),
+    ("engine_payload", "StepEntry"), ("engine_payload", "Reply"),
+]
+
+
+@pytest.mark.parametrize(("module", "name"), PER_REQUEST_CLASSES)
+def test_classes_built_per_request_write_their_own_init(module: str, name: str) -> None:
+    """Compiled, such an ``__init__`` is C; the one ``@dataclass`` would generate is
+    Python source compiled from a string at import time, and runs interpreted."""
+    cls = getattr(importlib.import_module(f"madrpc.{module}"), name)
+    code = getattr(cls.__dict__["__init__"], "__code__", None)   # none when compiled
+    assert code is None or code.co_filename.endswith(f"{module}.py")

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from madrpc import engine_protocol as ep
+from madrpc.engine_payload import Reply, StepEntry, encode_step_payload, parse_outbox
 from madrpc.errors import ScriptError
 from madrpc.runtime import Event, EventKind, Runtime
 
@@ -22,13 +22,13 @@ pytestmark = pytest.mark.timeout(30)
 def call(runtime: Runtime, events: queue.Queue[Event], method: str, *params: Any) -> Any:
     """The reply ({"result": ..} or {"error": ..}) of one call of ``method``."""
     body = orjson.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1})
-    runtime.step(ep.encode_step_payload(
-        starts=[ep.StepEntry(1, time.time() * 1000 + 60_000, 60_000, 0, body)]))
+    runtime.step(encode_step_payload(
+        starts=[StepEntry(1, time.time() * 1000 + 60_000, 60_000, 0, body)]))
     while True:
         event = events.get(timeout=10)
         assert event.kind == EventKind.DONE, event
-        for entry in ep.parse_outbox(event.data):
-            if isinstance(entry, ep.Reply):
+        for entry in parse_outbox(event.data):
+            if isinstance(entry, Reply):
                 return orjson.loads(b"{" + entry.fragment + b"}")
 
 

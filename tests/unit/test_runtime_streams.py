@@ -16,7 +16,18 @@ from typing import Any
 import orjson
 import pytest
 
-from madrpc import engine_protocol as ep
+from madrpc.engine_payload import (
+    Abandon,
+    ConsoleLine,
+    Items,
+    NestedCall,
+    OutboxEntry,
+    Reply,
+    StepEntry,
+    StreamAck,
+    encode_step_payload,
+    parse_outbox,
+)
 from madrpc.jsonrpc import DEFAULT_STREAM_WINDOW, MAX_STREAM_WINDOW
 from madrpc.runtime import Event, EventKind, Runtime
 
@@ -117,15 +128,15 @@ class Isolate:
         self.runtime = Runtime(SCRIPT, "streams.js", self.events.put)
         self.notified = 0
 
-    def step(self, **members: Any) -> list[ep.OutboxEntry]:
+    def step(self, **members: Any) -> list[OutboxEntry]:
         """One step with these payload members (encode_step_payload's); its outbox."""
-        self.runtime.step(ep.encode_step_payload(**members))
+        self.runtime.step(encode_step_payload(**members))
         return self._outcome()
 
-    def step_watched(self, **members: Any) -> tuple[list[ep.OutboxEntry], set[tuple[int, bool]]]:
+    def step_watched(self, **members: Any) -> tuple[list[OutboxEntry], set[tuple[int, bool]]]:
         """A step, and the (request key, CPU-bound) pairs its marker showed while it ran:
         what the engine's watchdog would read."""
-        self.runtime.step(ep.encode_step_payload(**members))
+        self.runtime.step(encode_step_payload(**members))
         seen: set[tuple[int, bool]] = set()
         deadline = time.monotonic() + STEP_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -136,10 +147,10 @@ class Isolate:
             except queue.Empty:
                 continue
             if self._record(event):
-                return list(ep.parse_outbox(event.data)), seen
+                return list(parse_outbox(event.data)), seen
         raise AssertionError("the step never finished")
 
-    def flush_when_notified(self) -> list[ep.OutboxEntry]:
+    def flush_when_notified(self) -> list[OutboxEntry]:
         """Wait until a timer asks for a crossing, then flush."""
         while self.notified == 0:
             self._record(self.events.get(timeout=STEP_TIMEOUT_S))
@@ -147,11 +158,11 @@ class Isolate:
         self.runtime.flush()
         return self._outcome()
 
-    def _outcome(self) -> list[ep.OutboxEntry]:
+    def _outcome(self) -> list[OutboxEntry]:
         while True:
             event = self.events.get(timeout=STEP_TIMEOUT_S)
             if self._record(event):
-                return list(ep.parse_outbox(event.data))
+                return list(parse_outbox(event.data))
 
     def _record(self, event: Event) -> bool:
         if event.kind == EventKind.NOTIFY:
@@ -172,7 +183,7 @@ def isolate() -> Iterator[Isolate]:
 
 def request(
     local: int, method: str, params: Any = None, stream: Any = None, cpu_limit_ms: float = 60_000,
-) -> ep.StepEntry:
+) -> StepEntry:
     """A start entry for request ``local`` (stream: the ``madrpc.stream`` option), due in a
     minute."""
     body: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": local}
@@ -180,33 +191,33 @@ def request(
         body["params"] = params
     if stream is not None:
         body["madrpc"] = {"stream": stream}
-    return ep.StepEntry(local, time.time() * 1000 + 60_000, cpu_limit_ms, 0, orjson.dumps(body))
+    return StepEntry(local, time.time() * 1000 + 60_000, cpu_limit_ms, 0, orjson.dumps(body))
 
 
-def items(entries: list[ep.OutboxEntry], local: int = 1) -> list[Any]:
+def items(entries: list[OutboxEntry], local: int = 1) -> list[Any]:
     """The items of request ``local``'s P lines, in order (each line's count checked)."""
     found: list[Any] = []
     for entry in entries:
-        if isinstance(entry, ep.Items) and entry.local == local:
+        if isinstance(entry, Items) and entry.local == local:
             batch = orjson.loads(entry.items)
             assert len(batch) == entry.count
             found += batch
     return found
 
 
-def replies(entries: list[ep.OutboxEntry], local: int = 1) -> list[Any]:
+def replies(entries: list[OutboxEntry], local: int = 1) -> list[Any]:
     """Request ``local``'s replies, decoded (``{"result": ..}`` or ``{"error": ..}``)."""
     return [orjson.loads(b"{" + entry.fragment + b"}") for entry in entries
-            if isinstance(entry, ep.Reply) and entry.local == local]
+            if isinstance(entry, Reply) and entry.local == local]
 
 
-def logs(entries: list[ep.OutboxEntry]) -> list[tuple[int, str]]:
+def logs(entries: list[OutboxEntry]) -> list[tuple[int, str]]:
     """(owner, text) of the console lines."""
     return [(entry.owner, entry.decode()[3]) for entry in entries
-            if isinstance(entry, ep.ConsoleLine)]
+            if isinstance(entry, ConsoleLine)]
 
 
-def kinds(entries: list[ep.OutboxEntry]) -> list[str]:
+def kinds(entries: list[OutboxEntry]) -> list[str]:
     return [type(entry).__name__ for entry in entries]
 
 
@@ -220,7 +231,7 @@ def produced(isolate: Isolate) -> int:
 def test_stream_mode_sends_the_items_in_p_lines_then_the_count(isolate: Isolate) -> None:
     out = isolate.step(starts=[request(1, "quiet_numbers", [5], True)])
 
-    assert out == [ep.Items(1, 5, b"[0,1,2,3,4]"), ep.Reply(1, b'"result":{"items":5}')]
+    assert out == [Items(1, 5, b"[0,1,2,3,4]"), Reply(1, b'"result":{"items":5}')]
 
 
 def test_a_stream_stops_at_its_window_and_sends_exactly_what_a_grant_allows(
@@ -275,7 +286,7 @@ def test_a_window_of_true_is_the_default_window(isolate: Isolate) -> None:
 
 def test_an_async_generator_streams_across_a_nested_call_it_awaits(isolate: Isolate) -> None:
     first = isolate.step(starts=[request(1, "with_a_call", None, True)])
-    call = next(entry for entry in first if isinstance(entry, ep.NestedCall))
+    call = next(entry for entry in first if isinstance(entry, NestedCall))
     assert items(first) == ["before"]
     assert call.owner == 1
 
@@ -367,7 +378,7 @@ def test_plain_mode_of_a_generator_returns_the_array_of_its_items(isolate: Isola
 
 def test_plain_mode_of_an_async_generator_collects_across_its_awaits(isolate: Isolate) -> None:
     first = isolate.step(starts=[request(1, "with_a_call")])
-    call = next(entry for entry in first if isinstance(entry, ep.NestedCall))
+    call = next(entry for entry in first if isinstance(entry, NestedCall))
     second = isolate.step(settles=[(call.js_call, b'"result":42')])
 
     assert replies(first) == []
@@ -390,7 +401,7 @@ def test_cancelling_a_stream_awaiting_a_nested_call_closes_its_generator(
     isolate: Isolate,
 ) -> None:
     first = isolate.step(starts=[request(1, "with_a_call", None, True)])
-    call = next(entry for entry in first if isinstance(entry, ep.NestedCall))
+    call = next(entry for entry in first if isinstance(entry, NestedCall))
 
     out = isolate.step(cancels=[1])
     late = isolate.step(settles=[(call.js_call, b'"result":"too late"')])
@@ -403,7 +414,7 @@ def test_a_stream_of_big_items_is_cut_into_p_lines_of_about_64_kib(isolate: Isol
     size = 10_000
     out = isolate.step(starts=[request(1, "big_strings", [40, size], True)])
 
-    lines = [entry for entry in out if isinstance(entry, ep.Items)]
+    lines = [entry for entry in out if isinstance(entry, Items)]
     assert len(lines) >= 5
     assert all(len(line.items) < 65_536 + size + 3 for line in lines)
     assert sum(line.count for line in lines) == 40
@@ -417,19 +428,19 @@ def test_a_million_items_stream_in_bounded_lines_and_wait_for_credit_to_end(
     count = 1_000_000
     out = isolate.step(starts=[request(1, "quiet_numbers", [count], {"window": count})])
 
-    lines = [entry for entry in out if isinstance(entry, ep.Items)]
+    lines = [entry for entry in out if isinstance(entry, Items)]
     assert max(len(line.items) for line in lines) < 65_536 + 16
     assert sum(line.count for line in lines) == count
     assert orjson.loads(lines[-1].items)[-1] == count - 1
     assert replies(out) == [], "at credit 0 the generator is not asked whether it is done"
-    assert isolate.step(grants=[(1, 1)]) == [ep.Reply(1, b'"result":{"items":1000000}')]
+    assert isolate.step(grants=[(1, 1)]) == [Reply(1, b'"result":{"items":1000000}')]
 
 
 # ---------------------------------------------------------------- madrpc.stream: the consumer
 
 
-def nested_call(entries: list[ep.OutboxEntry]) -> ep.NestedCall:
-    [call] = [entry for entry in entries if isinstance(entry, ep.NestedCall)]
+def nested_call(entries: list[OutboxEntry]) -> NestedCall:
+    [call] = [entry for entry in entries if isinstance(entry, NestedCall)]
     return call
 
 
@@ -461,16 +472,16 @@ def test_fed_items_are_yielded_acknowledged_every_half_window_and_the_settle_end
     js_call = call.js_call
 
     fed = isolate.step(feeds=[(js_call, b"[0,1,2,3]")])
-    assert [e for e in fed if isinstance(e, ep.StreamAck)] == [ep.StreamAck(js_call, 3)]
+    assert [e for e in fed if isinstance(e, StreamAck)] == [StreamAck(js_call, 3)]
     assert replies(fed) == []
 
     more = isolate.step(feeds=[(js_call, b"[4,5]")])
-    assert [e for e in more if isinstance(e, ep.StreamAck)] == [ep.StreamAck(js_call, 3)]
+    assert [e for e in more if isinstance(e, StreamAck)] == [StreamAck(js_call, 3)]
 
     end = isolate.step(feeds=[(js_call, b"[6]")],
                        settles=[(js_call, b'"result":{"items":7}')])
     assert replies(end) == [{"result": [0, 1, 2, 3, 4, 5, 6]}]
-    assert not any(isinstance(e, ep.StreamAck) for e in end), "no ack once the stream ended"
+    assert not any(isinstance(e, StreamAck) for e in end), "no ack once the stream ended"
 
 
 def test_leaving_the_loop_early_abandons_the_nested_stream(isolate: Isolate) -> None:
@@ -478,7 +489,7 @@ def test_leaving_the_loop_early_abandons_the_nested_stream(isolate: Isolate) -> 
 
     out = isolate.step(feeds=[(js_call, b"[0,1,2,3]")])
 
-    assert ep.Abandon(js_call) in out
+    assert Abandon(js_call) in out
     assert replies(out) == [{"result": [0, 1]}]
     assert isolate.step(feeds=[(js_call, b"[4]")],
                         settles=[(js_call, b'"result":{"items":5}')]) == []
@@ -501,7 +512,7 @@ def test_cancelling_the_owner_rejects_its_pending_next_with_cancelled(isolate: I
 
     assert logs(out) == [(1, "caught -32011 Cancelled: the request was cancelled []")]
     assert replies(out) == []
-    assert not any(isinstance(e, ep.Abandon) for e in out)
+    assert not any(isinstance(e, Abandon) for e in out)
 
 
 @pytest.mark.parametrize("window", [0, 1.5, MAX_STREAM_WINDOW + 1, "8"])
@@ -512,7 +523,7 @@ def test_madrpc_stream_refuses_a_bad_window(isolate: Isolate, window: Any) -> No
     assert reply["error"]["message"] == (
         f"TypeError: madrpc.stream: options.window must be an integer in [1, {MAX_STREAM_WINDOW}]"
     )
-    assert not any(isinstance(e, ep.NestedCall) for e in out)
+    assert not any(isinstance(e, NestedCall) for e in out)
 
 
 # ---------------------------------------------------------------- constants shared with Python

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from madrpc import engine_protocol as ep
+from madrpc.engine_payload import ConsoleLine, Reply, StepEntry, encode_step_payload, parse_outbox
 from madrpc.errors import ScriptError
 from madrpc.runtime import Event, EventKind, Runtime
 
@@ -50,8 +50,8 @@ class Isolate:
     def run(self, code: str, method: str = "run") -> Any:
         key, self.next_key = self.next_key, self.next_key + 1
         body = orjson.dumps({"jsonrpc": "2.0", "method": method, "params": [code], "id": key})
-        entry = ep.StepEntry(key, time.time() * 1000 + 60_000, 60_000, 0, body)
-        self.runtime.step(ep.encode_step_payload(starts=[entry]))
+        entry = StepEntry(key, time.time() * 1000 + 60_000, 60_000, 0, body)
+        self.runtime.step(encode_step_payload(starts=[entry]))
         while True:
             event = self.events.get(timeout=STEP_TIMEOUT_S)
             if event.kind == EventKind.NOTIFY:
@@ -59,10 +59,10 @@ class Isolate:
                 continue
             assert event.kind == EventKind.DONE, event
             replies = []
-            for out in ep.parse_outbox(event.data):
-                if isinstance(out, ep.ConsoleLine):
+            for out in parse_outbox(event.data):
+                if isinstance(out, ConsoleLine):
                     self.logs.append(out.decode()[3])
-                elif isinstance(out, ep.Reply) and out.local == key:
+                elif isinstance(out, Reply) and out.local == key:
                     replies.append(orjson.loads(b"{" + out.fragment + b"}"))
             if replies:
                 if "error" in replies[0]:
