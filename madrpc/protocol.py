@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -70,26 +70,28 @@ PROTOCOL_VERSION = 1
 TAG = PROTOCOL_NAME + str(PROTOCOL_VERSION).encode()
 """First frame of every worker-protocol message: name and version."""
 
-READY = b"READY"          # W->B  [info json]
-HEARTBEAT = b"HEARTBEAT"  # both  [stats json]?
-DISCONNECT = b"DISCONNECT"  # both [reason]?
-REQUEST = b"REQUEST"      # B->W  ([meta][method][body])+
-REPLY = b"REPLY"          # W->B  [credit] ([key][fragment])*
-CREDIT = b"CREDIT"        # W->B  [credit]
-CALL = b"CALL"            # W->B  ([call meta][body])+
-RESULT = b"RESULT"        # B->W  ([call key][fragment])+
-CANCEL = b"CANCEL"        # B->W  [key]+
-DRAIN = b"DRAIN"          # W->B  (no body): send me nothing more
-ADOPT = b"ADOPT"          # W->B  ([adopt meta][method][idempotency key][fragment])+
+# Commands (Final: compiled modules that use them read a C static, not the module dict).
+READY: Final = b"READY"           # W->B  [info json]
+HEARTBEAT: Final = b"HEARTBEAT"   # both  [stats json]?
+DISCONNECT: Final = b"DISCONNECT" # both [reason]?
+REQUEST: Final = b"REQUEST"       # B->W  ([meta][method][body])+
+REPLY: Final = b"REPLY"           # W->B  [credit] ([key][fragment])*
+CREDIT: Final = b"CREDIT"         # W->B  [credit]
+CALL: Final = b"CALL"             # W->B  ([call meta][body])+
+RESULT: Final = b"RESULT"         # B->W  ([call key][fragment])+
+CANCEL: Final = b"CANCEL"         # B->W  [key]+
+DRAIN: Final = b"DRAIN"           # W->B  (no body): send me nothing more
+ADOPT: Final = b"ADOPT"           # W->B  ([adopt meta][method][idempotency key][fragment])+
 # Streams (docs/protocol.md §5.12): items travel producer -> consumer in PARTIAL, the
 # consumer's grants travel back in MORE. Keys name the stream as its opener knows it.
-PARTIAL = b"PARTIAL"      # W->B  ([request key][items])+   B->W  ([call key][items])+
-MORE = b"MORE"            # B->W  ([request key][n])+       W->B  ([call key][n])+
-ABANDON = b"ABANDON"      # W->B  [call key]+: the worker's code no longer wants that call
+PARTIAL: Final = b"PARTIAL"       # W->B  ([request key][items])+   B->W  ([call key][items])+
+MORE: Final = b"MORE"             # B->W  ([request key][n])+       W->B  ([call key][n])+
+ABANDON: Final = b"ABANDON"       # W->B  [call key]+: the worker's code no longer wants that call
 # Code shipped through the grid (docs/protocol.md §5.13): a worker started without a
 # script asks for the grid's current version; the broker sends it, and every new one.
-FETCH = b"FETCH"          # W->B  [version it runs, or empty]
-SCRIPT = b"SCRIPT"        # B->W  [version][bundle json]; [version]: nothing newer; none yet: []
+FETCH: Final = b"FETCH"           # W->B  [version it runs, or empty]
+SCRIPT: Final = b"SCRIPT"         # B->W  [version][bundle json]; [version]: none newer;
+                                  # none yet: []
 
 WRONG_PORT = "wrong port: "
 """How the reason of the DISCONNECT a broker sends to a worker at its clients' port starts."""

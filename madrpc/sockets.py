@@ -36,7 +36,7 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import zmq
 
@@ -61,15 +61,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_DONTWAIT = int(zmq.DONTWAIT)
-_SNDMORE = int(zmq.SNDMORE)
-_send = zmq.backend.Socket.send
+# Final: compiled, these are C statics, not a lookup in the module's dict on every use.
+_DONTWAIT: Final = int(zmq.DONTWAIT)
+_SNDMORE: Final = int(zmq.SNDMORE)
+_send: Final = zmq.backend.Socket.send
 """pyzmq's compiled send, without the Python layer that checks for routing ids and groups."""
-_recv = zmq.backend.Socket.recv
-_get = zmq.backend.Socket.get
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-ZERO_COPY_MIN_BYTES = 65536
+_recv: Final = zmq.backend.Socket.recv
+_get: Final = zmq.backend.Socket.get
+_EVENTS: Final = int(zmq.EVENTS)
+_POLLIN: Final = int(zmq.POLLIN)
+ZERO_COPY_MIN_BYTES: Final = 65536
 """Frames of at least this many bytes (``bytes`` only: they cannot change) are sent without
 copying them into ZeroMQ's own buffer; ZeroMQ holds the object until it has sent it. Below
 it a copy is cheaper than the bookkeeping (pyzmq's ``COPY_THRESHOLD``, the same value)."""
