@@ -113,12 +113,19 @@ class LoadError:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, slots=True)
 class Output:
+    """One per step: its own ``__init__`` (see :mod:`madrpc.native_modules`)."""
+
     step_done: bool
     """True at the end of a STEP; False after a flush (the engine ran no step for it)."""
     outbox: bytes
     slot: bytes
+
+    def __init__(self, step_done: bool, outbox: bytes, slot: bytes) -> None:
+        self.step_done = step_done
+        self.outbox = outbox
+        self.slot = slot
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,11 @@ call up to ~20% quicker (docs/performance.md, fifth round).
 Everything else (clients, CLI, gateway, dashboards, V8's runtime) stays Python.
 
 Classes built once per request or message (``LocalRequest``, the broker's ``Request``,
-``Call``, ``RequestMeta``, ``StepEntry``, ``Reply``, ``StepInput``) are dataclasses that
-write their own ``__init__``: mypyc compiles that one, while the ``__init__`` that
-``@dataclass`` generates at import time runs interpreted, about four times slower (264
-against 57 ns for three fields), and a ``NamedTuple``'s ``__new__`` is interpreted too.
+``Call``, ``RequestMeta``, ``StepEntry``, ``Reply``, ``StepInput``, ``Message``,
+``Output``) are dataclasses that write their own ``__init__``: mypyc compiles that one,
+while the ``__init__`` that ``@dataclass`` generates at import time runs interpreted,
+about four times slower (264 against 57 ns for three fields), and so does a
+``NamedTuple``'s ``__new__``.
 
 Pure data and the standard library only: ``setup.py`` imports this file by path, before
 any of MaDRPC's dependencies are installed.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -136,13 +136,18 @@ class RequestMeta:
         self.memory_mb = memory_mb
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Message:
-    """A decoded worker-protocol message."""
+    """A decoded worker-protocol message (one per message: its own ``__init__``, see
+    :mod:`madrpc.native_modules`)."""
 
     command: bytes
-    frames: list[bytes] = field(default_factory=list)
+    frames: list[bytes]
     """The frames after the command."""
+
+    def __init__(self, command: bytes, frames: list[bytes] | None = None) -> None:
+        self.command = command
+        self.frames = frames if frames is not None else []
 
     def json(self) -> Any:
         """The first body frame as JSON (READY, HEARTBEAT); ``{}`` if absent."""

@@ -86,7 +86,8 @@ def test_the_installed_request_path_is_compiled_whole_and_current() -> None:
 PER_REQUEST_CLASSES = [
     ("worker_tables", "LocalRequest"), ("worker_tables", "StepInput"),
     ("broker_tables", "Request"), ("jsonrpc", "Call"), ("protocol", "RequestMeta"),
-    ("engine_payload", "StepEntry"), ("engine_payload", "Reply"),
+    ("engine_payload", "StepEntry"), ("engine_payload", "Reply"), ("protocol", "Message"),
+    ("engine_protocol", "Output"),
 ]
 
 
