@@ -18,10 +18,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import NamedTuple
 
-import orjson
-
 from . import protocol as p
-from .worker_tables import LocalRequest
+from .worker_tables import LocalRequest, madrpc_options
 
 __all__ = [
     "KEY_MARK", "MAX_RECENT_BYTES", "MAX_RECENT_RESULT_BYTES", "MAX_RECENT_RESULTS",
@@ -123,12 +121,5 @@ class HandOver:
 
 def idempotency_key(body: bytes) -> str | None:
     """The request's ``madrpc.idempotency_key`` (parsed only when the body mentions one)."""
-    if body.rfind(KEY_MARK) < 0:
-        return None
-    try:
-        options = orjson.loads(body).get("madrpc")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    key = options.get("idempotency_key") if isinstance(options, dict) else None
+    key = madrpc_options(body, KEY_MARK).get("idempotency_key")
     return key if isinstance(key, str) else None
-

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import orjson
 
 from .engine_protocol import ResetReason
 from .errors import ErrorCode
 
-__all__ = ["STREAM_MARK", "EngineSlot", "LocalRequest", "Stage", "StepInput", "asks_for_stream"]
+__all__ = [
+    "STREAM_MARK", "EngineSlot", "LocalRequest", "Stage", "StepInput", "asks_for_stream",
+    "madrpc_options",
+]
 
 STREAM_MARK = b'"stream":'
 """Bodies without it do not ask for a stream (a cheap test before anything else). Looked for
@@ -114,14 +118,21 @@ class LocalRequest:
 def asks_for_stream(body: bytes) -> bool:
     """Whether a request body asks for a stream (``madrpc.stream`` true or an object);
     parsed only when the body mentions one."""
-    if body.rfind(STREAM_MARK) < 0:
-        return False
+    stream = madrpc_options(body, STREAM_MARK).get("stream")
+    return stream is True or isinstance(stream, dict)
+
+
+def madrpc_options(body: bytes, mark: bytes) -> dict[str, Any]:
+    """A request body's ``madrpc`` member, parsed only when the body holds ``mark``
+    (found with ``rfind``, see :data:`STREAM_MARK`); ``{}`` when it is absent or not an
+    object, or the body is not JSON."""
+    if body.rfind(mark) < 0:
+        return {}
     try:
         options = orjson.loads(body).get("madrpc")
     except (orjson.JSONDecodeError, AttributeError):
-        return False
-    stream = options.get("stream") if isinstance(options, dict) else None
-    return stream is True or isinstance(stream, dict)
+        return {}
+    return options if isinstance(options, dict) else {}
 
 
 Settle = tuple[int, bytes]
