@@ -34,7 +34,11 @@ MAX_MESSAGE_BYTES = 1 << 31
 """The largest message either side accepts (the engine protocol's bodies are bounded by
 the grid's message limit long before this)."""
 READ_CHUNK_BYTES = 256 * 1024
-"""How much one ``recv`` asks the kernel for."""
+"""How much one ``recv`` asks the kernel for at least (more when a message needs more)."""
+KEPT_BUFFER_BYTES = 4 * 1024 * 1024
+"""A link's read buffer keeps up to this size between messages, so that payloads up to it
+reuse memory already mapped; after a larger message it shrinks back to
+``READ_CHUNK_BYTES``."""
 SENDMSG_MAX_BUFFERS = 64
 """Buffers handed to one ``sendmsg`` (well under the kernel's IOV_MAX)."""
 LINK_BUFFER_BYTES = 4 * 1024 * 1024
@@ -54,36 +58,65 @@ def encode_header(frames: Sequence[bytes | memoryview]) -> bytes:
 
 
 class FrameDecoder:
-    """Turns the bytes read from a stream back into messages (lists of frames)."""
+    """Turns the bytes read from a stream back into messages (lists of frames).
+
+    The bytes are read straight into the decoder's own buffer (:meth:`room`, then
+    :meth:`commit`), which has room for the whole of a message once its header is in: a
+    1 MiB message is copied once by the kernel and once into its frames, where reading
+    into a scratch buffer first and then adding to this one took two more copies. The
+    buffer keeps its size between messages up to ``KEPT_BUFFER_BYTES``."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._buffer = bytearray(READ_CHUNK_BYTES)
+        self._start = 0   # the first byte not yet cut into a message
+        self._end = 0     # the end of the bytes read
+        self._message_bytes = 0   # the size of the message at _start, once its header is in
 
     def __len__(self) -> int:
         """Bytes held that do not make a whole message yet."""
+        return self._end - self._start
+
+    @property
+    def capacity(self) -> int:
+        """The size of the read buffer, used or not."""
         return len(self._buffer)
 
-    def feed(self, data: bytes | memoryview) -> list[list[bytes]]:
-        """Add ``data``; return the messages it completes. Raises ProtocolError on a
-        header no peer of ours would send."""
+    def room(self) -> memoryview:
+        """Where the next read goes: at least READ_CHUNK_BYTES, and all the message in
+        progress still lacks. Release it (``with``) before calling :meth:`commit`."""
         buffer = self._buffer
-        buffer += data
+        held = self._end - self._start
+        wanted = max(self._message_bytes - held, READ_CHUNK_BYTES)
+        if len(buffer) - self._end < wanted:
+            if self._start:   # move what is held to the front (a partial message)
+                del buffer[:self._start]
+                self._start, self._end = 0, held
+            if len(buffer) - held < wanted:
+                buffer.extend(bytes(held + wanted - len(buffer)))
+        return memoryview(buffer)[self._end:self._end + wanted]
+
+    def commit(self, count: int) -> list[list[bytes]]:
+        """Take ``count`` bytes read into :meth:`room`; return the messages they complete.
+        Raises ProtocolError on a header no peer of ours would send."""
+        self._end += count
+        buffer = self._buffer
+        end = self._end
+        position = self._start
         messages: list[list[bytes]] = []
-        view = memoryview(buffer)
-        position = 0
-        try:
-            while len(buffer) - position >= 4:
-                (count,) = _COUNT.unpack_from(buffer, position)
-                if not 0 < count <= MAX_FRAMES:
-                    raise ProtocolError(f"engine link: a message of {count} frames")
-                header = 4 + 4 * count
-                if len(buffer) - position < header:
+        with memoryview(buffer) as view:
+            while end - position >= 4:
+                (frame_count,) = _COUNT.unpack_from(buffer, position)
+                if not 0 < frame_count <= MAX_FRAMES:
+                    raise ProtocolError(f"engine link: a message of {frame_count} frames")
+                header = 4 + 4 * frame_count
+                if end - position < header:
                     break
-                lengths = struct.unpack_from(f"<{count}I", buffer, position + 4)
+                lengths = struct.unpack_from(f"<{frame_count}I", buffer, position + 4)
                 total = header + sum(lengths)
                 if total > MAX_MESSAGE_BYTES:
                     raise ProtocolError(f"engine link: a message of {total} bytes")
-                if len(buffer) - position < total:
+                if end - position < total:
+                    self._message_bytes = total
                     break
                 at = position + header
                 frames = []
@@ -92,10 +125,25 @@ class FrameDecoder:
                     at += length
                 messages.append(frames)
                 position += total
-        finally:
-            view.release()
-        if position:
-            del buffer[:position]
+                self._message_bytes = 0
+        if position == end:   # nothing held: read into the front again
+            self._start = self._end = 0
+            if len(buffer) > KEPT_BUFFER_BYTES:
+                del buffer[READ_CHUNK_BYTES:]
+        else:
+            self._start = position
+        return messages
+
+    def feed(self, data: bytes | memoryview) -> list[list[bytes]]:
+        """Add ``data`` (copied in); return the messages it completes."""
+        messages: list[list[bytes]] = []
+        at = 0
+        while at < len(data):
+            with self.room() as room:
+                count = min(len(room), len(data) - at)
+                room[:count] = data[at:at + count]
+            messages += self.commit(count)
+            at += count
         return messages
 
 
@@ -112,10 +160,6 @@ class Channel:
         self.socket = sock
         self._decoder = FrameDecoder()
         self._pending: deque[memoryview] = deque()
-        # One buffer for every read: a fresh READ_CHUNK_BYTES object per recv is above
-        # malloc's mmap threshold, so each read would map, shrink and unmap memory.
-        self._read_buffer = bytearray(READ_CHUNK_BYTES)
-        self._read_view = memoryview(self._read_buffer)
 
     def fileno(self) -> int:
         return self.socket.fileno()
@@ -172,22 +216,24 @@ class Channel:
         """Every whole message readable now. Raises ChannelClosed at the end of the
         stream (after the messages before it were returned by earlier calls)."""
         messages: list[list[bytes]] = []
-        view = self._read_view
+        decoder = self._decoder
         while True:
-            try:
-                count = self.socket.recv_into(view)
-            except (BlockingIOError, InterruptedError):
-                return messages
-            except ConnectionResetError as exc:
-                if messages:
+            with decoder.room() as room:
+                asked = len(room)
+                try:
+                    count = self.socket.recv_into(room)
+                except (BlockingIOError, InterruptedError):
                     return messages
-                raise ChannelClosed(str(exc)) from exc
+                except ConnectionResetError as exc:
+                    if messages:
+                        return messages
+                    raise ChannelClosed(str(exc)) from exc
             if not count:
                 if messages:
                     return messages   # the end is seen again on the next call
                 raise ChannelClosed("end of stream")
-            messages += self._decoder.feed(view[:count])
-            if count < READ_CHUNK_BYTES:
+            messages += decoder.commit(count)
+            if count < asked:
                 return messages
 
     def readable(self) -> bool:

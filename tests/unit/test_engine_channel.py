@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from madrpc.engine_channel import (
+    KEPT_BUFFER_BYTES,
     MAX_FRAMES,
+    READ_CHUNK_BYTES,
     Channel,
     ChannelClosed,
     FrameDecoder,
@@ -66,6 +68,40 @@ def test_a_header_no_peer_would_send_is_a_protocol_error(count: int) -> None:
 def test_a_message_too_large_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="bytes"):
         FrameDecoder().feed(struct.pack("<3I", 2, 0xFFFF_FFFF, 0xFFFF_FFFF))
+
+
+def test_once_a_header_is_in_the_next_read_has_room_for_the_whole_message() -> None:
+    """A large message goes from the kernel straight into the decoder's buffer, in one
+    read, instead of through a scratch buffer READ_CHUNK_BYTES at a time."""
+    decoder = FrameDecoder()
+    data = wire([b"STEP", b"x" * (3 * READ_CHUNK_BYTES)])
+    assert decoder.feed(data[:100]) == []
+    with decoder.room() as room:
+        assert len(room) >= len(data) - 100
+        room[:len(data) - 100] = data[100:]
+    assert decoder.commit(len(data) - 100) == [[b"STEP", b"x" * (3 * READ_CHUNK_BYTES)]]
+    assert len(decoder) == 0
+
+
+def test_the_read_buffer_keeps_payloads_up_to_its_limit_and_shrinks_after_larger() -> None:
+    decoder = FrameDecoder()
+    assert decoder.capacity == READ_CHUNK_BYTES
+    assert decoder.feed(wire([b"OUT", b"a" * (KEPT_BUFFER_BYTES // 2)])) != []
+    kept = decoder.capacity
+    assert kept > KEPT_BUFFER_BYTES // 2
+    assert decoder.feed(wire([b"OUT", b"b" * (KEPT_BUFFER_BYTES // 2)])) != []
+    assert decoder.capacity == kept   # reused, not grown again
+    assert decoder.feed(wire([b"OUT", b"c" * (2 * KEPT_BUFFER_BYTES)])) != []
+    assert decoder.capacity == READ_CHUNK_BYTES
+
+
+def test_a_partial_message_behind_whole_ones_moves_to_the_front_intact() -> None:
+    decoder = FrameDecoder()
+    small = wire([b"OUT", b"s" * 1000])
+    large = wire([b"OUT", bytes(range(256)) * 4096])   # 1 MiB
+    first = small * 3 + large[:5000]
+    assert decoder.feed(first) == [[b"OUT", b"s" * 1000]] * 3
+    assert decoder.feed(large[5000:]) == [[b"OUT", bytes(range(256)) * 4096]]
 
 
 @pytest.fixture
