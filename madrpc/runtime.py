@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
-from importlib import resources
 from typing import Any
 
 import orjson
@@ -27,6 +26,7 @@ from py_mini_racer._dll import init_mini_racer, mr_callback_func
 
 from .bundle import Bundle
 from .errors import EngineError, ScriptError
+from .runtime_sources import bootstrap_source, loader_source
 from .script_errors import MODULE_PREFIX, MODULE_SUFFIX, describe_load_error, describe_script_error
 from .thread_states import pin_current_thread
 
@@ -99,22 +99,6 @@ def init_engine(extra_flags: Iterable[str] = ()) -> None:
 def v8_version() -> str:
     init_engine()
     return str(_dll.mr_v8_version().decode())
-
-
-def _loader_source() -> str:
-    source = (resources.files("madrpc") / "js" / "modules.js").read_text(encoding="utf-8")
-    return source + "\n//# sourceURL=madrpc-modules.js\n"
-
-
-def _bootstrap_source() -> str:
-    """js/webapi.js's loader, given this context's own crypto seed and the implementation as
-    a string (compiled when a script first uses it), then js/bootstrap.js."""
-    from os import urandom
-    js = resources.files("madrpc") / "js"
-    loader, api = (js / "webapi.js").read_text(encoding="utf-8").split("\n//@@\n")
-    bootstrap = (js / "bootstrap.js").read_text(encoding="utf-8")
-    webapi = f"({loader})('{urandom(32).hex()}', {orjson.dumps(api).decode()});"
-    return f"{webapi}\n{bootstrap}\n//# sourceURL=madrpc-runtime.js\n"
 
 
 class Runtime:
@@ -215,7 +199,7 @@ class Runtime:
             _dll.mr_free_value(self._ctx, code)
 
     def _install_runtime(self) -> None:
-        factory = self._expect(self._eval_blocking(_bootstrap_source()), _FUNCTION, "bootstrap")
+        factory = self._expect(self._eval_blocking(bootstrap_source()), _FUNCTION, "bootstrap")
         marker = self._expect(
             self._eval_blocking(f"new SharedArrayBuffer({8 * _MARKER_SLOTS})"),
             _SHARED_ARRAY_BUFFER, "marker",
@@ -267,7 +251,7 @@ class Runtime:
     def _load_bundle(self, bundle: Bundle) -> None:
         """Compile every file of the bundle as a module, then run its entry (see
         js/modules.js); ScriptError naming file:line:column when either fails."""
-        loader = self._expect(self._eval_blocking(_loader_source()), _OBJECT, "loader")
+        loader = self._expect(self._eval_blocking(loader_source()), _OBJECT, "loader")
         held = [loader]
         try:
             define = self._member(loader, "define")
