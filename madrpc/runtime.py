@@ -7,8 +7,8 @@ lets a step run asynchronously: :meth:`Runtime.step` returns at once and the out
 arrives through the ``on_event`` callback, which runs on the isolate's own thread.
 
 Each step passes one JSON string in (as the ``this`` of the runtime's ``step`` function,
-so no argument array has to be built per call) and gets one string out: see
-``js/bootstrap.js`` for both formats.
+so no argument array has to be built per call; a long one as pieces, the arguments: see
+:mod:`madrpc.runtime_pieces`) and gets one string out: see ``js/bootstrap.js``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from py_mini_racer._dll import init_mini_racer, mr_callback_func
 
 from .bundle import Bundle
 from .errors import EngineError, ScriptError
+from .runtime_pieces import STEP_PIECE_BYTES, utf8_pieces
 from .runtime_sources import bootstrap_source, loader_source
 from .script_errors import MODULE_PREFIX, MODULE_SUFFIX, describe_load_error, describe_script_error
 from .thread_states import pin_current_thread
@@ -326,21 +327,37 @@ class Runtime:
     # ------------------------------------------------------------ steps (asynchronous)
 
     def step(self, payload: bytes) -> None:
-        """Start one step with ``payload`` (see js/bootstrap.js); returns at once."""
-        self._start(self._step_fn, self._string(payload))
+        """Start one step with ``payload`` (see js/bootstrap.js); returns at once. A long
+        payload crosses in pieces (see :mod:`madrpc.runtime_pieces`)."""
+        if len(payload) <= STEP_PIECE_BYTES:
+            self._start(self._step_fn, self._string(payload))
+            return
+        base = ctypes.cast(ctypes.c_char_p(payload), ctypes.c_void_p).value or 0   # no copy
+        pieces = self._expect(self._eval_blocking("[]"), _ARRAY, "pieces")
+        for start, end in utf8_pieces(payload):   # the array holds the string: free the handle
+            piece = _dll.mr_alloc_string_val(
+                self._ctx, ctypes.c_char_p(base + start), end - start, _STRING)
+            _dll.mr_free_value(self._ctx, _dll.mr_array_push(self._ctx, pieces, piece))
+            _dll.mr_free_value(self._ctx, piece)
+        self._start(self._step_fn, self._undefined, owned=False, arguments=pieces)
 
     def flush(self) -> None:
         """Collect output produced outside a step (after a NOTIFY event)."""
         self._start(self._flush_fn, self._undefined, owned=False)
 
-    def _start(self, function: Any, this: Any, owned: bool = True) -> None:
+    def _start(self, function: Any, this: Any, owned: bool = True,
+               arguments: Any = None) -> None:
         with self._task_lock:
             if self._running:
                 raise EngineError("a step is already running in this context")
             self._running = True
             self._task_inputs = [this] if owned else []
+            if arguments is not None:
+                self._task_inputs.append(arguments)
         # The outcome may arrive (on the isolate's thread) before this call returns.
-        task = _dll.mr_call_function(self._ctx, function, this, self._empty_args, _STEP_ID)
+        task = _dll.mr_call_function(
+            self._ctx, function, this,
+            self._empty_args if arguments is None else arguments, _STEP_ID)
         with self._task_lock:
             if self._running:
                 self._task_id = task

@@ -5,8 +5,9 @@
 // stays inside this closure; the script only sees `madrpc`, `console`, the timers and
 // the standard web APIs js/webapi.js installs (TextEncoder, crypto, structuredClone...).
 //
-// One engine crossing = one call to step(), whose `this` is the payload: a JSON object
-// whose members are handled in this order (each may be missing):
+// One engine crossing = one call to step(), whose `this` is the payload (a long one comes
+// in pieces, as the arguments: madrpc/runtime_pieces.py): a JSON object whose members
+// are handled in this order (each may be missing):
 //   x  [key, ...]                               cancel these requests
 //   p  [[call, [item, ...]], ...]               items of the nested stream call <call>
 //   s  [[call, {"result":..}|{"error":..}], ...]  nested calls finished (a stream: its end)
@@ -630,10 +631,12 @@
     if (due.length > 0) wake();
   }
 
-  function step() {
+  // The payload is `this`; a long one comes in pieces instead, as the arguments, which
+  // join() copies once into one flat string (madrpc/runtime_pieces.py).
+  function step(...pieces) {
     inCrossing = true;
     try {
-      const payload = parse(this);
+      const payload = parse(pieces.length === 0 ? this : pieces.join(''));
       if (payload.x !== undefined) for (const key of payload.x) cancel(key);
       if (payload.p !== undefined) feed(payload.p);
       if (payload.s !== undefined) settle(payload.s);
