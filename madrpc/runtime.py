@@ -17,8 +17,6 @@ import ctypes
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
 import orjson
@@ -26,7 +24,8 @@ from py_mini_racer._dll import init_mini_racer, mr_callback_func
 
 from .bundle import Bundle
 from .errors import EngineError, ScriptError
-from .runtime_pieces import STEP_PIECE_BYTES, utf8_pieces
+from .runtime_events import MINI_RACER_TYPES, Event, EventKind
+from .runtime_pieces import STEP_PIECE_BYTES, OutboxPieces, utf8_pieces
 from .runtime_sources import bootstrap_source, loader_source
 from .script_errors import MODULE_PREFIX, MODULE_SUFFIX, describe_load_error, describe_script_error
 from .thread_states import pin_current_thread
@@ -44,15 +43,6 @@ microtasks inside a step (one crossing per step even for async functions). mini-
 default ``--single-threaded`` is dropped on purpose: it disables concurrent optimisation
 and made the Monte Carlo loop ~6x slower (docs/performance.md)."""
 
-MINI_RACER_TYPES: dict[str, int] = {
-    "str_utf8": 5, "array": 6, "object": 10, "undefined": 11, "function": 100,
-    "shared_array_buffer": 101,
-    "execute_exception": 200, "parse_exception": 201, "oom_exception": 202,
-    "timeout_exception": 203, "terminated_exception": 204,
-}
-"""The value type numbers of mini-racer's native library this runtime relies on (its
-private ``_MiniRacerTypes``, by name). A unit test pins them against the installed
-mini-racer, so an upgrade that renumbers them fails in seconds, not in production."""
 _STRING = MINI_RACER_TYPES["str_utf8"]
 _ARRAY = MINI_RACER_TYPES["array"]
 _OBJECT = MINI_RACER_TYPES["object"]
@@ -66,23 +56,8 @@ _TERMINATED_EXCEPTION = MINI_RACER_TYPES["terminated_exception"]
 _SETUP_ID = 1
 _STEP_ID = 2
 _NOTIFY_ID = 3
+_PIECE_ID = 4
 _MARKER_SLOTS = 4
-
-
-class EventKind(IntEnum):
-    """What the isolate reports through ``on_event``."""
-
-    DONE = 0          # a step or flush finished; data is its outbox
-    ERROR = 1         # the step threw (a runtime bug or a broken payload)
-    TERMINATED = 2    # the step was terminated (watchdog)
-    OUT_OF_MEMORY = 3  # the step hit the hard memory limit
-    NOTIFY = 4        # code outside a step produced output: call flush()
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    kind: EventKind
-    data: bytes = b""
 
 
 _dll: Any = None
@@ -128,6 +103,7 @@ class Runtime:
         self._task_inputs: list[Any] = []
         self._task_id: int | None = None
         self._running = False
+        self._pieces = OutboxPieces()
         self._task_lock = threading.Lock()
         self._closed = False
         self._callback = mr_callback_func(self._on_callback)  # type: ignore[arg-type]
@@ -161,6 +137,11 @@ class Runtime:
             return
         event = self._decode_outcome(raw)
         _dll.mr_free_value(self._ctx, raw)
+        if event.kind == EventKind.DONE:
+            outbox = self._outbox_from(callback_id, event.data)
+            if outbox is None:
+                return   # its next piece is on its way
+            event = Event(EventKind.DONE, outbox)
         with self._task_lock:
             inputs, self._task_inputs = self._task_inputs, []
             self._task_id = None
@@ -168,6 +149,23 @@ class Runtime:
         for handle in inputs:
             _dll.mr_free_value(self._ctx, handle)
         self._on_event(event)
+
+    def _outbox_from(self, callback_id: int, data: bytes) -> bytes | None:
+        """A finished step's outbox once it is whole; None while its pieces are being
+        fetched (see :mod:`madrpc.runtime_pieces`), each started from here."""
+        pieces = self._pieces
+        if callback_id == _PIECE_ID:
+            outbox = pieces.add(data)
+        elif pieces.is_mark(data):
+            pieces.expect(data)
+            outbox = None
+        else:
+            return pieces.before(data)
+        if outbox is None:
+            with self._task_lock:
+                self._task_id = _dll.mr_call_function(
+                    self._ctx, self._piece_fn, self._undefined, self._empty_args, _PIECE_ID)
+        return outbox
 
     @staticmethod
     def _decode_outcome(raw: Any) -> Event:
@@ -220,8 +218,10 @@ class Runtime:
         self._empty_args = self._expect(self._eval_blocking("[]"), _ARRAY, "args")
         self._step_fn = self._member(host, "step")
         self._flush_fn = self._member(host, "flush")
+        self._piece_fn = self._member(host, "piece")
         self._methods_fn = self._member(host, "methods")
-        self._held += [self._empty_args, self._step_fn, self._flush_fn, self._methods_fn]
+        self._held += [self._empty_args, self._step_fn, self._flush_fn, self._piece_fn,
+                       self._methods_fn]
 
     def _member(self, obj: Any, name: str) -> Any:
         key = self._string(name.encode())
@@ -359,7 +359,7 @@ class Runtime:
             self._ctx, function, this,
             self._empty_args if arguments is None else arguments, _STEP_ID)
         with self._task_lock:
-            if self._running:
+            if self._running and self._task_id is None:   # not yet a piece's task
                 self._task_id = task
 
     def terminate(self) -> None:

@@ -1,7 +1,7 @@
 // MaDRPC runtime: evaluated in every V8 context before the user's script.
 //
 // It evaluates to a function that the engine calls once with (notify, markerBuffer) and
-// that returns the host interface {step, flush, methods}. Everything the engine needs
+// that returns the host interface {step, flush, piece, methods}. Everything the engine needs
 // stays inside this closure; the script only sees `madrpc`, `console`, the timers and
 // the standard web APIs js/webapi.js installs (TextEncoder, crypto, structuredClone...).
 //
@@ -14,7 +14,8 @@
 //   r  [[key, deadline, cpu, depth, body], ...] start these requests
 //   m  [[key, n], ...]                          request <key>'s stream may send n more items
 // then it runs all their microtasks and returns the outbox as newline-separated lines
-// (JSON.stringify never emits a raw newline):
+// (JSON.stringify never emits a raw newline; a long outbox leaves in pieces, see
+// handOut()):
 //   R <key> <fragment>            a request finished; fragment is "result":.. or "error":..
 //   C <call> <owner> <body>       a nested call made by request <owner>
 //   L <level> <owner> <json>      a console line: [method, id, text]
@@ -621,7 +622,35 @@
     logLines = 0;
     droppedLogs = 0;
     notified = false;
-    return text;
+    return handOut(text);
+  }
+
+  // A long outbox leaves V8 in pieces (madrpc/runtime_pieces.py): handOut() keeps them
+  // and returns a mark with their number; the runtime then calls piece() for each.
+  const OUT_PIECE_UNITS = 256 * 1024;   // UTF-16 code units: at most 768 KiB of UTF-8
+  const OUT_PIECES_MARK = '\u0000';
+  let heldPieces = [];   // the pieces not yet fetched, the next one last
+
+  function handOut(text) {
+    if (heldPieces.length > 0) {   // fetching the last one was stopped: the rest goes first
+      const rest = heldPieces.reverse().join('');
+      heldPieces = [];
+      text = text === '' ? rest : rest + '\n' + text;
+    }
+    if (text.length <= OUT_PIECE_UNITS) return text;
+    for (let at = 0; at < text.length;) {
+      let end = Math.min(at + OUT_PIECE_UNITS, text.length);
+      const unit = text.charCodeAt(end - 1);
+      if (end < text.length && unit >= 0xD800 && unit <= 0xDBFF) end -= 1;   // a whole pair
+      heldPieces.push(text.slice(at, end));
+      at = end;
+    }
+    heldPieces.reverse();
+    return OUT_PIECES_MARK + heldPieces.length;
+  }
+
+  function piece() {
+    return heldPieces.pop();
   }
 
   // After a crossing: if timers fell due meanwhile, ask for another one.
@@ -954,6 +983,7 @@
   return {
     step,
     flush,
+    piece,
     methods: () => stringify([...registry.keys()]),
   };
 })

@@ -1,5 +1,5 @@
-"""A long step payload crosses into V8 in pieces cut at UTF-8 character starts: the cuts
-(pure), then real V8 putting the pieces back together."""
+"""Long step payloads and outboxes cross between Python and V8 in pieces: the cuts and
+the reassembly (pure), then real V8 on both sides of them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from madrpc.runtime import Event, EventKind, Runtime
-from madrpc.runtime_pieces import STEP_PIECE_BYTES, utf8_pieces
+from madrpc.runtime_pieces import OUT_PIECES_MARK, STEP_PIECE_BYTES, OutboxPieces, utf8_pieces
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,3 +68,61 @@ def test_a_payload_of_several_pieces_reaches_the_function_whole() -> None:
         runtime.close()
     expected = orjson.dumps([len(text.encode("utf-16-le")) // 2, "€😀aé€😀", unit])
     assert events == [Event(EventKind.DONE, b'R 1 "result":' + expected)]
+
+
+def test_outbox_pieces_come_back_together_in_order() -> None:
+    pieces = OutboxPieces()
+    assert pieces.is_mark(OUT_PIECES_MARK + b"3") and not pieces.is_mark(b"R 1 x")
+    pieces.expect(OUT_PIECES_MARK + b"3")
+    assert pieces.add(b"R 1 ") is None
+    assert pieces.add(b'"result":') is None
+    assert pieces.add(b"[1]") == b'R 1 "result":[1]'
+    assert pieces.before(b"L info 0 x") == b"L info 0 x"   # nothing held any more
+
+
+def test_pieces_taken_before_a_stop_go_before_the_next_outbox() -> None:
+    """Fetching was stopped after one piece: JavaScript sends the rest, then its later
+    output, with the next outcome, which follows the piece already taken."""
+    pieces = OutboxPieces()
+    pieces.expect(OUT_PIECES_MARK + b"2")
+    assert pieces.add(b"R 1 \"res") is None
+    assert pieces.before(b'ult":1\nR 2 "result":2') == b'R 1 "result":1\nR 2 "result":2'
+
+
+def test_a_mark_of_no_pieces_is_refused() -> None:
+    with pytest.raises(ValueError, match="0 pieces"):
+        OutboxPieces().expect(OUT_PIECES_MARK + b"0")
+
+
+def run_steps(source: str, payloads: list[bytes]) -> list[Event]:
+    events: list[Event] = []
+    done = threading.Event()
+
+    def on_event(event: Event) -> None:
+        events.append(event)
+        if event.kind is not EventKind.NOTIFY:
+            done.set()
+
+    runtime = Runtime(source, "big.js", on_event)
+    try:
+        for payload in payloads:
+            done.clear()
+            runtime.step(payload)
+            assert done.wait(30), "the step never finished"
+    finally:
+        runtime.close()
+    return events
+
+
+def test_a_long_result_leaves_v8_whole_and_so_does_the_next_one() -> None:
+    """A result several pieces long, with characters of two, three and four bytes (a
+    UTF-16 surrogate pair) across the cuts, arrives as JavaScript made it; a short one
+    after it is not held up or mixed in."""
+    unit = "aé€😀"
+    text = unit * (3 * 256 * 1024 // 5 + 1)
+    request = b'{"r":[[%d,9007199254740991,100000,0,{"jsonrpc":"2.0","method":"%s","id":1}]]}'
+    source = (f"madrpc.register('big', () => {orjson.dumps(unit).decode()}"
+              f".repeat({len(text) // len(unit)})); madrpc.register('one', () => 1);")
+    events = run_steps(source, [request % (1, b"big"), request % (2, b"one")])
+    assert events == [Event(EventKind.DONE, b'R 1 "result":' + orjson.dumps(text)),
+                      Event(EventKind.DONE, b'R 2 "result":1')]
