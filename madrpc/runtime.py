@@ -141,7 +141,8 @@ class Runtime:
             outbox = self._outbox_from(callback_id, event.data)
             if outbox is None:
                 return   # its next piece is on its way
-            event = Event(EventKind.DONE, outbox)
+            if outbox is not event.data:   # pieces put together: a new event
+                event = Event(EventKind.DONE, outbox)
         with self._task_lock:
             inputs, self._task_inputs = self._task_inputs, []
             self._task_id = None
