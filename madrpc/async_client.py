@@ -21,6 +21,7 @@ from .config import DEFAULT_FRONTEND, ClientConfig
 from .curve import apply_client, client_curve
 from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
+from .shortcut import preferred_endpoint
 from .sockets import drain, make_socket, poll_timeout_ms, receive_frame
 
 __all__ = ["AsyncClient"]
@@ -74,7 +75,7 @@ class AsyncClient:
         socket: Any = make_socket(self._context, zmq.DEALER, hwm=self.config.hwm)
         if self._curve is not None:
             apply_client(socket, self._curve)
-        socket.connect(self.config.endpoint)
+        socket.connect(preferred_endpoint(self.config.endpoint))
         self._socket = socket
         self._io = zmq.Socket.shadow(socket.underlying)
         self._connected_at = time.monotonic()

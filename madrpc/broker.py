@@ -34,6 +34,7 @@ from .curve import (
 from .endpoints import is_private
 from .errors import ConfigError
 from .prometheus import MetricsServer, exposition
+from .shortcut import offer
 from .sockets import drain, make_socket, poll_timeout_ms, receive_frames, send_frames
 
 __all__ = ["Broker", "check_binds", "receive_with_key"]
@@ -96,6 +97,8 @@ class Broker:
         if self._server_keys is not None:
             apply_server(socket, self._server_keys, domain)
         socket.bind(endpoint)
+        if self.config.local_shortcut:
+            offer(socket)
         return socket
 
     def bind_in_process(self, name: str) -> tuple[str, str]:

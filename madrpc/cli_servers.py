@@ -51,6 +51,10 @@ W = cfg.WorkerConfig
               help="Public keys of admins (_drain, _deploy).")
 @click.option("--insecure", is_flag=True,
               help="Allow binding non-loopback addresses without CURVE (logs a warning).")
+@click.option("--local-shortcut/--no-local-shortcut", default=B.local_shortcut,
+              show_default=True,
+              help="Also offer a TCP port on loopback or * as a Unix socket, which clients "
+                   "and workers on this machine then use (same CURVE; see docs/protocol.md).")
 @click.option("--state-dir", metavar="DIR", default=None, envvar="MADRPC_STATE_DIR",
               show_envvar=True,
               help="Keep deployed script versions here too, for restarts. "

@@ -27,6 +27,7 @@ from .config import DEFAULT_FRONTEND, ClientConfig
 from .curve import apply_client, client_curve
 from .errors import MadrpcError, TransportError
 from .jsonrpc import encode_request
+from .shortcut import preferred_endpoint
 from .sockets import drain, make_socket, poll_timeout_ms, receive_frame
 
 __all__ = ["CallFuture", "Client"]
@@ -76,7 +77,7 @@ class Client:
         socket = make_socket(self._context, zmq.DEALER, hwm=self.config.hwm)
         if self._curve is not None:
             apply_client(socket, self._curve)
-        socket.connect(self.config.endpoint)
+        socket.connect(preferred_endpoint(self.config.endpoint))
         socket.send(self._book.probe(self._connected_at))   # learn which broker run this is
         return socket
 

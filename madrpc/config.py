@@ -68,6 +68,9 @@ class BrokerConfig:
     requests get 'Overloaded'; past twice this, its replies are dropped (and counted)."""
     default_timeout_ms: int = DEFAULT_TIMEOUT_MS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    local_shortcut: bool = True
+    """Also offer each TCP port on loopback or every interface as a Unix socket, which
+    clients and workers on this machine use instead (:mod:`madrpc.shortcut`)."""
     max_batch: int = 10_000
     """Members allowed in one JSON-RPC batch."""
     max_attempts: int = 3

@@ -26,6 +26,7 @@ import zmq
 from .curve import ClientCurve, apply_client
 from .errors import ErrorCode, RpcError, rpc_error_from_object
 from .jsonrpc import encode_request
+from .shortcut import preferred_endpoint
 from .sockets import make_socket, receive_frames
 
 __all__ = ["PROBE_INTERVAL_S", "UNREACHABLE_AFTER_S", "BrokerLink", "Exchange", "LinkLost"]
@@ -128,7 +129,7 @@ class BrokerLink:
         socket = make_socket(self._context, zmq.DEALER, hwm=LINK_HWM)
         if self._curve is not None:
             apply_client(socket, self._curve)
-        socket.connect(self.endpoint)
+        socket.connect(preferred_endpoint(self.endpoint))
         self._socket = socket
         self.last_heard = time.monotonic()
         loop = asyncio.get_running_loop()

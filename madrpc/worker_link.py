@@ -18,6 +18,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .config import WorkerConfig
 from .curve import apply_client, client_curve
 from .liveness import Backoff, Heartbeat
+from .shortcut import preferred_endpoint
 from .sockets import drain, make_socket, receive_frames, send_frames
 
 __all__ = ["CLOSE_LINGER_MS", "BrokerLink"]
@@ -66,7 +67,7 @@ class BrokerLink:
             self._close_monitor()
             self._monitor = self.socket.get_monitor_socket(
                 _REFUSED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self.socket.connect(config.broker)
+        self.socket.connect(preferred_endpoint(config.broker))
         self._heartbeat = Heartbeat(config.heartbeat_interval_s, config.heartbeat_liveness, now)
         self._reconnect_at = None
 
