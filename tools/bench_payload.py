@@ -2,6 +2,7 @@
 bytes echoed by the bare pyzmq broker.
 
     python tools/bench_payload.py      # both sides alone (part of `bench.py --only goals`)
+    python tools/bench_payload.py --cpu --runs 5   # where each side's CPU goes, by process
 
 * MaDRPC: ``Client.call("noop", [payload])``, where ``noop`` (tools/bench.js) returns its
   argument: 1 MiB of params in, 1 MiB of result out, through broker, worker, engine process
@@ -10,6 +11,13 @@ bytes echoed by the bare pyzmq broker.
   bytes), sent on a DEALER to tools/echo_broker.py and received back, unparsed.
 
 Both report the p50 of ``PAYLOAD_SAMPLES`` round trips, one at a time, after a warm-up.
+
+``--cpu`` runs both side by side (``--runs`` alternating rounds) and shows each process's
+CPU time per round trip, from the kernel's per-thread counters (``/proc/PID/task/*/
+schedstat``, nanoseconds; ZeroMQ's I/O threads and V8's included): the client (this
+process), then the broker, the worker and its engine, or the echo broker and its echo
+workers. It is the measured basis of docs/performance.md's account of what goal 4 would
+take.
 
 ``--copies`` (and the goals table) also counts how many copies of one payload each process
 holds at its peak (the goal's "no more than two full copies in any one process"): an
@@ -21,6 +29,7 @@ leaves at once); each process's peak resident memory (Linux ``VmHWM``, reset thr
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import string
@@ -48,6 +57,8 @@ COPIES_SETTLE_S = 0.3
 (a process still busy with the previous call would hide part of the peak)."""
 COPIES_PROCESSES = (("broker", "madrpc.cli broker"), ("worker", "madrpc.cli worker"),
                     ("engine", "madrpc.engine"))
+CPU_RUNS = 3
+"""Alternating rounds of ``--cpu`` (``--runs``)."""
 TRIVIAL_METHOD = "noop"
 """tools/bench.js: ``(x) => x``, so the result is the string it was given."""
 
@@ -164,6 +175,76 @@ def grid_copies(front: str, size: int = COPIES_PAYLOAD_BYTES) -> dict[str, dict[
     return copies
 
 
+def _cpu_ns(pid: int) -> int:
+    """CPU time so far of every thread of ``pid`` (ns); 0 for a process that is gone."""
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as schedstat:
+                total += int(schedstat.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass   # a thread that ended meanwhile
+    return total
+
+
+def payload_roles() -> dict[str, list[int]]:
+    """This process and its children by role: the grid's broker, worker and engines
+    (tools/bench.py's ``grid``), the echo broker and its workers (``echo_baseline``)."""
+    import psutil
+
+    roles: dict[str, list[int]] = {"client": [os.getpid()]}
+    for child in psutil.Process().children():
+        command = child.cmdline()
+        if any("echo_broker" in part for part in command):
+            roles.setdefault("echo broker", []).append(child.pid)
+            roles.setdefault("echo workers", []).extend(
+                p.pid for p in child.children(recursive=True))
+        elif "worker" in command:
+            roles.setdefault("worker", []).append(child.pid)
+            roles.setdefault("engines", []).extend(p.pid for p in child.children())
+        elif "broker" in command:
+            roles.setdefault("broker", []).append(child.pid)
+    return roles
+
+
+def cpu_per_round_trip(measure: Callable[[], float], roles: list[str],
+                       samples: int = PAYLOAD_SAMPLES) -> tuple[float, dict[str, float]]:
+    """(p50 ms, CPU ms per round trip of each of ``roles``) over one ``measure()``, which
+    makes ``samples`` timed round trips after its warm-up (counted in, being the same)."""
+    found = payload_roles()
+    pids = {role: found.get(role, []) for role in roles}
+    before = {role: sum(_cpu_ns(pid) for pid in group) for role, group in pids.items()}
+    p50_ms = measure()
+    trips = WARMUP_ROUND_TRIPS + samples
+    return p50_ms, {role: (sum(_cpu_ns(pid) for pid in group) - before[role]) / 1e6 / trips
+                    for role, group in pids.items()}
+
+
+def show_cpu(label: str, p50_ms: float, usage: dict[str, float]) -> str:
+    parts = ", ".join(f"{role} {ms:.2f}" for role, ms in usage.items())
+    return f"| {label} | {p50_ms:.2f} ms | {parts} | **{sum(usage.values()):.2f}** ms |"
+
+
+def main_cpu(runs: int) -> None:
+    """``--cpu``: the grid and the raw echo side by side, ``runs`` alternating rounds."""
+    from bench import BENCH_SCRIPT, echo_baseline, grid
+
+    from madrpc import Client
+
+    payload = make_payload()
+    frame = request_frame(payload)
+    print("| setup | round trip p50 | CPU ms per round trip, by process | sum |\n"
+          "|---|---|---|---|")
+    with echo_baseline(2) as echo, grid(BENCH_SCRIPT, workers=1, contexts=2) as front, \
+            Client(front, timeout=60) as client:
+        for _ in range(runs):
+            print(show_cpu("raw echo (echo broker, 2 echo workers)", *cpu_per_round_trip(
+                lambda: raw_echo_ms(echo, frame), ["client", "echo broker", "echo workers"])))
+            print(show_cpu("MaDRPC (broker, 1 worker, 2 engines)", *cpu_per_round_trip(
+                lambda: grid_echo_ms(client, payload), ["client", "broker", "worker",
+                                                        "engines"])), flush=True)
+
+
 def copies_supported() -> bool:
     return sys.platform.startswith("linux") and os.path.exists("/proc/self/clear_refs")
 
@@ -173,6 +254,10 @@ def main() -> int:
 
     from madrpc import Client
 
+    if "--cpu" in sys.argv[1:]:
+        runs = sys.argv.index("--runs") if "--runs" in sys.argv else -1
+        main_cpu(int(sys.argv[runs + 1]) if runs > 0 else CPU_RUNS)
+        return 0
     if "--copies" in sys.argv[1:]:
         with mapped_buffers(), grid(BENCH_SCRIPT, workers=1, contexts=1) as front:
             for which, copies in grid_copies(front).items():
