@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import zmq
 
+from .affinity import pin_to_cpu
 from .broker_outbox import BACKEND, FRONTEND
 from .broker_state import BrokerState
 from .config import BrokerConfig
@@ -57,6 +58,8 @@ class Broker:
 
     def __init__(self, config: BrokerConfig, context: zmq.Context[Any] | None = None) -> None:
         self.config = config
+        if config.cpu is not None:   # before the context's I/O thread exists
+            pin_to_cpu(config.cpu)
         self._own_context = context is None
         self.context = context or zmq.Context()
         self._stop_requested = threading.Event()

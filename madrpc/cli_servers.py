@@ -51,6 +51,9 @@ W = cfg.WorkerConfig
               help="Public keys of admins (_drain, _deploy).")
 @click.option("--insecure", is_flag=True,
               help="Allow binding non-loopback addresses without CURVE (logs a warning).")
+@click.option("--cpu", type=click.IntRange(0), default=None,
+              help="Keep this process's own threads on CPU N (fewer costly wake-ups for a "
+                   "lone call; see madrpc.affinity).  [default: any CPU]")
 @click.option("--local-shortcut/--no-local-shortcut", default=B.local_shortcut,
               show_default=True,
               help="Also offer a TCP port on loopback or * as a Unix socket, which clients "
@@ -195,6 +198,9 @@ def broker_command(default_timeout: float, no_metrics: bool, log_level: str,
               help="ZeroMQ high-water mark (messages) of each socket.")
 @click.option("--v8-flag", "v8_flags", multiple=True,
               help="Extra V8 flag for the engines (repeatable).")
+@click.option("--cpu", type=click.IntRange(0), default=None,
+              help="Keep this process's own threads on CPU N; its engines keep every CPU "
+                   "(see madrpc.affinity).  [default: any CPU]")
 @click.option("--no-metrics", is_flag=True, help="Do not keep latency histograms and rates.")
 @log_options("info")
 def worker_command(contexts: int | None, no_metrics: bool, log_level: str, log_format: str,

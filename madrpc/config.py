@@ -117,6 +117,9 @@ class BrokerConfig:
     state_dir: str | None = None
     """Directory where deployed script versions are kept, so a restarted broker still
     serves them (None: in memory only)."""
+    cpu: int | None = None
+    """Keep this process's own threads (its loop, ZeroMQ's I/O thread) on this CPU from its
+    start (:mod:`madrpc.affinity`); None: wherever the kernel puts them."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,10 @@ class WorkerConfig:
     """This worker's key pair (a ``.key_secret`` file or a z85 secret key) for CURVE."""
     server_key: Any = None
     """The broker's public key (a ``.key`` file or z85) for CURVE."""
+    cpu: int | None = None
+    """Keep this process's own threads (its loop, ZeroMQ's I/O thread) on this CPU from its
+    start; its engines keep every CPU it had (:mod:`madrpc.affinity`). None: wherever the
+    kernel puts them."""
 
     @property
     def initial_credit(self) -> int:

@@ -21,6 +21,7 @@ import socket
 import sys
 
 from . import engine_protocol as ep
+from .affinity import allow_cpus, parse_cpu_list
 from .bundle import Bundle
 from .bundle import decode as decode_bundle
 from .engine_channel import Channel, ChannelClosed
@@ -82,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--v8-flag", action="append", default=[])
     parser.add_argument("--fresh-context", action="store_true")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--cpus", type=parse_cpu_list, default=None,
+                        help="CPUs to run on (0,1,...), when the worker keeps its own on one.")
     args = parser.parse_args(argv)
+    if args.cpus is not None:   # before V8 starts its threads
+        allow_cpus(args.cpus)
     logging.basicConfig(level=args.log_level, format="%(asctime)s engine %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the worker decides when engines stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

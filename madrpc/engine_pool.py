@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import psutil
 
 from . import engine_protocol as ep
+from .affinity import cpu_list
 from .bundle import Bundle
 from .config import WorkerConfig
 from .engine_channel import Channel, ChannelClosed, socketpair
@@ -63,8 +64,12 @@ class EngineProcess:
 class EnginePool:
     """The engine processes of one worker and their links."""
 
-    def __init__(self, config: WorkerConfig, log_level: str) -> None:
+    def __init__(self, config: WorkerConfig, log_level: str,
+                 engine_cpus: frozenset[int] | None = None) -> None:
         self.config = config
+        self.engine_cpus = engine_cpus
+        """The CPUs engines run on when the worker keeps its own threads on one
+        (``--cpu``); None: the worker's own."""
         self.bundle: Bundle | None = None
         """The script engines started from now on load (see :meth:`use`)."""
         self._bundle_files: list[str] = []
@@ -114,6 +119,7 @@ class EnginePool:
             "--log-level", self.log_level,
             *[f"--v8-flag={flag}" for flag in self.config.v8_flags],
             *(["--fresh-context"] if self.config.fresh_context else []),
+            *(["--cpus", cpu_list(self.engine_cpus)] if self.engine_cpus else []),
         ]
         try:
             popen = subprocess.Popen(command, stdin=subprocess.DEVNULL,

@@ -20,6 +20,7 @@ import zmq
 from . import engine_protocol as ep
 from . import protocol as p
 from .__about__ import __version__
+from .affinity import pin_to_cpu
 from .bundle import Bundle
 from .config import WorkerConfig
 from .engine_pool import EnginePool, EngineProcess
@@ -49,6 +50,7 @@ class Worker:
         *, engine_log_level: str = "WARNING",
     ) -> None:
         self.config = config
+        engine_cpus = None if config.cpu is None else pin_to_cpu(config.cpu)   # no threads yet
         self.code = WorkerScript(config.script, config.watch)
         self.script = self.code.name
         self.script_version = ""
@@ -58,7 +60,7 @@ class Worker:
         self.context = context or zmq.Context()
         self.state = WorkerState(config)
         self.worker_id = f"{socketlib.gethostname()}:{os.getpid()}"
-        self.pool = EnginePool(config, engine_log_level)
+        self.pool = EnginePool(config, engine_log_level, engine_cpus)
         self.methods: list[str] = []
         self.v8 = ""
         self.link = BrokerLink(self.context, config)
