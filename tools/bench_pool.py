@@ -26,7 +26,9 @@ The ``goals`` section (:func:`bench_goals`) measures MaDRPC the same way in the 
 (a broker and 1 worker with 2 contexts, one default ``madrpc.Client``: idempotency keys on,
 ``Client.map`` with up to 1,000 in flight; a 1-context grid for the pi job; the single call
 and ``Client.map`` also on an embedded ``LocalGrid`` of 2 contexts, whose broker and worker
-are threads of the measuring process, as for ``madrpc run``), the rate at
+are threads of the measuring process, as for ``madrpc run``; the single call also on a grid
+whose broker and worker keep their own threads on one CPU, ``--cpu PINNED_CPU``: see
+:mod:`madrpc.affinity`), the rate at
 64 in flight with tools/bench.py's ``load`` (unkeyed) against that grid and against
 tools/echo_broker.py (2 echo workers), and the 1 MiB round trip (tools/bench_payload.py).
 It prints each goal of issue 13 as measured / baseline = ratio beside its target. Each
@@ -64,6 +66,9 @@ MAP_CALLS = 10_000
 LATENCY_SAMPLES = 1_000
 WARMUP_CALLS = 200
 POOL_MAP_CHUNKS_PER_PROCESS = 4
+PINNED_CPU = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+"""The CPU the pinned grid's broker and worker keep their own threads on (``--cpu``);
+None where a process cannot choose its CPUs (no such row then)."""
 """multiprocessing.Pool.map's default: ceil(len / (4 x processes)) items per chunk."""
 
 
@@ -264,6 +269,10 @@ def goals(best_of: dict[str, float],
     return [
         Goal("1. single call p50, one at a time (noop)", f"Client.call {b['call']:.3f} ms",
              f"Pool.apply {b['apply']:.3f} ms", b["call"] / b["apply"], 1.0),
+        *([] if "pinned_call" not in b else [Goal(
+            f"1. the same, broker and worker on one CPU (`--cpu {PINNED_CPU}`)",
+            f"Client.call {b['pinned_call']:.3f} ms", f"Pool.apply {b['pinned_apply']:.3f} ms",
+            b["pinned_call"] / b["pinned_apply"], 1.0)]),
         Goal("1. the same, embedded `LocalGrid` (broker and worker in threads)",
              f"Client.call {b['local_call']:.3f} ms", f"Pool.apply {b['local_apply']:.3f} ms",
              b["local_call"] / b["local_apply"], 1.0),
@@ -341,6 +350,14 @@ def bench_goals(duration_s: float, runs: int) -> list[str]:
                 measure("echo_load", lambda: load(echo, LOAD_IN_FLIGHT, duration_s)["req_s"])
                 measure("grid_mib", lambda: grid_echo_ms(client, payload))
                 measure("raw_mib", lambda: raw_echo_ms(echo, frame))
+        if PINNED_CPU is not None:
+            pinned = ("--cpu", str(PINNED_CPU))
+            with grid(BENCH_SCRIPT, workers=1, contexts=2, broker_args=pinned,
+                      worker_args=pinned) as front, Client(front, timeout=120) as client:
+                client_call_p50_ms(client)   # warm up
+                for _ in range(max(1, runs)):
+                    measure("pinned_call", lambda: client_call_p50_ms(client))
+                    measure("pinned_apply", pool.apply_p50_ms)
         with LocalGrid(str(BENCH_SCRIPT), contexts=2) as local:
             local_client = local.client(timeout_s=120)
             client_map_calls_s(local_client, WARMUP_CALLS)
