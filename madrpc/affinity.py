@@ -5,7 +5,7 @@ process's loop and its ZeroMQ I/O thread, an engine and its isolate's thread. Ea
 the next, and waking a thread on a CPU that has gone idle costs far more than waking one
 where the waker runs: on a virtual machine the idle CPU has to be brought back by the
 host. On the 2-CPU development VM, keeping the broker and a worker (each with its I/O
-thread) on one CPU took a lone trivial call from ~0.73 to ~0.50 ms, with throughput and
+thread) on one CPU took a lone trivial call from ~0.69 to ~0.50 ms, with throughput and
 CPU-bound jobs unchanged: the engines, where JavaScript runs, stay free to use every CPU
 (docs/performance.md, ninth round).
 
