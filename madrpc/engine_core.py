@@ -2,8 +2,8 @@
 
 It knows nothing of how it is reached. Whoever holds it passes in the worker's messages
 (:meth:`Engine.serve`) and a ``send`` for its answers: the engine process over its socket
-pair (:mod:`madrpc.engine`), or a worker that runs its contexts in its own process
-(:mod:`madrpc.engine_inline`). It speaks the worker <-> engine protocol of
+pair (:mod:`madrpc.engine`), or a test driving it in-process
+(``tests/integration/test_engine_loop.py``). It speaks the worker <-> engine protocol of
 :mod:`madrpc.engine_protocol`: READY once loaded, OUT after each step or flush, RESET
 when a step had to be stopped.
 """
