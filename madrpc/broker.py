@@ -82,8 +82,9 @@ class Broker:
         self.state.report.curve = self.keys is not None
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent()
-        self.frontend = self._router(config.frontend, FRONTEND_DOMAIN, config.client_hwm)
-        self.backend = self._router(config.backend, BACKEND_DOMAIN, config.hwm)
+        self.frontend = self._router("frontend", config.frontend, FRONTEND_DOMAIN,
+                                     config.client_hwm)
+        self.backend = self._router("backend", config.backend, BACKEND_DOMAIN, config.hwm)
         self.metrics_server: MetricsServer | None = None
         if config.metrics_http:
             host, _, port = config.metrics_http.rpartition(":")
@@ -91,7 +92,7 @@ class Broker:
             self.metrics_server.start()
         self.ready.set()
 
-    def _router(self, endpoint: str, domain: str, send_hwm: int) -> zmq.Socket[Any]:
+    def _router(self, name: str, endpoint: str, domain: str, send_hwm: int) -> zmq.Socket[Any]:
         socket = make_socket(
             self.context, zmq.ROUTER, hwm=self.config.hwm,
             max_message_bytes=self.config.max_message_bytes, router_mandatory=True,
@@ -100,8 +101,9 @@ class Broker:
         if self._server_keys is not None:
             apply_server(socket, self._server_keys, domain)
         socket.bind(endpoint)
-        if self.config.local_shortcut:
-            offer(socket)
+        shortcut = offer(socket) if self.config.local_shortcut else None
+        if shortcut is not None:
+            self.state.report.shortcuts[name] = shortcut
         return socket
 
     def bind_in_process(self, name: str) -> tuple[str, str]:

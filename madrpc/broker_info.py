@@ -56,6 +56,9 @@ class GridReport:
         """The deployed script versions (``madrpc deploy``)."""
         self.curve = False
         """Whether the broker has CURVE (set by the broker that owns this report)."""
+        self.shortcuts: dict[str, str] = {}
+        """The local shortcut each socket offers ("frontend", "backend"; set by the broker
+        that owns this report; see :mod:`madrpc.shortcut`)."""
 
     def answer(self, call: Call, now: float, admin: bool = False) -> tuple[int | None, bytes]:
         """(error code or None, fragment) for a call to a built-in method; ``admin`` may
@@ -243,7 +246,9 @@ class GridReport:
                 "v8": v8,
             },
             "host": platform.node(),
-            "endpoints": {"frontend": config.frontend, "backend": config.backend},
+            "endpoints": {"frontend": config.frontend, "backend": config.backend,
+                          **({"shortcuts": dict(self.shortcuts)} if self.shortcuts else {})},
+            "cpu": config.cpu,
             "heartbeat": {
                 "interval_s": config.heartbeat_interval_s,
                 "liveness": config.heartbeat_liveness,

@@ -44,8 +44,11 @@ def test_local_clients_and_workers_reach_a_tcp_broker_over_its_shortcut(spawn: S
     front, back = tcp_grid(spawn)
     wait_for_workers(front, 1)
     front_shortcut, back_shortcut = preferred_endpoint(front), preferred_endpoint(back)
-    assert front_shortcut.startswith("ipc://@madrpc-tcp-127.0.0.1-")
-    assert back_shortcut.startswith("ipc://@madrpc-tcp-127.0.0.1-")
+    assert front_shortcut == front.replace("tcp://127.0.0.1:", "ipc://@madrpc-tcp-127.0.0.1-")
+    assert back_shortcut == back.replace("tcp://127.0.0.1:", "ipc://@madrpc-tcp-127.0.0.1-")
+    with Client(front, timeout=scaled(10)) as client:   # and _info says so
+        assert client.call("_info")["endpoints"]["shortcuts"] == {
+            "frontend": front_shortcut, "backend": back_shortcut}
     # (a look for a shortcut is a connection too, closed at once: counts settle)
     settles_at(back_shortcut, 2)   # listening, and the worker's connection
     settles_at(front_shortcut, 1)   # the client that waited for the worker has gone
@@ -66,6 +69,7 @@ def test_a_broker_told_no_local_shortcut_offers_none_and_serves_over_tcp(
     assert preferred_endpoint(back) == back
     with Client(front, timeout=scaled(10)) as client:
         assert client.call("add", [2, 3]) == 5
+        assert "shortcuts" not in client.call("_info")["endpoints"]
 
 
 def test_curve_guards_the_shortcut_as_it_guards_the_port(spawn: Spawner, tmp_path: Path) -> None:

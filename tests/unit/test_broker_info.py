@@ -430,6 +430,10 @@ def test_info_tells_versions_endpoints_heartbeat_and_limits_from_the_config() ->
     assert info["versions"]["madrpc"] == __version__
     assert set(info["versions"]) == {"madrpc", "python", "pyzmq", "libzmq", "v8"}
     assert info["endpoints"] == {"frontend": "tcp://*:7000", "backend": "tcp://*:7001"}
+    assert info["cpu"] is None
+    report.shortcuts["frontend"] = "ipc://@madrpc-tcp-127.0.0.1-7000"   # as a broker sets it
+    assert ask(report, "_info")["endpoints"]["shortcuts"] == {
+        "frontend": "ipc://@madrpc-tcp-127.0.0.1-7000"}
     assert info["heartbeat"] == {"interval_s": 0.5, "liveness": 4}
     limits = info["limits"]
     assert {k: limits[k] for k in ("default_timeout_ms", "max_queue", "max_message_bytes",

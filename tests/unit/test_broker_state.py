@@ -729,8 +729,8 @@ def test_info_is_answered_by_the_broker_with_its_documented_keys() -> None:
     [(_, response)] = out.replies
     result = response["result"]
     assert set(result) == {
-        "versions", "host", "endpoints", "heartbeat", "limits", "methods", "workers", "curve",
-        "script",
+        "versions", "host", "endpoints", "cpu", "heartbeat", "limits", "methods", "workers",
+        "curve", "script",
     }
     assert result["methods"] == {"add": [W1.hex()], "mul": [W1.hex()]}
 
