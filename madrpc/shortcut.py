@@ -29,6 +29,8 @@ from typing import Any, Final
 
 import zmq
 
+from .endpoints import host_of
+
 __all__ = ["PREFIX", "PROBE_TIMEOUT_S", "bind_name", "connect_name", "offer",
            "preferred_endpoint", "supported"]
 
@@ -51,10 +53,9 @@ def supported() -> bool:
 
 def _split(endpoint: str) -> tuple[str, int] | None:
     """(host, port) of ``tcp://HOST:PORT`` with a numeric port; None for anything else."""
-    if not endpoint.startswith("tcp://"):
-        return None
-    host, colon, port = endpoint.removeprefix("tcp://").rpartition(":")
-    if not colon or ";" in host or not port.isdigit():
+    host = host_of(endpoint) if endpoint.startswith("tcp://") else None
+    port = endpoint.rpartition(":")[2]
+    if host is None or not port.isdigit():
         return None
     return host.lower(), int(port)
 
