@@ -87,6 +87,12 @@ class Exchange:
         self._link.forget(self)
 
 
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
@@ -115,7 +121,10 @@ class BrokerLink:
         self._exchanges: dict[bytes, Exchange] = {}
         self._tags = itertools.count(1)
         self._ids = itertools.count(1)
-        self._tasks: list[asyncio.Task[None]] = []
+        self.connected_to: str | None = None
+        """The endpoint the socket is connected to: ``endpoint``, or its local shortcut."""
+        self._reader: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
 
     @property
     def reachable(self) -> bool:
@@ -126,25 +135,44 @@ class BrokerLink:
         return next(self._ids)
 
     async def start(self) -> None:
+        self._connect(preferred_endpoint(self.endpoint))
+        self.last_heard = time.monotonic()
+        self._prober = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def close(self) -> None:
+        if self._prober is not None:
+            await _stop(self._prober)
+        await self._disconnect()
+        self._fail(lambda exchange: True, "the gateway is shutting down")
+        self._context.term()
+
+    def _connect(self, target: str) -> None:
         socket = make_socket(self._context, zmq.DEALER, hwm=LINK_HWM)
         if self._curve is not None:
             apply_client(socket, self._curve)
-        socket.connect(preferred_endpoint(self.endpoint))
-        self._socket = socket
-        self.last_heard = time.monotonic()
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._read_loop()), loop.create_task(self._probe_loop())]
+        socket.connect(target)
+        self._socket, self.connected_to = socket, target
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
 
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._fail(lambda exchange: True, "the gateway is shutting down")
+    async def _disconnect(self) -> None:
+        if self._reader is not None:
+            await _stop(self._reader)
+            self._reader = None
         if self._socket is not None:
             self._socket.close(linger=0)
-        self._context.term()
+            self._socket = None
+
+    async def _look_again(self) -> None:
+        """While the broker is silent, look for its local shortcut again: a broker that
+        came back on the same port may offer one it did not, or no longer offer it."""
+        loop = asyncio.get_running_loop()
+        target = await loop.run_in_executor(None, preferred_endpoint, self.endpoint)
+        if target == self.connected_to or self.lost_reason is None:
+            return
+        log.info("broker at %s: connecting over %s (was %s)", self.endpoint, target,
+                 self.connected_to)
+        await self._disconnect()
+        self._connect(target)
 
     def open(self, frame: bytes) -> Exchange:
         """Send ``frame`` (requests that expect replies) as a new exchange."""
@@ -221,6 +249,8 @@ class BrokerLink:
             with contextlib.suppress(TimeoutError, LinkLost, RpcError, ValueError):
                 self._heard_run(await self.call("_ping", None, self.probe_interval_s), started)
             self._check_silence(time.monotonic())
+            if self.lost_reason is not None:
+                await self._look_again()
             await asyncio.sleep(max(0.0, self.probe_interval_s - (time.monotonic() - started)))
 
     def _heard_run(self, pong: Any, asked_at: float) -> None:

@@ -10,6 +10,7 @@ import pytest
 import zmq
 import zmq.auth
 from grid_support import SIMPLE_JS, Spawner, free_port, scaled, wait_for_workers, wait_until
+from http_support import start_gateway
 
 from madrpc import Client
 from madrpc.shortcut import preferred_endpoint, supported
@@ -104,3 +105,23 @@ def test_curve_guards_the_shortcut_as_it_guards_the_port(spawn: Spawner, tmp_pat
             assert not sock.poll(int(scaled(1.0) * 1000)), "the shortcut answered without CURVE"
     finally:
         context.destroy(linger=0)
+
+
+def test_a_gateway_follows_its_broker_off_the_shortcut_when_it_comes_back_without_one(
+        spawn: Spawner) -> None:
+    front, back = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    broker = spawn.run("broker", "--frontend", front, "--backend", back, name="broker")
+    spawn.run("worker", "--script", str(SIMPLE_JS), "--broker", back, "--contexts", "1",
+              "--log-level", "debug", name="worker")
+    wait_for_workers(front, 1)
+    gateway = start_gateway(spawn, front)
+    settles_at(preferred_endpoint(front), 2)   # listening, and the gateway's connection
+    add = {"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 1}
+    assert gateway.post(add).json()["result"] == 3
+    broker.kill_group()   # back on the same ports, TCP only: the shortcut's name is gone
+    spawn.run("broker", "--frontend", front, "--backend", back, "--no-local-shortcut",
+              name="broker-again")
+    wait_until(lambda: gateway.post(add).status == 200, scaled(30), 0.2,
+               "the gateway to reach the broker over TCP")
+    assert gateway.post(add).json()["result"] == 3
+    assert "connecting over " + front in gateway.proc.stderr()
