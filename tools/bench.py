@@ -26,6 +26,7 @@ Sections:
            vs the bare echo broker, the pi job vs bare V8, a 1 MiB round trip vs a raw echo
            (tools/bench_pool.py, tools/bench_payload.py; ~1 min; printed as its own table)
 The machine is shared and noisy: read ratios, not absolute figures.
+To compare two builds section by section (goal 5 of issue 13): tools/bench_against.py.
 """
 
 from __future__ import annotations
